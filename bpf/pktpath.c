@@ -1,0 +1,329 @@
+/* pktpath: the kernel side. One program, many hooks.
+ *
+ * Every hook hands an skb (or, for delivery, a socket) to one of three handlers below. A handler
+ * reads the skb's header offsets in one bounded read, the packet headers in a second one, parses
+ * outer IPv4/UDP, VXLAN and inner Ethernet/IPv4/UDP from that copy, applies the filter and reads
+ * the packet ID from the payload. Only matching packets produce a ring-buffer event.
+ *
+ * Nothing here uses a kernel header's struct layout: every field offset (PP_OFF_*) is resolved
+ * from the running kernel's BTF by pktpath/bpfgen.py and passed as -D. Filter values (PP_*) come
+ * from the config the same way. The per-hook entry points are generated (see bpfgen.py) and
+ * appended after this file.
+ */
+
+/* pktpath.h is prepended by bpfgen.py */
+
+/* Header bytes copied per hook: L2 (<=18) + IPv4 (<=60) + UDP + VXLAN + Eth + IPv4 (<=60) + UDP
+ * + ID offset + 4. PP_HDR_LEN is a power of two >= what the ID offset needs. */
+struct pp_scratch {
+    u8 h[PP_HDR_LEN];
+};
+
+/* skb address -> packet ID, for hooks where the headers can no longer be parsed. The skb's head
+ * pointer and a time stamp are kept too: skb structs are recycled quickly and not every free is
+ * visible, so an entry is only trusted for the same data buffer and for PP_MAP_TTL_NS. */
+struct pp_skbinfo {
+    u64 head;
+    u64 ts;
+    u32 id;
+    u32 _pad;
+};
+
+BPF_RINGBUF_OUTPUT(events, PP_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(scratch, struct pp_scratch, 1);
+BPF_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES);
+/* counters, per CPU: 0 = events lost (ring buffer full), 1 = matched packets whose ID lay beyond
+ * the linear data (paged/GRO payload), 2 = events attributed through skbids */
+BPF_PERCPU_ARRAY(counters, u64, 4);
+
+#define PP_CNT_LOST 0
+#define PP_CNT_UNREACHABLE 1
+#define PP_CNT_FROM_MAP 2
+
+#define PP_MATCH 0
+#define PP_NOMATCH 1
+#define PP_UNPARSED 2
+
+struct pp_pkt {
+    u32 id, saddr, daddr, osaddr, odaddr, vni;
+    u16 sport, dport, osport, odport;
+    u8 encap;
+};
+
+static __always_inline void pp_count(u32 idx)
+{
+    u64 *c = counters.lookup(&idx);
+    if (c)
+        (*c)++;
+}
+
+static __always_inline u16 rd16(u8 *h, u32 off)
+{
+    return ((u16)h[off] << 8) | h[off + 1];
+}
+
+static __always_inline u32 rd32(u8 *h, u32 off)
+{
+    return ((u32)h[off] << 24) | ((u32)h[off + 1] << 16) | ((u32)h[off + 2] << 8) | h[off + 3];
+}
+
+/* Same as rd32 but keeps network order, for addresses. */
+static __always_inline u32 rdaddr(u8 *h, u32 off)
+{
+    return ((u32)h[off + 3] << 24) | ((u32)h[off + 2] << 16) | ((u32)h[off + 1] << 8) | h[off];
+}
+
+/* Parse an IPv4 header at `off`; return the offset of its UDP header, or 0 if not IPv4/UDP. */
+static __always_inline u32 pp_ipv4_udp(u8 *h, u32 off, u32 *saddr, u32 *daddr)
+{
+    if (off > PP_HDR_LEN - 20)
+        return 0;
+    u8 vihl = h[off];
+    if ((vihl >> 4) != 4 || h[off + 9] != 17 /* IPPROTO_UDP */)
+        return 0;
+    /* a non-first fragment has no UDP header */
+    if ((rd16(h, off + 6) & 0x1fff) != 0)
+        return 0;
+    *saddr = rdaddr(h, off + 12);
+    *daddr = rdaddr(h, off + 16);
+    u32 ihl = (vihl & 0xf) * 4;
+    if (ihl < 20)
+        return 0;
+    return off + ihl;
+}
+
+/* Parse headers copied from `start` (l2: Ethernet first, else IPv4 first). `linear` is how many
+ * bytes of the copy are real packet data (the rest may be beyond the skb's linear part). */
+static __always_inline int pp_parse(u8 *h, int l2, u32 linear, struct pp_pkt *p)
+{
+    u32 off = 0;
+    if (l2) {
+        u16 proto = rd16(h, 12);
+        off = 14;
+        if (proto == 0x8100) {
+            proto = rd16(h, 16);
+            off = 18;
+        }
+        if (proto != 0x0800)
+            return PP_UNPARSED;
+    }
+    u32 l4 = pp_ipv4_udp(h, off, &p->saddr, &p->daddr);
+    if (!l4)
+        return (h[off] >> 4) == 4 ? PP_NOMATCH : PP_UNPARSED;
+    l4 &= 0xff;
+    if (l4 > PP_HDR_LEN - 8)
+        return PP_UNPARSED;
+    p->sport = rd16(h, l4);
+    p->dport = rd16(h, l4 + 2);
+
+    if (p->dport == PP_VXLAN_PORT) {
+        /* outer = what we parsed; VXLAN header, then inner Ethernet + IPv4 + UDP */
+        p->encap = 1;
+        p->osaddr = p->saddr;
+        p->odaddr = p->daddr;
+        p->osport = p->sport;
+        p->odport = p->dport;
+#ifdef PP_SHOST
+        if (p->osaddr != PP_SHOST)
+            return PP_NOMATCH;
+#endif
+#ifdef PP_DHOST
+        if (p->odaddr != PP_DHOST)
+            return PP_NOMATCH;
+#endif
+        u32 vx = l4 + 8;
+        if (vx > PP_HDR_LEN - 30)
+            return PP_UNPARSED;
+        if (!(h[vx] & 0x08))        /* VNI-valid flag */
+            return PP_NOMATCH;
+        p->vni = rd32(h, vx + 4) >> 8;
+        if (rd16(h, vx + 8 + 12) != 0x0800)
+            return PP_NOMATCH;
+        l4 = pp_ipv4_udp(h, vx + 8 + 14, &p->saddr, &p->daddr);
+        if (!l4)
+            return PP_NOMATCH;
+        l4 &= 0x1ff;
+        if (l4 > PP_HDR_LEN - 8)
+            return PP_UNPARSED;
+        p->sport = rd16(h, l4);
+        p->dport = rd16(h, l4 + 2);
+    }
+#ifdef PP_SIP
+    if (p->saddr != PP_SIP)
+        return PP_NOMATCH;
+#endif
+#ifdef PP_DIP
+    if (p->daddr != PP_DIP)
+        return PP_NOMATCH;
+#endif
+#ifdef PP_UDP_PORT
+    if (p->dport != PP_UDP_PORT)
+        return PP_NOMATCH;
+#endif
+    u32 pay = l4 + 8 + PP_ID_OFFSET;
+    if (pay > PP_HDR_LEN - 4)
+        return PP_UNPARSED;
+    if (pay + 4 > linear) {
+        pp_count(PP_CNT_UNREACHABLE);
+        return PP_UNPARSED;
+    }
+#if PP_ID_BIG
+    p->id = rd32(h, pay);
+#else
+    p->id = rdaddr(h, pay);
+#endif
+    return PP_MATCH;
+}
+
+/* The skb fields we need, copied in one read of the span [PP_SKB_SPAN_START, +PP_SKB_SPAN_LEN). */
+#define SKBF(buf, type, off) (*(type *)((u8 *)(buf) + (off) - PP_SKB_SPAN_START))
+
+static __always_inline int pp_is_kptr(u64 p)
+{
+    return p >= 0xffff800000000000ULL;
+}
+
+static __always_inline u32 pp_netns_of_net(u64 net)
+{
+    u32 inum = 0;
+    if (pp_is_kptr(net))
+        bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(net + PP_OFF_NET_INUM));
+    return inum;
+}
+
+static __always_inline void pp_fill_dev(struct pp_event *e, u64 dev)
+{
+    if (!pp_is_kptr(dev))
+        return;
+    bpf_probe_read_kernel(&e->dev, PP_DEV_LEN, (void *)(dev + PP_OFF_DEV_NAME));
+    bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), (void *)(dev + PP_OFF_DEV_IFINDEX));
+    u64 net = 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + PP_OFF_DEV_NET));
+    e->netns = pp_netns_of_net(net);
+}
+
+/* Common path: identify the packet in `skb`, then emit an event of `kind`.
+ * sk != 0: take netns/port from the socket (skb->dev is not valid on a socket queue). */
+static __always_inline int pp_handle(u64 skb, u16 hook, u8 kind, u64 location, u32 reason,
+                                     u64 sk)
+{
+    if (!pp_is_kptr(skb))
+        return 0;
+    u64 span[(PP_SKB_SPAN_LEN + 7) / 8];
+    if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + PP_SKB_SPAN_START)))
+        return 0;
+    u64 head = SKBF(span, u64, PP_OFF_SKB_HEAD);
+    u16 mac = SKBF(span, u16, PP_OFF_SKB_MAC);
+    u16 net = SKBF(span, u16, PP_OFF_SKB_NET);
+    u32 tail = SKBF(span, u32, PP_OFF_SKB_TAIL);
+    int l2 = mac != 0xffff && mac != net;
+    u32 start = l2 ? mac : net;
+    if (start == 0xffff || start >= tail)
+        return 0;
+
+    u32 zero = 0;
+    struct pp_scratch *s = scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    struct pp_pkt p = {};
+    int rc = PP_UNPARSED;
+    u32 linear = tail - start;
+    /* One bounded read; copying less than PP_HDR_LEN when the linear part is short keeps us
+     * from reading past the buffer. Bytes past `linear` are never used for a match. */
+    u64 want = linear;
+    if (want > PP_HDR_LEN)
+        want = PP_HDR_LEN;
+    asm volatile("" : "+r"(want));  /* re-check below on the register the call uses */
+    if (want >= 28 && want <= PP_HDR_LEN &&
+        bpf_probe_read_kernel(s->h, want, (void *)(head + start)) == 0)
+        rc = pp_parse(s->h, l2, linear, &p);
+    if (rc == PP_NOMATCH)
+        return 0;
+
+    struct pp_skbinfo *known = 0;
+    if (rc == PP_UNPARSED) {
+        known = skbids.lookup(&skb);
+        if (!known || known->head != head || bpf_ktime_get_ns() - known->ts > PP_MAP_TTL_NS)
+            return 0;
+        p.id = known->id;
+        pp_count(PP_CNT_FROM_MAP);
+    }
+
+    struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
+    if (!e) {
+        pp_count(PP_CNT_LOST);
+        return 0;
+    }
+    u64 now = bpf_ktime_get_ns();
+    if (rc == PP_MATCH && kind == PP_KIND_PASS) {
+        struct pp_skbinfo info = {.head = head, .ts = now, .id = p.id};
+        skbids.update(&skb, &info);
+    } else if (kind == PP_KIND_DROP) {
+        skbids.delete(&skb);
+    }
+    e->ts = now;
+    e->skb = skb;
+    e->location = location;
+    e->id = p.id;
+    e->netns = 0;
+    e->ifindex = 0;
+    e->reason = reason;
+    e->vni = p.vni;
+    e->saddr = p.saddr;
+    e->daddr = p.daddr;
+    e->osaddr = p.osaddr;
+    e->odaddr = p.odaddr;
+    e->sport = p.sport;
+    e->dport = p.dport;
+    e->osport = p.osport;
+    e->odport = p.odport;
+    e->hook = hook;
+    e->cpu = bpf_get_smp_processor_id();
+    e->kind = kind;
+    e->flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
+    e->port = 0;
+    e->_pad = 0;
+    __builtin_memset(e->dev, 0, PP_DEV_LEN);
+    if (sk) {
+        u64 skn = 0;
+        u16 num = 0;
+        bpf_probe_read_kernel(&skn, sizeof(skn), (void *)(sk + PP_OFF_SK_NET));
+        bpf_probe_read_kernel(&num, sizeof(num), (void *)(sk + PP_OFF_SK_NUM));
+        e->netns = pp_netns_of_net(skn);
+        e->port = num;
+    } else {
+        u64 dev = 0;
+        bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + PP_OFF_SKB_DEV));
+        pp_fill_dev(e, dev);
+    }
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+/* A hook that sees the skb pass. */
+static __always_inline int pp_pass(u64 skb, u16 hook)
+{
+    return pp_handle(skb, hook, PP_KIND_PASS, 0, 0, 0);
+}
+
+/* kfree_skb: the skb is dropped at `location` for `reason`. */
+static __always_inline int pp_drop(u64 skb, u16 hook, u64 location, u32 reason)
+{
+    return pp_handle(skb, hook, PP_KIND_DROP, location, reason, 0);
+}
+
+/* A socket's data-ready callback: the datagram just queued is the receive queue's tail. */
+static __always_inline int pp_deliver(u64 sk, u16 hook)
+{
+    if (!pp_is_kptr(sk))
+        return 0;
+    u64 tailskb = 0;
+    u32 qlen = 0;
+    bpf_probe_read_kernel(&qlen, sizeof(qlen), (void *)(sk + PP_OFF_SK_QLEN));
+    if (!qlen)
+        return 0;
+    bpf_probe_read_kernel(&tailskb, sizeof(tailskb), (void *)(sk + PP_OFF_SK_QTAIL));
+    return pp_handle(tailskb, hook, PP_KIND_DELIVER, 0, 0, sk);
+}
+
+/* ---- generated entry points follow ---- */

@@ -1,0 +1,102 @@
+"""Config + BTF offsets + attach plan -> BPF C text and cflags (pure Python).
+
+Configuration reaches the kernel side once, as -D constants; struct offsets come from the running
+kernel's BTF, never from a header's struct layout.
+"""
+import ipaddress
+import os
+
+BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+
+# (macro, struct, member path) read by the BPF program
+FIELDS = (
+    ("PP_OFF_SKB_HEAD", "sk_buff", "head"),
+    ("PP_OFF_SKB_TAIL", "sk_buff", "tail"),
+    ("PP_OFF_SKB_MAC", "sk_buff", "mac_header"),
+    ("PP_OFF_SKB_NET", "sk_buff", "network_header"),
+    ("PP_OFF_SKB_DEV", "sk_buff", "dev"),
+    ("PP_OFF_DEV_NAME", "net_device", "name"),
+    ("PP_OFF_DEV_IFINDEX", "net_device", "ifindex"),
+    ("PP_OFF_DEV_NET", "net_device", "nd_net.net"),
+    ("PP_OFF_NET_INUM", "net", "ns.inum"),
+    ("PP_OFF_SK_NET", "sock", "__sk_common.skc_net.net"),
+    ("PP_OFF_SK_NUM", "sock", "__sk_common.skc_num"),
+    ("PP_OFF_SK_QTAIL", "sock", "sk_receive_queue.prev"),
+    ("PP_OFF_SK_QLEN", "sock", "sk_receive_queue.qlen"),
+)
+# sk_buff fields copied in one read, with their sizes
+SPAN = (("PP_OFF_SKB_HEAD", 8), ("PP_OFF_SKB_TAIL", 4), ("PP_OFF_SKB_MAC", 2),
+        ("PP_OFF_SKB_NET", 2))
+
+
+def resolve_offsets(btf):
+    """{macro: byte offset} for every field in FIELDS, from `btf` (a pktpath.btf.BTF)."""
+    return {macro: btf.offset(struct, path) for macro, struct, path in FIELDS}
+
+
+def _addr_be32(ip):
+    """An IPv4 address as the u32 the program compares with (network order, loaded on x86)."""
+    return "0x%08xU" % int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
+
+
+def hdr_len(id_offset):
+    need = 18 + 60 + 8 + 8 + 14 + 60 + 8 + id_offset + 4
+    n = 128
+    while n < need:
+        n *= 2
+    return n
+
+
+def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000):
+    """-D flags for config `cfg` (pktpath.config.Config) and BTF `offsets`."""
+    d = dict(offsets)
+    start = min(offsets[m] for m, _ in SPAN) & ~7  # keep u64 fields 8-aligned on the stack
+    d["PP_SKB_SPAN_START"] = start
+    d["PP_SKB_SPAN_LEN"] = max(offsets[m] + size for m, size in SPAN) - start
+    d["PP_HDR_LEN"] = hdr_len(cfg.id_offset)
+    d["PP_VXLAN_PORT"] = cfg.vxlan_port
+    d["PP_ID_OFFSET"] = cfg.id_offset
+    d["PP_ID_BIG"] = 1 if cfg.id_byteorder == "big" else 0
+    d["PP_RINGBUF_PAGES"] = cfg.ringbuf_pages
+    d["PP_MAP_ENTRIES"] = map_entries
+    d["PP_MAP_TTL_NS"] = "%dULL" % map_ttl_ns
+    for key, macro in (("shost", "PP_SHOST"), ("dhost", "PP_DHOST"),
+                       ("sip", "PP_SIP"), ("dip", "PP_DIP")):
+        if getattr(cfg, key):
+            d[macro] = _addr_be32(getattr(cfg, key))
+    if cfg.udp_port:
+        d["PP_UDP_PORT"] = cfg.udp_port
+    return ["-D%s=%s" % (k, v) for k, v in sorted(d.items())]
+
+
+def _arg(method, i):
+    if method == "raw_tracepoint":
+        return "0" if i < 0 else "ctx->args[%d]" % i
+    return "PT_REGS_PARM%d(ctx)" % (i + 1)
+
+
+def entry_point(index, hook):
+    """C entry function `pp_h<index>` for a planned, attached hook."""
+    m = hook.method
+    if m == "raw_tracepoint":
+        sig = "struct bpf_raw_tracepoint_args *ctx"
+    else:
+        sig = "struct pt_regs *ctx"
+    a = [_arg(m, i) for i in hook.args]
+    if hook.kind == "drop":
+        body = "pp_drop(%s, %d, %s, (u32)%s)" % (a[0], index, a[1], a[2])
+    elif hook.kind == "deliver":
+        body = "pp_deliver(%s, %d)" % (a[0], index)
+    else:
+        body = "pp_pass(%s, %d)" % (a[0], index)
+    return "int pp_h%d(%s)\n{\n    return %s;\n}\n" % (index, sig, body)
+
+
+def program(hooks):
+    """Full C text: the event header, the shared handlers, one entry point per attached hook."""
+    with open(os.path.join(BPF_DIR, "pktpath.h")) as f:
+        header = f.read()
+    with open(os.path.join(BPF_DIR, "pktpath.c")) as f:
+        body = f.read()
+    entries = [entry_point(i, h) for i, h in enumerate(hooks) if h.attached]
+    return "\n".join([header, body] + entries)

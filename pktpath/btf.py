@@ -1,0 +1,195 @@
+"""A minimal reader of the kernel's BTF (/sys/kernel/btf/vmlinux).
+
+pktpath compiles its BPF program against whatever kernel headers exist, which may belong to another
+kernel. So every struct field the program reads is located here, from the running kernel's own
+type information, and handed to the compiler as a constant. Also: enum values (drop reasons) and
+raw-tracepoint prototypes (which argument is the skb).
+
+Format: include/uapi/linux/btf.h. Only what pktpath needs is decoded; no root needed.
+"""
+import struct
+
+from pktpath.errors import UserError
+
+VMLINUX = "/sys/kernel/btf/vmlinux"
+
+# BTF kinds (btf.h) and the size of the data that follows each btf_type
+INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, \
+    FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(1, 20)
+_MODIFIERS = (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG)
+
+
+def _extra_len(kind, vlen):
+    """Bytes that follow the 12-byte struct btf_type for this kind."""
+    if kind in (INT, VAR, DECL_TAG):
+        return 4
+    if kind == ARRAY:
+        return 12
+    if kind in (STRUCT, UNION, DATASEC, ENUM64):
+        return 12 * vlen
+    if kind in (ENUM, FUNC_PROTO):
+        return 8 * vlen
+    return 0
+
+
+class BTF:
+    """Parsed BTF blob. Types are indexed lazily by name for the kinds we look up."""
+
+    def __init__(self, data):
+        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+            struct.unpack_from("<HBBIIIII", data, 0)
+        if magic != 0xEB9F:
+            raise UserError("BTF: bad magic 0x%x (not a little-endian BTF blob)" % magic)
+        self._data = data
+        self._strs = hdr_len + str_off
+        self._str_end = self._strs + str_len
+        self._types = [None]  # type id -> byte offset of its btf_type; id 0 is void
+        self._by_name = {}    # (kind, name) -> type id (first one wins)
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        unpack = struct.unpack_from
+        wanted = (STRUCT, UNION, ENUM, ENUM64, TYPEDEF)
+        by_name, types = self._by_name, self._types
+        while pos < end:
+            name_off, info = unpack("<II", data, pos)
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            types.append(pos)
+            if name_off and kind in wanted:
+                key = (kind, self._str(name_off))
+                if key not in by_name:
+                    by_name[key] = len(types) - 1
+            pos += 12 + _extra_len(kind, vlen)
+
+    @classmethod
+    def load(cls, path=VMLINUX):
+        try:
+            with open(path, "rb") as f:
+                return cls(f.read())
+        except OSError as e:
+            raise UserError("cannot read kernel BTF %s: %s (needs CONFIG_DEBUG_INFO_BTF=y)"
+                            % (path, e.strerror)) from None
+
+    def _str(self, off):
+        start = self._strs + off
+        return self._data[start:self._data.index(b"\0", start)].decode()
+
+    def _type(self, tid):
+        name_off, info, size_or_type = struct.unpack_from("<III", self._data, self._types[tid])
+        return (info >> 24) & 0x1F, info & 0xFFFF, bool(info >> 31), name_off, size_or_type
+
+    def _skip_mods(self, tid):
+        while tid:
+            kind, _, _, _, ref = self._type(tid)
+            if kind not in _MODIFIERS:
+                return tid
+            tid = ref
+        return 0
+
+    def _find(self, kinds, name):
+        for k in kinds:
+            tid = self._by_name.get((k, name))
+            if tid:
+                return tid
+        return 0
+
+    def _members(self, tid):
+        """Yield (name, type id, bit offset) of a struct/union."""
+        kind, vlen, kflag, _, _ = self._type(tid)
+        base = self._types[tid] + 12
+        for i in range(vlen):
+            name_off, mtype, off = struct.unpack_from("<III", self._data, base + 12 * i)
+            yield (self._str(name_off) if name_off else ""), mtype, (off & 0xFFFFFF) if kflag else off
+
+    def _member(self, tid, name):
+        """Bit offset and type of member `name`, looking inside anonymous structs/unions."""
+        for mname, mtype, off in self._members(tid):
+            if mname == name:
+                return off, mtype
+            if not mname:
+                inner = self._skip_mods(mtype)
+                if self._type(inner)[0] in (STRUCT, UNION):
+                    found = self._member(inner, name)
+                    if found:
+                        return off + found[0], found[1]
+        return None
+
+    def offset(self, struct_name, path):
+        """Byte offset of `path` ("a.b.c", through embedded structs) in struct `struct_name`.
+
+        Raises UserError if the struct or a member is missing on this kernel.
+        """
+        tid = self._find((STRUCT, UNION), struct_name)
+        if not tid:
+            raise UserError("BTF: struct %s not found in the running kernel" % struct_name)
+        total = 0
+        for part in path.split("."):
+            found = self._member(tid, part)
+            if not found:
+                raise UserError("BTF: struct %s has no member %s" % (struct_name, path))
+            bits, mtype = found
+            if bits % 8:
+                raise UserError("BTF: %s.%s is a bitfield" % (struct_name, path))
+            total += bits // 8
+            tid = self._skip_mods(mtype)
+        return total
+
+    def has_struct(self, name):
+        return bool(self._find((STRUCT, UNION), name))
+
+    def enum(self, name):
+        """{enumerator name: value} of enum `name` ({} if absent)."""
+        tid = self._find((ENUM, ENUM64), name)
+        if not tid:
+            return {}
+        kind, vlen, kflag, _, _ = self._type(tid)
+        base = self._types[tid] + 12
+        out = {}
+        for i in range(vlen):
+            if kind == ENUM:
+                name_off, val = struct.unpack_from("<Ii" if kflag else "<II", self._data, base + 8 * i)
+            else:
+                name_off, lo, hi = struct.unpack_from("<III", self._data, base + 12 * i)
+                val = lo | (hi << 32)
+            out[self._str(name_off)] = val
+        return out
+
+    def tracepoint_args(self, tp_name):
+        """Argument types of raw tracepoint `tp_name` as a list of strings, or None if unknown.
+
+        Uses the kernel's `btf_trace_<name>` typedef (a pointer to the probe's prototype, whose
+        first parameter is the hidden `void *__data`). Pointers to structs read "struct sk_buff *".
+        """
+        tid = self._find((TYPEDEF,), "btf_trace_" + tp_name)
+        if not tid:
+            return None
+        ptr = self._type(tid)[4]
+        proto = self._skip_mods(self._type(ptr)[4]) if self._type(ptr)[0] == PTR else 0
+        if not proto or self._type(proto)[0] != FUNC_PROTO:
+            return None
+        _, vlen, _, _, _ = self._type(proto)
+        base = self._types[proto] + 12
+        args = []
+        for i in range(vlen):
+            _, ptype = struct.unpack_from("<II", self._data, base + 8 * i)
+            args.append(self._type_name(ptype))
+        return args[1:]
+
+    def _type_name(self, tid):
+        tid = self._skip_mods(tid)
+        if not tid:
+            return "void"
+        kind, _, _, name_off, ref = self._type(tid)
+        if kind == PTR:
+            return self._type_name(ref) + " *"
+        prefix = {STRUCT: "struct ", UNION: "union ", ENUM: "enum ", ENUM64: "enum "}.get(kind, "")
+        return prefix + (self._str(name_off) if name_off else "?")
+
+
+_cached = None
+
+
+def kernel_btf():
+    """The running kernel's BTF, parsed once per process."""
+    global _cached
+    if _cached is None:
+        _cached = BTF.load()
+    return _cached

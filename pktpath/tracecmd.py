@@ -1,0 +1,209 @@
+"""The main job: `run.py -c CONFIG [--duration S] [--json F] [--record F] [-- COMMAND ...]`.
+
+parse args -> config -> attach plan -> load/attach -> poll until Ctrl-C/SIGTERM/duration/COMMAND
+exit -> detach -> reconstruct -> report. Probes are always detached before the report is printed,
+and an interrupted run still prints the report of what it saw.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from pktpath import config as configmod
+from pktpath import hooks as hooksmod
+from pktpath import kernel, reconstruct, recording, report
+from pktpath.btf import kernel_btf
+from pktpath.errors import UserError
+
+
+def add_arguments(p):
+    p.add_argument("-c", "--config", metavar="FILE", help="YAML config (see configs/vxlan.yaml)")
+    f = p.add_argument_group("filter (overrides the config)")
+    f.add_argument("--shost", help="outer (underlay) source IPv4")
+    f.add_argument("--dhost", help="outer (underlay) destination IPv4")
+    f.add_argument("--sip", help="inner (overlay) source IPv4")
+    f.add_argument("--dip", help="inner (overlay) destination IPv4")
+    f.add_argument("--udp-port", type=int, metavar="PORT", help="destination UDP port traced")
+    f.add_argument("--vxlan-port", type=int, metavar="PORT", help="VXLAN UDP port (4789; flannel 8472)")
+    f.add_argument("--id-offset", type=int, metavar="BYTES", help="packet ID offset in the payload")
+    f.add_argument("--id-byteorder", choices=("big", "little"), help="packet ID byte order")
+    f.add_argument("--hooks", metavar="H1,H2", help="comma-separated hook names (configs/hooks.yaml)")
+    o = p.add_argument_group("run and output")
+    o.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
+    o.add_argument("--json", metavar="FILE", help="write per-packet verdicts as JSON Lines")
+    o.add_argument("--record", metavar="FILE", help="write raw events as JSON Lines (see `report`)")
+    o.add_argument("--ready-file", metavar="PATH", help="create PATH once every probe is attached")
+    o.add_argument("--timeline", type=int, default=50, metavar="N",
+                   help="show the timeline of the first N packets (default 50; 0 = none)")
+    o.add_argument("--grace", type=float, default=0.5, metavar="S",
+                   help="after COMMAND exits, keep draining events for S seconds (default 0.5)")
+    o.add_argument("--host", help="label for this host in recordings (default: hostname)")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+    o.add_argument("--ebpf", action="store_true", help=argparse_suppress())
+
+
+def argparse_suppress():
+    import argparse
+    return argparse.SUPPRESS
+
+
+def overrides_from(args):
+    ov = {k: getattr(args, k) for k in ("shost", "dhost", "sip", "dip", "udp_port", "vxlan_port",
+                                        "id_offset", "id_byteorder", "host")}
+    if args.hooks:
+        ov["hooks"] = [h.strip() for h in args.hooks.split(",") if h.strip()]
+    return ov
+
+
+def info(args, msg):
+    if not args.quiet:
+        print("pktpath: %s" % msg, file=sys.stderr, flush=True)
+
+
+def build_plan(cfg, btf, kallsyms):
+    from pktpath import tracer
+    return hooksmod.plan(cfg.hooks, tracer.capabilities(btf, kallsyms))
+
+
+def describe_coverage(coverage):
+    attached = [c["hook"] for c in coverage if c["status"] == "attached"]
+    skipped = ["%s (%s)" % (c["hook"], c["why"]) for c in coverage if c["status"] != "attached"]
+    msg = "attached %d hook%s: %s" % (len(attached), "" if len(attached) == 1 else "s",
+                                      ", ".join(attached) or "none")
+    if skipped:
+        msg += "; skipped %d: %s" % (len(skipped), "; ".join(skipped))
+    return msg
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the poll loop notices within one poll timeout."""
+
+    def __init__(self):
+        self.reason = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, _frame):
+        self.reason = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _open_json(path):
+    """Open the --json output (as PATH.tmp, renamed when complete) or UserError."""
+    if path is None:
+        return None
+    if path == "-":
+        return sys.stdout
+    try:
+        return open(path + ".tmp", "w")
+    except OSError as e:
+        raise UserError("cannot write --json %s: %s" % (path, e.strerror)) from None
+
+
+def run(args):
+    cfg = configmod.load_config(args.config, overrides_from(args))
+    from pktpath import bpfgen, events, tracer  # noqa: F401  (tracer imports bcc lazily)
+    btf = kernel_btf()
+    kallsyms = kernel.Kallsyms()
+    plan = build_plan(cfg, btf, kallsyms)
+    t = tracer.Tracer(cfg, plan, btf)
+    if args.ebpf:
+        print("/* cflags: %s */" % " ".join(t.cflags))
+        print(t.text)
+        return 0
+    if not any(h.attached for h in plan):
+        raise UserError("no hook can be attached on this kernel: " + describe_coverage(
+            [{"hook": h.name, "status": "skipped", "why": h.why} for h in plan]))
+    tracer.check_privileges()
+    t_start = time.monotonic()
+
+    host = cfg.host or args.host or socket.gethostname()
+    rec = recording.RecordingWriter(args.record) if args.record else None
+    json_out = _open_json(args.json)
+    decoder = events.Decoder([h.name for h in plan], kernel.drop_reasons(btf), kallsyms)
+    collected = []
+
+    def on_event(data):
+        ev = decoder.decode(data)
+        collected.append(ev)
+        if rec:
+            rec.event(ev)
+
+    proc = None
+    stop = _Stop()
+    with stop:
+        try:
+            coverage = t.start(on_event)
+            info(args, describe_coverage(coverage))
+            info(args, "loaded in %.2fs (compile %.2fs, attach %.2fs)"
+                 % (time.monotonic() - t_start, t.compile_s, t.attach_s))
+            meta = {"version": 1, "host": host, "config": cfg.to_dict(), "coverage": coverage,
+                    "hooks": [h.name for h in plan], "clock": _clock_pair(),
+                    "netns_names": _names()}
+            if rec:
+                rec.meta(meta)
+            if args.ready_file:
+                open(args.ready_file, "w").close()
+            if args.command:
+                try:
+                    proc = subprocess.Popen(args.command)
+                except OSError as e:
+                    raise UserError("cannot run %s: %s" % (args.command[0], e.strerror)) from None
+                info(args, "tracing while `%s` runs" % " ".join(args.command))
+            else:
+                info(args, "tracing%s; Ctrl-C to stop and print the report"
+                     % (" for %gs" % args.duration if args.duration else ""))
+            deadline = time.monotonic() + args.duration if args.duration else None
+            while stop.reason is None:
+                t.poll(100)
+                if deadline and time.monotonic() >= deadline:
+                    break
+                if proc is not None and proc.poll() is not None:
+                    end = time.monotonic() + args.grace
+                    while time.monotonic() < end and stop.reason is None:
+                        t.poll(50)
+                    break
+            t.drain()
+            counters = t.counters()
+        finally:
+            t.close()
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    if stop.reason:
+        info(args, "stopped by %s" % stop.reason)
+
+    names = _names()
+    end_rec = dict(counters, netns_names=names, events=len(collected))
+    packets = reconstruct.build_packets(collected, names)
+    if rec:
+        rec.end(end_rec)
+        rec.close()
+    if json_out is not None:
+        report.write_json(packets, json_out)
+        if json_out is not sys.stdout:
+            json_out.close()
+            os.replace(args.json + ".tmp", args.json)
+    print(report.render_report(packets, meta, end_rec, max_timeline_packets=args.timeline))
+    return 0
+
+
+def _names():
+    return {str(k): v for k, v in kernel.netns_names().items()}
+
+
+def _clock_pair():
+    """Monotonic (the BPF clock) and wall-clock now, to place kernel times on a wall clock."""
+    return {"mono_ns": time.monotonic_ns(), "wall_ns": time.time_ns()}

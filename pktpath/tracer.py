@@ -1,0 +1,205 @@
+"""Collection: the only module that imports bcc. Compile, attach, poll, detach.
+
+The flow is that of bcc's own tools: build the C text (bpfgen) -> load -> attach each planned hook
+(skipping, with the reason, any that fails) -> poll the ring buffer -> detach everything.
+"""
+import ctypes
+import glob
+import os
+import re
+import subprocess
+import sys
+import time
+
+from pktpath import bpfgen, events, hooks as hooksmod
+from pktpath.errors import UserError
+
+HEADER_CACHE = "/var/cache/pktpath"
+
+
+def import_bcc():
+    """bcc's Python module; found in Debian's dist-packages even from a non-system python3."""
+    try:
+        import bcc
+        return bcc
+    except ImportError:
+        pass
+    for d in ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3/dist-packages"):
+        if os.path.isdir(os.path.join(d, "bcc")) and d not in sys.path:
+            sys.path.append(d)
+    try:
+        import bcc
+        return bcc
+    except ImportError:
+        raise UserError("bcc is not installed (Debian: apt-get install python3-bpfcc; "
+                        "or run `make deps`)") from None
+    except Exception as e:  # libbcc.so missing, wrong version, ...
+        raise UserError("bcc failed to load: %s" % str(e).splitlines()[0]) from None
+
+
+def _merge_tree(dst, srcs):
+    """Make `dst` a directory whose entries are symlinks into the union of `srcs` (recursively
+    for directories present in several sources)."""
+    os.makedirs(dst, exist_ok=True)
+    names = {}
+    for src in srcs:
+        for name in os.listdir(src):
+            names.setdefault(name, []).append(os.path.join(src, name))
+    for name, paths in names.items():
+        target = os.path.join(dst, name)
+        dirs = [p for p in paths if os.path.isdir(p)]
+        if len(dirs) > 1:
+            _merge_tree(target, dirs)
+        elif not os.path.lexists(target):
+            os.symlink(os.path.realpath(paths[0]), target)
+
+
+def kernel_headers():
+    """A kernel header directory bcc can compile against, or UserError.
+
+    The matching /lib/modules/$(uname -r)/build wins. Otherwise the newest Debian headers package:
+    Debian splits it into -amd64 (generated files) and -common (the rest), so a merged symlink
+    tree is built once under /var/cache/pktpath. Struct layouts from these headers are never used
+    (offsets come from BTF); bcc only needs something that compiles.
+    """
+    build = "/lib/modules/%s/build" % os.uname().release
+    if os.path.isdir(os.path.join(build, "include")):
+        return None  # bcc finds it itself
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    if env and os.path.isdir(env):
+        return env
+    arch = sorted(glob.glob("/usr/src/linux-headers-*-amd64") +
+                  glob.glob("/usr/src/linux-headers-*-arm64"), key=_version_key)
+    for d in reversed(arch):
+        common = re.sub(r"-(amd64|arm64)$", "-common", d)
+        srcs = [d] + ([common] if os.path.isdir(common) else [])
+        dst = os.path.join(HEADER_CACHE, "kheaders-" + os.path.basename(d))
+        done = os.path.join(dst, ".pktpath-complete")
+        if not os.path.exists(done):
+            try:
+                _merge_tree(dst, srcs)
+                open(done, "w").close()
+            except OSError as e:
+                raise UserError("cannot prepare kernel headers in %s: %s" % (dst, e)) from None
+        return dst
+    raise UserError("no kernel headers found (Debian: apt-get install linux-headers-amd64; "
+                    "or run `make deps`)")
+
+
+def _version_key(path):
+    return [int(x) if x.isdigit() else 0 for x in re.split(r"[.-]", os.path.basename(path))]
+
+
+def ensure_tracefs():
+    """Mount tracefs/debugfs if missing (bcc looks there for some attach types)."""
+    for path, fstype in (("/sys/kernel/tracing", "tracefs"), ("/sys/kernel/debug", "debugfs")):
+        if os.path.isdir(path) and not os.listdir(path):
+            subprocess.run(["mount", "-t", fstype, "nodev", path],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def check_privileges():
+    if os.geteuid() != 0:
+        raise UserError("tracing needs root (CAP_BPF, CAP_PERFMON): run with sudo")
+
+
+def capabilities(btf, kallsyms=None):
+    """What this kernel offers for attaching (see hooks.Capabilities)."""
+    kprobe_pmu = os.path.exists("/sys/bus/event_source/devices/kprobe/type")
+    return hooksmod.Capabilities(
+        tracepoint_args=btf.tracepoint_args,
+        kprobes=kprobe_pmu,
+        kprobe_why="kprobes are not available on this kernel (no kprobe PMU; CONFIG_KPROBES off?)",
+        fentry=False,
+        fentry_why="fentry not probed",
+        symbols=set(kallsyms._names) if kallsyms is not None and kallsyms._names else None,
+    )
+
+
+class Tracer:
+    """Loads the program for `plan` (list of hooks.Hook), attaches, and calls `on_event(bytes)`."""
+
+    def __init__(self, cfg, plan, btf):
+        self.cfg, self.btf = cfg, btf
+        self.plan = list(plan)
+        self.bpf = None
+        self.coverage = []
+        self.text = bpfgen.program(self.plan)
+        self.cflags = bpfgen.cflags(cfg, bpfgen.resolve_offsets(btf))
+        self.attach_s = 0.0
+        self.compile_s = 0.0
+
+    def start(self, on_event):
+        """Compile, load and attach. Returns the coverage list (one dict per hook)."""
+        bcc = import_bcc()
+        hdr = kernel_headers()
+        if hdr:
+            os.environ["BCC_KERNEL_SOURCE"] = hdr
+        ensure_tracefs()
+        t0 = time.monotonic()
+        try:
+            self.bpf = bcc.BPF(text=self.text, cflags=self.cflags)
+        except Exception as e:
+            raise UserError("BPF program failed to load: %s" % _first_line(e)) from None
+        self.compile_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        for i, hook in enumerate(self.plan):
+            status, why = "skipped", hook.why
+            if hook.attached:
+                try:
+                    self._attach(i, hook)
+                    status = "attached"
+                except Exception as e:
+                    why = "attach failed: %s" % _first_line(e)
+            self.coverage.append({"hook": hook.name, "target": hook.target,
+                                  "requested": hook.requested, "method": hook.method,
+                                  "status": status, "why": why})
+        self.attach_s = time.monotonic() - t0
+
+        def callback(_ctx, data, size):
+            on_event(ctypes.string_at(data, size))
+        self._callback = callback
+        self.bpf["events"].open_ring_buffer(callback)
+        return self.coverage
+
+    def _attach(self, i, hook):
+        fn = "pp_h%d" % i
+        if hook.method == "raw_tracepoint":
+            self.bpf.attach_raw_tracepoint(tp=hook.tp_name, fn_name=fn)
+        elif hook.method == "kprobe":
+            self.bpf.attach_kprobe(event=hook.target, fn_name=fn)
+        elif hook.method == "kretprobe":
+            self.bpf.attach_kretprobe(event=hook.target, fn_name=fn)
+        else:
+            raise RuntimeError("method %s not supported" % hook.method)
+
+    def poll(self, timeout_ms=100):
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self):
+        self.bpf.ring_buffer_consume()
+
+    def counters(self):
+        """{"lost": n, "unreachable": n, "from_map": n} summed over CPUs."""
+        if self.bpf is None:
+            return {"lost": 0, "unreachable": 0, "from_map": 0}
+        table = self.bpf["counters"]
+        vals = [sum(table[ctypes.c_int(i)]) for i in range(3)]
+        return dict(zip(("lost", "unreachable", "from_map"), vals))
+
+    def close(self):
+        """Detach everything and unload (idempotent)."""
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+
+def _first_line(e):
+    text = str(e).strip() or e.__class__.__name__
+    return text.splitlines()[0][:300]
+
+
+__all__ = ["Tracer", "import_bcc", "kernel_headers", "capabilities", "check_privileges",
+           "events"]

@@ -1,0 +1,70 @@
+"""The BTF reader, on a small hand-built BTF blob and (when present) the running kernel's."""
+import os
+import struct
+
+import pytest
+
+from pktpath.btf import BTF, VMLINUX
+from pktpath.errors import UserError
+
+
+def build_btf():
+    """BTF for: struct inner { u32 a; u16 b; }; struct outer { u64 x; union { u32 y; struct
+    inner in; }; }; enum e { E0 = 0, E7 = 7 }; and a typedef btf_trace_t to a func proto
+    (void *, struct outer *, enum e)."""
+    strs = b"\0"
+    def s(name):
+        nonlocal strs
+        off = len(strs)
+        strs += name.encode() + b"\0"
+        return off
+    types = b""
+    def t(name_off, kind, vlen, size_or_type, extra=b"", kflag=0):
+        nonlocal types
+        types += struct.pack("<III", name_off, (kflag << 31) | (kind << 24) | vlen, size_or_type) + extra
+    t(s("u32"), 1, 0, 4, struct.pack("<I", 32))                       # 1 int
+    t(s("u16"), 1, 0, 2, struct.pack("<I", 16))                       # 2 int
+    t(s("u64"), 1, 0, 8, struct.pack("<I", 64))                       # 3 int
+    t(s("inner"), 4, 2, 8, struct.pack("<III", s("a"), 1, 0) + struct.pack("<III", s("b"), 2, 32))  # 4
+    t(0, 5, 2, 8, struct.pack("<III", s("y"), 1, 0) + struct.pack("<III", s("in"), 4, 0))        # 5 anon union
+    t(s("outer"), 4, 2, 16, struct.pack("<III", s("x"), 3, 0) + struct.pack("<III", 0, 5, 64))   # 6
+    t(s("e"), 6, 2, 4, struct.pack("<Ii", s("E0"), 0) + struct.pack("<Ii", s("E7"), 7))          # 7
+    t(0, 2, 0, 6)                                                      # 8 ptr -> outer
+    t(0, 2, 0, 0)                                                      # 9 void *
+    t(0, 13, 3, 0, struct.pack("<II", 0, 9) + struct.pack("<II", 0, 8) + struct.pack("<II", 0, 7))  # 10
+    t(0, 2, 0, 10)                                                     # 11 ptr -> proto
+    t(s("btf_trace_t"), 8, 0, 11)                                      # 12 typedef
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strs))
+    return hdr + types + strs
+
+
+def test_offsets_through_anonymous_members():
+    b = BTF(build_btf())
+    assert b.offset("outer", "x") == 0
+    assert b.offset("outer", "y") == 8
+    assert b.offset("outer", "in.b") == 12
+    with pytest.raises(UserError, match="no member"):
+        b.offset("outer", "zz")
+    with pytest.raises(UserError, match="not found"):
+        b.offset("nosuch", "x")
+
+
+def test_enum_and_tracepoint_args():
+    b = BTF(build_btf())
+    assert b.enum("e") == {"E0": 0, "E7": 7}
+    assert b.enum("missing") == {}
+    assert b.tracepoint_args("t") == ["struct outer *", "enum e"]
+    assert b.tracepoint_args("missing") is None
+
+
+def test_bad_magic():
+    with pytest.raises(UserError, match="magic"):
+        BTF(b"\0" * 32)
+
+
+@pytest.mark.skipif(not os.path.exists(VMLINUX), reason="no kernel BTF")
+def test_running_kernel():
+    b = BTF.load()
+    assert b.offset("sk_buff", "head") < b.offset("sk_buff", "data")
+    assert b.tracepoint_args("kfree_skb")[0] == "struct sk_buff *"
+    assert "SKB_DROP_REASON_NO_SOCKET" in b.enum("skb_drop_reason")

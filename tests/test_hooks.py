@@ -1,0 +1,66 @@
+"""Attach planning against simulated kernels (capability sets), and the generated C."""
+import pytest
+
+from pktpath import bpfgen, hooks
+from pktpath.errors import UserError
+
+TP = {"kfree_skb": ["struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *"],
+      "net_dev_queue": ["struct sk_buff *"], "sk_data_ready": ["struct sock *"],
+      "netif_receive_skb": ["struct sk_buff *"]}
+CATALOG = {
+    "net_dev_queue": {"target": "net:net_dev_queue", "method": "raw_tracepoint", "kind": "pass",
+                      "default": True},
+    "netif_rx": {"target": "net:netif_rx", "method": "raw_tracepoint", "kind": "pass",
+                 "default": True},
+    "kfree_skb": {"target": "skb:kfree_skb", "method": "raw_tracepoint", "kind": "drop",
+                  "default": True},
+    "sk_data_ready": {"target": "sock:sk_data_ready", "method": "raw_tracepoint",
+                      "kind": "deliver", "default": True},
+    "netif_receive_skb": {"target": "net:netif_receive_skb", "method": "raw_tracepoint",
+                          "kind": "pass"},
+    "ip_rcv": {"target": "ip_rcv", "method": "auto", "kind": "pass", "skb_arg": 0,
+               "fallback": "netif_receive_skb"},
+}
+
+
+def caps(**kw):
+    return hooks.Capabilities(tracepoint_args=TP.get, **kw)
+
+
+def test_default_set_and_missing_tracepoint():
+    plan = hooks.plan(None, caps(), CATALOG)
+    by = {h.name: h for h in plan}
+    assert set(by) == {"net_dev_queue", "netif_rx", "kfree_skb", "sk_data_ready"}
+    assert not by["netif_rx"].attached and "does not exist" in by["netif_rx"].why
+    assert by["kfree_skb"].args == (0, 1, 2)
+    assert by["sk_data_ready"].args == (0,)
+
+
+def test_function_hook_method_choice():
+    assert hooks.plan(["ip_rcv"], caps(fentry=True, kprobes=True), CATALOG)[0].method == "fentry"
+    assert hooks.plan(["ip_rcv"], caps(kprobes=True), CATALOG)[0].method == "kprobe"
+    fb = hooks.plan(["ip_rcv"], caps(), CATALOG)[0]
+    assert fb.name == "netif_receive_skb" and fb.method == "raw_tracepoint"
+    assert "fallback for ip_rcv" in fb.why
+    missing = hooks.plan(["ip_rcv"], caps(kprobes=True, symbols={"udp_rcv"}), CATALOG)
+    assert missing[0].name == "netif_receive_skb"  # symbol missing -> fallback
+    assert "not found in /proc/kallsyms" in missing[0].why
+
+
+def test_unknown_hook_suggests():
+    with pytest.raises(UserError, match="did you mean 'kfree_skb'"):
+        hooks.plan(["kfree_skbb"], caps(), CATALOG)
+
+
+def test_real_catalog_loads_and_defaults_cover_the_path():
+    cat = hooks.load_catalog()
+    kinds = {e["kind"] for e in cat.values() if e.get("default")}
+    assert kinds == {"pass", "drop", "deliver"}
+
+
+def test_entry_points():
+    plan = hooks.plan(None, caps(), CATALOG)
+    text = "\n".join(bpfgen.entry_point(i, h) for i, h in enumerate(plan) if h.attached)
+    assert "pp_drop(ctx->args[0], 2, ctx->args[1], (u32)ctx->args[2])" in text
+    assert "pp_deliver(ctx->args[0], 3)" in text
+    assert "pp_h1" not in text  # netif_rx skipped: no entry point
