@@ -6,7 +6,9 @@ kernel's BTF, never from a header's struct layout.
 import ipaddress
 import os
 
-BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+from pktpath.paths import data_dir
+
+BPF_DIR = data_dir("bpf")
 
 # (macro, struct, member path) read by the BPF program
 FIELDS = (

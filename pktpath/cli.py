@@ -15,7 +15,7 @@ SUBCOMMANDS = {
     "lab": ("pktpath.lab", "build/remove the built-in two-host VXLAN lab"),
     "demo": ("pktpath.demo", "lab up -> trace -> send with a fault -> report -> lab down"),
     "probes": ("pktpath.probescmd", "show which hooks attach on this kernel and why"),
-    "bench": ("pktpath.bench", "overhead benchmark on the lab"),
+    "bench": ("pktpath.benchcmd", "overhead benchmark on the lab"),
 }
 
 EPILOG = """examples:

@@ -60,7 +60,7 @@ def run(args):
             config=LAB_CONFIG, shost=None, dhost=None, sip=None, dip=None, udp_port=None,
             vxlan_port=None, id_offset=None, id_byteorder=None, hooks=None, duration=None,
             json=args.json, record=args.record, ready_file=None, timeline=4, grace=0.5,
-            host=None, quiet=False, ebpf=False,
+            host=None, quiet=False, ebpf=False, stats_file=None,
             command=[sys.executable, "-m", "pktpath.demo", "--traffic"])
         os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
         return tracecmd.run(targs)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import yaml
 
 from pktpath.errors import UserError
+from pktpath.paths import data_dir
 
-CATALOG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "configs", "hooks.yaml")
+CATALOG_PATH = os.path.join(data_dir("configs"), "hooks.yaml")
 METHODS = ("raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "fentry")
 KINDS = ("pass", "drop", "deliver")
 

@@ -4,6 +4,7 @@ parse args -> config -> attach plan -> load/attach -> poll until Ctrl-C/SIGTERM/
 exit -> detach -> reconstruct -> report. Probes are always detached before the report is printed,
 and an interrupted run still prints the report of what it saw.
 """
+import json
 import os
 import signal
 import socket
@@ -42,6 +43,7 @@ def add_arguments(p):
     o.add_argument("--host", help="label for this host in recordings (default: hostname)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     o.add_argument("--ebpf", action="store_true", help=argparse_suppress())
+    o.add_argument("--stats-file", metavar="FILE", help=argparse_suppress())  # for bench/
 
 
 def argparse_suppress():
@@ -151,6 +153,7 @@ def run(args):
                     "netns_names": _names()}
             if rec:
                 rec.meta(meta)
+            ready_s = time.monotonic() - t_start
             if args.ready_file:
                 open(args.ready_file, "w").close()
             if args.command:
@@ -184,6 +187,10 @@ def run(args):
                     proc.kill()
     if stop.reason:
         info(args, "stopped by %s" % stop.reason)
+    if args.stats_file:
+        with open(args.stats_file, "w") as f:
+            json.dump(dict(counters, events=len(collected), startup_s=ready_s,
+                           compile_s=t.compile_s, attach_s=t.attach_s), f)
 
     names = _names()
     end_rec = dict(counters, netns_names=names, events=len(collected))

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Overhead benchmark: traced vs untraced throughput through the lab, measured side by side.
+
+Configurations, alternated round by round in one run:
+  a) no tracer
+  b) tracer attached, traffic not matching its filter (other UDP port in the filter)
+  c) tracer attached, every packet matching at the default hooks
+Reports pps, the ratios b/a and c/a, events consumed and lost, start-up time (command start to
+all hooks attached), and `report` time + peak memory on a 1,000,000-event recording.
+
+Usage: sudo python3 bench/bench.py [--seconds S] [--rounds N] [--senders K] [--json]
+"""
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from pktpath import lab, sender  # noqa: E402
+
+RUN = [sys.executable, os.path.join(ROOT, "run.py")]
+LAB_CFG = os.path.join(ROOT, "configs", "lab.yaml")
+
+
+def _blast(args):
+    """One sender process: as many datagrams as it can in `seconds`; returns the count."""
+    start_id, seconds = args
+    n, chunk, deadline = 0, 2000, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        n += sender.send(lab.DST_IP, lab.PORT, count=chunk, start_id=start_id + n,
+                         netns=lab.SENDER_NS)
+    return n
+
+
+def load(seconds, senders, base_id):
+    """Send from `senders` processes for `seconds`; return packets per second."""
+    t0 = time.monotonic()
+    with multiprocessing.Pool(senders) as pool:
+        counts = pool.map(_blast, [(base_id + i * 50_000_000, seconds) for i in range(senders)])
+    return sum(counts) / (time.monotonic() - t0)
+
+
+def start_tracer(extra, tmp):
+    ready = os.path.join(tmp, "ready")
+    stats = os.path.join(tmp, "stats.json")
+    for f in (ready, stats):
+        if os.path.exists(f):
+            os.unlink(f)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(RUN + ["-c", LAB_CFG, "--ready-file", ready, "--stats-file", stats,
+                                   "--timeline", "0", "-q"] + extra,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not os.path.exists(ready):
+        if proc.poll() is not None:
+            raise SystemExit("tracer failed: %s" % proc.stderr.read().strip())
+        time.sleep(0.01)
+    return proc, time.monotonic() - t0, stats
+
+
+def stop_tracer(proc, stats):
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=600)
+    with open(stats) as f:
+        return json.load(f)
+
+
+def bench_report(tmp, n_events=1_000_000):
+    """Time and peak RSS of `run.py report` on a synthetic recording of n_events."""
+    path = os.path.join(tmp, "big.jsonl")
+    hooks = ["net_dev_queue", "net_dev_start_xmit", "netif_rx", "netif_receive_skb"]
+    with open(path, "w") as f:
+        f.write(json.dumps({"type": "meta", "version": 1, "host": "bench", "hooks": hooks}) + "\n")
+        per = 20
+        for i in range(n_events):
+            pid, hop = divmod(i, per)
+            kind = "deliver" if hop == per - 1 else "pass"
+            f.write(json.dumps({
+                "type": "event", "t_ns": 1_000_000 + i * 1000, "hook": hooks[hop % 4], "kind": kind,
+                "id": pid, "skb": 0xffff888000000000 + pid * 256, "cpu": 0, "dev": "pp-vA",
+                "ifindex": 3, "netns": 4026532000 + hop % 4, "encap": hop % 2 == 1,
+                "vni": 42 if hop % 2 else None, "src": "198.51.100.1:40000",
+                "dst": "198.51.100.2:5000", "outer_src": None, "outer_dst": None,
+                "reason": None, "reason_code": None, "location": None,
+                "port": 5000 if kind == "deliver" else None, "from_map": False}) + "\n")
+        f.write(json.dumps({"type": "end", "lost": 0, "netns_names": {}}) + "\n")
+    t0 = time.monotonic()
+    subprocess.run(RUN + ["report", path, "--timeline", "0", "--json", os.devnull],
+                   stdout=subprocess.DEVNULL, check=True)
+    elapsed = time.monotonic() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return elapsed, peak_kb / 1024.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="traffic per measurement")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of a/b/c, alternated")
+    ap.add_argument("--senders", type=int, default=2, help="sender processes")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--skip-report", action="store_true", help="skip the 1M-event report test")
+    ap.add_argument("--keep-lab", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root")
+    lab.up()
+    res = {"a_pps": [], "b_pps": [], "c_pps": [], "events": 0, "lost": 0, "startup_s": [],
+           "c_events_per_s": []}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = 1
+            for _ in range(args.rounds):
+                res["a_pps"].append(load(args.seconds, args.senders, base))
+                base += 10 ** 9 // 4
+                proc, startup, stats = start_tracer(["--udp-port", str(lab.PORT + 999)], tmp)
+                res["startup_s"].append(startup)
+                res["b_pps"].append(load(args.seconds, args.senders, base))
+                stop_tracer(proc, stats)
+                proc, startup, stats = start_tracer(["--json", os.devnull], tmp)
+                res["startup_s"].append(startup)
+                t0 = time.monotonic()
+                res["c_pps"].append(load(args.seconds, args.senders, base))
+                st = stop_tracer(proc, stats)
+                res["events"] += st["events"]
+                res["lost"] += st["lost"]
+                res["c_events_per_s"].append(st["events"] / (time.monotonic() - t0))
+            if not args.skip_report:
+                res["report_1m_s"], res["report_1m_peak_mb"] = bench_report(tmp)
+    finally:
+        if not args.keep_lab:
+            lab.down()
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    out = {"a_pps": med(res["a_pps"]), "b_pps": med(res["b_pps"]), "c_pps": med(res["c_pps"]),
+           "events_consumed": res["events"], "events_lost": res["lost"],
+           "c_events_per_s": med(res["c_events_per_s"]),
+           "startup_s": max(res["startup_s"]), "rounds": args.rounds, "seconds": args.seconds,
+           "senders": args.senders}
+    out["b_over_a"] = out["b_pps"] / out["a_pps"]
+    out["c_over_a"] = out["c_pps"] / out["a_pps"]
+    for k in ("report_1m_s", "report_1m_peak_mb"):
+        if k in res:
+            out[k] = res[k]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print("%-18s %s" % (k, "%.3f" % v if isinstance(v, float) else v))
+        print("targets: b/a >= 0.95 %s, c/a >= 0.70 %s, lost == 0 %s, start-up <= 1.5 s %s" % (
+            ok(out["b_over_a"] >= 0.95), ok(out["c_over_a"] >= 0.70), ok(out["events_lost"] == 0),
+            ok(out["startup_s"] <= 1.5)))
+    return 0
+
+
+def ok(b):
+    return "OK" if b else "MISSED"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
