@@ -326,4 +326,26 @@ static __always_inline int pp_deliver(u64 sk, u16 hook)
     return pp_handle(tailskb, hook, PP_KIND_DELIVER, 0, 0, sk);
 }
 
+/* kretprobe hooks: the entry stashes the skb per task, the return emits the event with the
+ * function's return value in `reason` (nonzero: the function refused the packet). */
+BPF_HASH(retstash, u64, u64, 10240);
+
+static __always_inline int pp_stash(u64 skb)
+{
+    u64 key = bpf_get_current_pid_tgid();
+    retstash.update(&key, &skb);
+    return 0;
+}
+
+static __always_inline int pp_ret(u16 hook, long rc)
+{
+    u64 key = bpf_get_current_pid_tgid();
+    u64 *skb = retstash.lookup(&key);
+    if (!skb)
+        return 0;
+    u64 s = *skb;
+    retstash.delete(&key);
+    return pp_handle(s, hook, PP_KIND_PASS, 0, (u32)rc, 0);
+}
+
 /* ---- generated entry points follow ---- */

@@ -72,26 +72,40 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000):
 
 
 def _arg(method, i):
+    if i < 0:
+        return "0"
     if method == "raw_tracepoint":
-        return "0" if i < 0 else "ctx->args[%d]" % i
+        return "ctx->args[%d]" % i
+    if method == "fentry":
+        return "a%d" % i
     return "PT_REGS_PARM%d(ctx)" % (i + 1)
 
 
-def entry_point(index, hook):
-    """C entry function `pp_h<index>` for a planned, attached hook."""
-    m = hook.method
-    if m == "raw_tracepoint":
-        sig = "struct bpf_raw_tracepoint_args *ctx"
-    else:
-        sig = "struct pt_regs *ctx"
-    a = [_arg(m, i) for i in hook.args]
+def _call(index, hook):
+    a = [_arg(hook.method, i) for i in hook.args]
     if hook.kind == "drop":
-        body = "pp_drop(%s, %d, %s, (u32)%s)" % (a[0], index, a[1], a[2])
-    elif hook.kind == "deliver":
-        body = "pp_deliver(%s, %d)" % (a[0], index)
-    else:
-        body = "pp_pass(%s, %d)" % (a[0], index)
-    return "int pp_h%d(%s)\n{\n    return %s;\n}\n" % (index, sig, body)
+        return "pp_drop(%s, %d, %s, (u32)%s)" % (a[0], index, a[1], a[2])
+    if hook.kind == "deliver":
+        return "pp_deliver(%s, %d)" % (a[0], index)
+    return "pp_pass(%s, %d)" % (a[0], index)
+
+
+def entry_point(index, hook):
+    """C entry function(s) for a planned, attached hook: `pp_h<index>` (and, for a kretprobe,
+    `pp_h<index>_entry`). fentry uses bcc's KFUNC_PROBE, which bcc attaches itself at load."""
+    fn = "pp_h%d" % index
+    if hook.method == "raw_tracepoint":
+        return "int %s(struct bpf_raw_tracepoint_args *ctx)\n{\n    return %s;\n}\n" % (
+            fn, _call(index, hook))
+    if hook.method == "fentry":
+        params = ", ".join("u64 a%d" % i for i in range(max(hook.args) + 1))
+        return "KFUNC_PROBE(%s, %s)\n{\n    return %s;\n}\n" % (
+            hook.target, params, _call(index, hook))
+    if hook.method == "kretprobe":
+        return ("int %s_entry(struct pt_regs *ctx)\n{\n    return pp_stash(%s);\n}\n"
+                "int %s(struct pt_regs *ctx)\n{\n    return pp_ret(%d, PT_REGS_RC(ctx));\n}\n"
+                % (fn, _arg("kprobe", hook.args[0]), fn, index))
+    return "int %s(struct pt_regs *ctx)\n{\n    return %s;\n}\n" % (fn, _call(index, hook))
 
 
 def program(hooks):

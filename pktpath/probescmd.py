@@ -36,7 +36,7 @@ def run(args):
         ov["hooks"] = [h.strip() for h in args.hooks.split(",") if h.strip()]
     cfg = configmod.load_config(args.config, ov)
     btf = kernel_btf()
-    plan = build_plan(cfg, btf, kernel.Kallsyms())
+    plan = build_plan(cfg, btf, kernel.Kallsyms(), root=os.geteuid() == 0)
     if args.plan_only or os.geteuid() != 0:
         if os.geteuid() != 0 and not args.plan_only:
             print("pktpath: not root: showing the plan only", file=sys.stderr)

@@ -64,9 +64,15 @@ def info(args, msg):
         print("pktpath: %s" % msg, file=sys.stderr, flush=True)
 
 
-def build_plan(cfg, btf, kallsyms):
+def build_plan(cfg, btf, kallsyms, root=True):
+    """The attach plan for `cfg` on this kernel (fentry is probed only as root, when needed)."""
     from pktpath import tracer
-    return hooksmod.plan(cfg.hooks, tracer.capabilities(btf, kallsyms))
+    catalog = hooksmod.load_catalog()
+    entries = hooksmod.select(cfg.hooks, catalog)
+    want_fentry = root and any(":" not in e["target"] and e.get("method", "auto") in
+                               ("auto", "fentry") for e in entries)
+    caps = tracer.capabilities(btf, kallsyms, want_fentry=want_fentry)
+    return hooksmod.plan(cfg.hooks, caps, catalog)
 
 
 def describe_coverage(coverage):

@@ -103,15 +103,52 @@ def check_privileges():
         raise UserError("tracing needs root (CAP_BPF, CAP_PERFMON): run with sudo")
 
 
-def capabilities(btf, kallsyms=None):
-    """What this kernel offers for attaching (see hooks.Capabilities)."""
+class _QuietStderr:
+    """Silence libbpf/bcc's own stderr chatter (fd 2) while probing."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+
+def probe_fentry():
+    """(works, why not): load and attach a trivial fentry program, as the kernel is the judge."""
+    bcc = import_bcc()
+    if not bcc.BPF.support_kfunc():
+        return False, "fentry not supported (no BPF trampoline on this kernel)"
+    hdr = kernel_headers()
+    if hdr:
+        os.environ["BCC_KERNEL_SOURCE"] = hdr
+    try:
+        with _QuietStderr():
+            b = bcc.BPF(text="KFUNC_PROBE(netif_rx, u64 a0)\n{\n    return 0;\n}\n")
+        b.cleanup()
+        return True, ""
+    except Exception as e:
+        why = _first_line(e)
+        if "super-user" in why:  # bcc's wording for EPERM from BPF_PROG_LOAD
+            why = "EPERM"
+        return False, "fentry refused by the kernel (%s)" % why
+
+
+def capabilities(btf, kallsyms=None, want_fentry=False):
+    """What this kernel offers for attaching (see hooks.Capabilities). fentry is probed only
+    when a function hook may use it (the probe costs a compile)."""
     kprobe_pmu = os.path.exists("/sys/bus/event_source/devices/kprobe/type")
+    fentry, fentry_why = probe_fentry() if want_fentry else (False, "fentry not needed")
     return hooksmod.Capabilities(
         tracepoint_args=btf.tracepoint_args,
         kprobes=kprobe_pmu,
-        kprobe_why="kprobes are not available on this kernel (no kprobe PMU; CONFIG_KPROBES off?)",
-        fentry=False,
-        fentry_why="fentry not probed",
+        kprobe_why="kprobes not available (no kprobe PMU: kernel built without CONFIG_KPROBES)",
+        fentry=fentry,
+        fentry_why=fentry_why,
         symbols=set(kallsyms._names) if kallsyms is not None and kallsyms._names else None,
     )
 
@@ -169,7 +206,10 @@ class Tracer:
         elif hook.method == "kprobe":
             self.bpf.attach_kprobe(event=hook.target, fn_name=fn)
         elif hook.method == "kretprobe":
+            self.bpf.attach_kprobe(event=hook.target, fn_name=fn + "_entry")
             self.bpf.attach_kretprobe(event=hook.target, fn_name=fn)
+        elif hook.method == "fentry":
+            pass  # bcc attached KFUNC_PROBE programs when it loaded the object
         else:
             raise RuntimeError("method %s not supported" % hook.method)
 
