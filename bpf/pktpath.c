@@ -35,6 +35,8 @@ BPF_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES);
 /* counters, per CPU: 0 = events lost (ring buffer full), 1 = matched packets whose ID lay beyond
  * the linear data (paged/GRO payload), 2 = events attributed through skbids */
 BPF_PERCPU_ARRAY(counters, u64, 4);
+/* packet IDs that lost at least one event (ring buffer full): their verdict is `incomplete` */
+BPF_TABLE("lru_hash", u32, u64, lostids, 16384);
 
 #define PP_CNT_LOST 0
 #define PP_CNT_UNREACHABLE 1
@@ -252,6 +254,7 @@ static __always_inline int pp_handle(u64 skb, u16 hook, u8 kind, u64 location, u
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
     if (!e) {
         pp_count(PP_CNT_LOST);
+        lostids.increment(p.id);
         return 0;
     }
     u64 now = bpf_ktime_get_ns();

@@ -183,6 +183,7 @@ def run(args):
                     break
             t.drain()
             counters = t.counters()
+            lost_ids = t.lost_ids()
         finally:
             t.close()
             if proc is not None and proc.poll() is None:
@@ -199,8 +200,9 @@ def run(args):
                            compile_s=t.compile_s, attach_s=t.attach_s), f)
 
     names = _names()
-    end_rec = dict(counters, netns_names=names, events=len(collected))
-    packets = reconstruct.build_packets(collected, names)
+    end_rec = dict(counters, netns_names=names, events=len(collected),
+                   lost_ids=sorted(lost_ids))
+    packets = reconstruct.mark_incomplete(reconstruct.build_packets(collected, names), lost_ids)
     if rec:
         rec.end(end_rec)
         rec.close()

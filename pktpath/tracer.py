@@ -227,6 +227,12 @@ class Tracer:
         vals = [sum(table[ctypes.c_int(i)]) for i in range(3)]
         return dict(zip(("lost", "unreachable", "from_map"), vals))
 
+    def lost_ids(self):
+        """{packet ID: events lost} for packets that lost events to a full ring buffer."""
+        if self.bpf is None:
+            return {}
+        return {k.value: v.value for k, v in self.bpf["lostids"].items()}
+
     def close(self):
         """Detach everything and unload (idempotent)."""
         if self.bpf is not None:
