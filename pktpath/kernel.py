@@ -53,16 +53,17 @@ def netns_names(netns_dir=NETNS_DIR):
     try:
         entries = os.listdir(netns_dir)
     except OSError:
-        return out
+        entries = []
     for name in entries:
         try:
             out[os.stat(os.path.join(netns_dir, name)).st_ino] = name
         except OSError:
             continue
-    try:
-        out.setdefault(os.stat("/proc/1/ns/net").st_ino, "init")
-    except OSError:
-        pass
+    for path, label in (("/proc/1/ns/net", "init"), ("/proc/self/ns/net", "pktpath's own")):
+        try:
+            out.setdefault(os.stat(path).st_ino, label)
+        except OSError:
+            pass
     return out
 
 
