@@ -59,7 +59,7 @@ def netns_names(netns_dir=NETNS_DIR):
             out[os.stat(os.path.join(netns_dir, name)).st_ino] = name
         except OSError:
             continue
-    for path, label in (("/proc/1/ns/net", "init"), ("/proc/self/ns/net", "pktpath's own")):
+    for path, label in (("/proc/1/ns/net", "init"), ("/proc/self/ns/net", "root")):
         try:
             out.setdefault(os.stat(path).st_ino, label)
         except OSError:
