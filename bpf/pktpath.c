@@ -37,6 +37,17 @@ BPF_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES);
 BPF_PERCPU_ARRAY(counters, u64, 4);
 /* packet IDs that lost at least one event (ring buffer full): their verdict is `incomplete` */
 BPF_TABLE("lru_hash", u32, u64, lostids, 16384);
+#ifdef PP_STACKS
+BPF_STACK_TRACE(stacks, 4096);
+#endif
+#ifdef PP_DROPS_ALL
+struct pp_dropkey {
+    u64 location;
+    u32 reason;
+    u32 netns;
+};
+BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
+#endif
 
 #define PP_CNT_LOST 0
 #define PP_CNT_UNREACHABLE 1
@@ -206,8 +217,8 @@ static __always_inline void pp_fill_dev(struct pp_event *e, u64 dev)
 
 /* Common path: identify the packet in `skb`, then emit an event of `kind`.
  * sk != 0: take netns/port from the socket (skb->dev is not valid on a socket queue). */
-static __always_inline int pp_handle(u64 skb, u16 hook, u8 kind, u64 location, u32 reason,
-                                     u64 sk)
+static __always_inline int pp_handle(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
+                                     u32 reason, u64 sk)
 {
     if (!pp_is_kptr(skb))
         return 0;
@@ -285,7 +296,11 @@ static __always_inline int pp_handle(u64 skb, u16 hook, u8 kind, u64 location, u
     e->kind = kind;
     e->flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
     e->port = 0;
-    e->_pad = 0;
+    e->stack_id = -1;
+#ifdef PP_STACKS
+    if (kind == PP_KIND_DROP)
+        e->stack_id = stacks.get_stackid(ctx, 0);
+#endif
     __builtin_memset(e->dev, 0, PP_DEV_LEN);
     if (sk) {
         u64 skn = 0;
@@ -304,19 +319,31 @@ static __always_inline int pp_handle(u64 skb, u16 hook, u8 kind, u64 location, u
 }
 
 /* A hook that sees the skb pass. */
-static __always_inline int pp_pass(u64 skb, u16 hook)
+static __always_inline int pp_pass(void *ctx, u64 skb, u16 hook)
 {
-    return pp_handle(skb, hook, PP_KIND_PASS, 0, 0, 0);
+    return pp_handle(ctx, skb, hook, PP_KIND_PASS, 0, 0, 0);
 }
 
 /* kfree_skb: the skb is dropped at `location` for `reason`. */
-static __always_inline int pp_drop(u64 skb, u16 hook, u64 location, u32 reason)
+static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u32 reason)
 {
-    return pp_handle(skb, hook, PP_KIND_DROP, location, reason, 0);
+#ifdef PP_DROPS_ALL
+    /* dropwatch mode: count every drop on the machine by location, reason and netns */
+    struct pp_dropkey dk = {.location = location, .reason = reason};
+    u64 dev = 0;
+    bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + PP_OFF_SKB_DEV));
+    if (pp_is_kptr(dev)) {
+        u64 net = 0;
+        bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + PP_OFF_DEV_NET));
+        dk.netns = pp_netns_of_net(net);
+    }
+    dropcounts.increment(dk);
+#endif
+    return pp_handle(ctx, skb, hook, PP_KIND_DROP, location, reason, 0);
 }
 
 /* A socket's data-ready callback: the datagram just queued is the receive queue's tail. */
-static __always_inline int pp_deliver(u64 sk, u16 hook)
+static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
 {
     if (!pp_is_kptr(sk))
         return 0;
@@ -326,7 +353,7 @@ static __always_inline int pp_deliver(u64 sk, u16 hook)
     if (!qlen)
         return 0;
     bpf_probe_read_kernel(&tailskb, sizeof(tailskb), (void *)(sk + PP_OFF_SK_QTAIL));
-    return pp_handle(tailskb, hook, PP_KIND_DELIVER, 0, 0, sk);
+    return pp_handle(ctx, tailskb, hook, PP_KIND_DELIVER, 0, 0, sk);
 }
 
 /* kretprobe hooks: the entry stashes the skb per task, the return emits the event with the
@@ -340,7 +367,7 @@ static __always_inline int pp_stash(u64 skb)
     return 0;
 }
 
-static __always_inline int pp_ret(u16 hook, long rc)
+static __always_inline int pp_ret(void *ctx, u16 hook, long rc)
 {
     u64 key = bpf_get_current_pid_tgid();
     u64 *skb = retstash.lookup(&key);
@@ -348,7 +375,7 @@ static __always_inline int pp_ret(u16 hook, long rc)
         return 0;
     u64 s = *skb;
     retstash.delete(&key);
-    return pp_handle(s, hook, PP_KIND_PASS, 0, (u32)rc, 0);
+    return pp_handle(ctx, s, hook, PP_KIND_PASS, 0, (u32)rc, 0);
 }
 
 /* ---- generated entry points follow ---- */

@@ -40,7 +40,7 @@ struct pp_event {
     __u8  flags;            /* PP_F_* */
     __u16 port;             /* deliver: the socket's local port */
     char  dev[PP_DEV_LEN];
-    __u32 _pad;
+    __s32 stack_id;         /* drop with --stack: id in the stacks map, else -1 */
 };
 
 #endif

@@ -49,9 +49,15 @@ def hdr_len(id_offset):
     return n
 
 
-def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000):
-    """-D flags for config `cfg` (pktpath.config.Config) and BTF `offsets`."""
+def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=False,
+           drops_all=False):
+    """-D flags for config `cfg` (pktpath.config.Config) and BTF `offsets`; `stacks` records the
+    kernel stack at each drop of a traced packet, `drops_all` counts every drop (dropwatch)."""
     d = dict(offsets)
+    if stacks:
+        d["PP_STACKS"] = 1
+    if drops_all:
+        d["PP_DROPS_ALL"] = 1
     start = min(offsets[m] for m, _ in SPAN) & ~7  # keep u64 fields 8-aligned on the stack
     d["PP_SKB_SPAN_START"] = start
     d["PP_SKB_SPAN_LEN"] = max(offsets[m] + size for m, size in SPAN) - start
@@ -84,10 +90,10 @@ def _arg(method, i):
 def _call(index, hook):
     a = [_arg(hook.method, i) for i in hook.args]
     if hook.kind == "drop":
-        return "pp_drop(%s, %d, %s, (u32)%s)" % (a[0], index, a[1], a[2])
+        return "pp_drop(ctx, %s, %d, %s, (u32)%s)" % (a[0], index, a[1], a[2])
     if hook.kind == "deliver":
-        return "pp_deliver(%s, %d)" % (a[0], index)
-    return "pp_pass(%s, %d)" % (a[0], index)
+        return "pp_deliver(ctx, %s, %d)" % (a[0], index)
+    return "pp_pass(ctx, %s, %d)" % (a[0], index)
 
 
 def entry_point(index, hook):
@@ -103,7 +109,7 @@ def entry_point(index, hook):
             hook.target, params, _call(index, hook))
     if hook.method == "kretprobe":
         return ("int %s_entry(struct pt_regs *ctx)\n{\n    return pp_stash(%s);\n}\n"
-                "int %s(struct pt_regs *ctx)\n{\n    return pp_ret(%d, PT_REGS_RC(ctx));\n}\n"
+                "int %s(struct pt_regs *ctx)\n{\n    return pp_ret(ctx, %d, PT_REGS_RC(ctx));\n}\n"
                 % (fn, _arg("kprobe", hook.args[0]), fn, index))
     return "int %s(struct pt_regs *ctx)\n{\n    return %s;\n}\n" % (fn, _call(index, hook))
 

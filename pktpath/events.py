@@ -37,12 +37,12 @@ class RawEvent(ctypes.Structure):
         ("flags", ctypes.c_uint8),
         ("port", ctypes.c_uint16),
         ("dev", ctypes.c_char * DEV_LEN),
-        ("_pad", ctypes.c_uint32),
+        ("stack_id", ctypes.c_int32),
     ]
 
 
 # the same layout for struct.unpack_from, which is several times faster than ctypes per event
-_FMT = struct.Struct("<QQQ9I6HBBH%dsI" % DEV_LEN)
+_FMT = struct.Struct("<QQQ9I6HBBH%dsi" % DEV_LEN)
 assert _FMT.size == ctypes.sizeof(RawEvent)
 SIZE = _FMT.size
 
@@ -72,13 +72,13 @@ class Decoder:
 
     def decode(self, data):
         (ts, skb, location, pid, netns, ifindex, reason, vni, saddr, daddr, osaddr, odaddr,
-         sport, dport, osport, odport, hook, cpu, kind, flags, port, dev, _pad) = \
+         sport, dport, osport, odport, hook, cpu, kind, flags, port, dev, stack_id) = \
             _FMT.unpack_from(data)
         encap = bool(flags & F_ENCAP)
         kind_name = KINDS[kind] if kind < len(KINDS) else "pass"
         is_drop = kind_name == "drop"
         ip = self._ip
-        return {
+        ev = {
             "t_ns": ts,
             "hook": self.hook_names[hook] if hook < len(self.hook_names) else "hook%d" % hook,
             "kind": kind_name,
@@ -100,3 +100,6 @@ class Decoder:
             "port": port if kind_name == "deliver" else None,
             "from_map": bool(flags & F_FROM_MAP),
         }
+        if stack_id >= 0 and is_drop:
+            ev["stack_id"] = stack_id
+        return ev

@@ -14,7 +14,7 @@ import time
 
 from pktpath import config as configmod
 from pktpath import hooks as hooksmod
-from pktpath import kernel, reconstruct, recording, report
+from pktpath import dropwatch, kernel, reconstruct, recording, report
 from pktpath.btf import kernel_btf
 from pktpath.errors import UserError
 
@@ -41,6 +41,12 @@ def add_arguments(p):
     o.add_argument("--grace", type=float, default=0.5, metavar="S",
                    help="after COMMAND exits, keep draining events for S seconds (default 0.5)")
     o.add_argument("--host", help="label for this host in recordings (default: hostname)")
+    o.add_argument("--stack", action="store_true",
+                   help="record the kernel stack at each drop of a traced packet")
+    o.add_argument("--drops", choices=("traced", "all"), default="traced",
+                   help="'all' also counts every drop on the machine, by location and reason")
+    o.add_argument("--interval", type=float, default=5.0, metavar="S",
+                   help="with --drops all, print the drop counts every S seconds (default 5)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     o.add_argument("--ebpf", action="store_true", help=argparse_suppress())
     o.add_argument("--stats-file", metavar="FILE", help=argparse_suppress())  # for bench/
@@ -123,7 +129,7 @@ def run(args):
     btf = kernel_btf()
     kallsyms = kernel.Kallsyms()
     plan = build_plan(cfg, btf, kallsyms)
-    t = tracer.Tracer(cfg, plan, btf)
+    t = tracer.Tracer(cfg, plan, btf, stacks=args.stack, drops_all=args.drops == "all")
     if args.ebpf:
         print("/* cflags: %s */" % " ".join(t.cflags))
         print(t.text)
@@ -172,8 +178,17 @@ def run(args):
                 info(args, "tracing%s; Ctrl-C to stop and print the report"
                      % (" for %gs" % args.duration if args.duration else ""))
             deadline = time.monotonic() + args.duration if args.duration else None
+            next_drops = time.monotonic() + args.interval
+            prev_drops = {}
             while stop.reason is None:
                 t.poll(100)
+                if t.drops_all and time.monotonic() >= next_drops:
+                    counts = t.drop_counts()
+                    info(args, "drops in the last %gs, all traffic:\n%s" % (
+                        args.interval, dropwatch.drop_table(counts, kallsyms, decoder.reasons,
+                                                            _names(), prev_drops)))
+                    prev_drops = dropwatch.as_dict(counts)
+                    next_drops += args.interval
                 if deadline and time.monotonic() >= deadline:
                     break
                 if proc is not None and proc.poll() is not None:
@@ -184,6 +199,10 @@ def run(args):
             t.drain()
             counters = t.counters()
             lost_ids = t.lost_ids()
+            drop_counts = t.drop_counts()
+            for ev in collected:
+                if "stack_id" in ev:
+                    ev["stack"] = _clean_stack([kallsyms(a) for a in t.stack(ev["stack_id"])])
         finally:
             t.close()
             if proc is not None and proc.poll() is None:
@@ -203,6 +222,7 @@ def run(args):
     end_rec = dict(counters, netns_names=names, events=len(collected),
                    lost_ids=sorted(lost_ids))
     packets = reconstruct.mark_incomplete(reconstruct.build_packets(collected, names), lost_ids)
+    _attach_stacks(packets, collected)
     if rec:
         rec.end(end_rec)
         rec.close()
@@ -212,7 +232,37 @@ def run(args):
             json_out.close()
             os.replace(args.json + ".tmp", args.json)
     print(report.render_report(packets, meta, end_rec, max_timeline_packets=args.timeline))
+    if args.stack:
+        print("\n== drop stacks ==\n" + (dropwatch.stacks_section(packets) or "none recorded"))
+    if t.drops_all:
+        print("\n== all drops on this machine (--drops all) ==\n" + dropwatch.drop_table(
+            drop_counts, kallsyms, decoder.reasons, names))
     return 0
+
+
+def _clean_stack(frames):
+    """Drop the tracer's own frames (BPF program, bpf_trace_run*) from the top of a stack."""
+    def own(f):
+        name, _, off = f.partition("+0x")
+        return name.startswith("bpf_trace_run") or not off or int(off, 16) > 0x100000
+    i = 0
+    while i < len(frames) and own(frames[i]):
+        i += 1
+    return frames[i:]
+
+
+def _attach_stacks(packets, collected):
+    """Copy each dropped packet's drop stack (recorded with --stack) into its drop record."""
+    stacks = {}
+    for ev in collected:
+        if ev.get("stack"):
+            stacks[(ev["id"], ev.get("location"))] = ev["stack"]
+    if not stacks:
+        return
+    for pkt in packets:
+        drop = pkt.get("drop")
+        if drop and (pkt["id"], drop.get("location")) in stacks:
+            drop["stack"] = stacks[(pkt["id"], drop.get("location"))]
 
 
 def _names():

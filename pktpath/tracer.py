@@ -156,13 +156,15 @@ def capabilities(btf, kallsyms=None, want_fentry=False):
 class Tracer:
     """Loads the program for `plan` (list of hooks.Hook), attaches, and calls `on_event(bytes)`."""
 
-    def __init__(self, cfg, plan, btf):
+    def __init__(self, cfg, plan, btf, stacks=False, drops_all=False):
         self.cfg, self.btf = cfg, btf
         self.plan = list(plan)
         self.bpf = None
         self.coverage = []
         self.text = bpfgen.program(self.plan)
-        self.cflags = bpfgen.cflags(cfg, bpfgen.resolve_offsets(btf))
+        self.cflags = bpfgen.cflags(cfg, bpfgen.resolve_offsets(btf), stacks=stacks,
+                                    drops_all=drops_all)
+        self.stacks, self.drops_all = stacks, drops_all
         self.attach_s = 0.0
         self.compile_s = 0.0
 
@@ -226,6 +228,22 @@ class Tracer:
         table = self.bpf["counters"]
         vals = [sum(table[ctypes.c_int(i)]) for i in range(3)]
         return dict(zip(("lost", "unreachable", "from_map"), vals))
+
+    def stack(self, stack_id):
+        """Kernel addresses of a stack recorded at a drop (innermost first)."""
+        if self.bpf is None or not self.stacks or stack_id < 0:
+            return []
+        try:
+            return list(self.bpf["stacks"].walk(stack_id))
+        except KeyError:
+            return []
+
+    def drop_counts(self):
+        """[(location, reason, netns, count)] of every drop counted in --drops all mode."""
+        if self.bpf is None or not self.drops_all:
+            return []
+        return [(k.location, k.reason, k.netns, v.value)
+                for k, v in self.bpf["dropcounts"].items()]
 
     def lost_ids(self):
         """{packet ID: events lost} for packets that lost events to a full ring buffer."""

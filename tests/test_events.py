@@ -8,7 +8,7 @@ import struct
 from pktpath import events
 
 HEADER = os.path.join(os.path.dirname(__file__), "..", "bpf", "pktpath.h")
-C_SIZES = {"__u64": 8, "__u32": 4, "__u16": 2, "__u8": 1, "char": 1}
+C_SIZES = {"__u64": 8, "__u32": 4, "__s32": 4, "__u16": 2, "__u8": 1, "char": 1}
 
 
 def c_fields():
@@ -17,7 +17,7 @@ def c_fields():
     body = re.search(r"struct pp_event \{(.*?)\};", text, re.S).group(1)
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     out = []
-    for ctype, names in re.findall(r"(__u64|__u32|__u16|__u8|char)\s+([^;]+);", body):
+    for ctype, names in re.findall(r"(__u64|__u32|__s32|__u16|__u8|char)\s+([^;]+);", body):
         for name in names.split(","):
             name = name.strip()
             m = re.match(r"(\w+)\[(\w+)\]", name)

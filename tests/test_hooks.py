@@ -61,6 +61,6 @@ def test_real_catalog_loads_and_defaults_cover_the_path():
 def test_entry_points():
     plan = hooks.plan(None, caps(), CATALOG)
     text = "\n".join(bpfgen.entry_point(i, h) for i, h in enumerate(plan) if h.attached)
-    assert "pp_drop(ctx->args[0], 2, ctx->args[1], (u32)ctx->args[2])" in text
-    assert "pp_deliver(ctx->args[0], 3)" in text
+    assert "pp_drop(ctx, ctx->args[0], 2, ctx->args[1], (u32)ctx->args[2])" in text
+    assert "pp_deliver(ctx, ctx->args[0], 3)" in text
     assert "pp_h1" not in text  # netif_rx skipped: no entry point
