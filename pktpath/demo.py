@@ -58,7 +58,8 @@ def run(args):
     try:
         targs = argparse.Namespace(
             config=LAB_CONFIG, shost=None, dhost=None, sip=None, dip=None, udp_port=None,
-            vxlan_port=None, id_offset=None, id_byteorder=None, hooks=None, duration=None,
+            vxlan_port=None, id_offset=None, id_byteorder=None, hooks=None, netns=None,
+            duration=None, stack=False, drops="traced", interval=5.0,
             json=args.json, record=args.record, ready_file=None, timeline=4, grace=0.5,
             host=None, quiet=False, ebpf=False, stats_file=None,
             command=[sys.executable, "-m", "pktpath.demo", "--traffic"])

@@ -30,6 +30,8 @@ def add_arguments(p):
     f.add_argument("--vxlan-port", type=int, metavar="PORT", help="VXLAN UDP port (4789; flannel 8472)")
     f.add_argument("--id-offset", type=int, metavar="BYTES", help="packet ID offset in the payload")
     f.add_argument("--id-byteorder", choices=("big", "little"), help="packet ID byte order")
+    f.add_argument("--netns", metavar="NS1,NS2",
+                   help="only events in these namespaces (ip netns names or inodes)")
     f.add_argument("--hooks", metavar="H1,H2", help="comma-separated hook names (configs/hooks.yaml)")
     o = p.add_argument_group("run and output")
     o.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
@@ -62,6 +64,9 @@ def overrides_from(args):
                                         "id_offset", "id_byteorder", "host")}
     if args.hooks:
         ov["hooks"] = [h.strip() for h in args.hooks.split(",") if h.strip()]
+    if getattr(args, "netns", None):
+        ov["netns"] = [int(n) if n.strip().isdigit() else n.strip()
+                       for n in args.netns.split(",") if n.strip()]
     return ov
 
 
@@ -145,9 +150,12 @@ def run(args):
     json_out = _open_json(args.json)
     decoder = events.Decoder([h.name for h in plan], kernel.drop_reasons(btf), kallsyms)
     collected = []
+    only_netns = _netns_filter(cfg.netns)
 
     def on_event(data):
         ev = decoder.decode(data)
+        if only_netns and ev["netns"] not in only_netns:
+            return
         collected.append(ev)
         if rec:
             rec.event(ev)
@@ -238,6 +246,11 @@ def run(args):
         print("\n== all drops on this machine (--drops all) ==\n" + dropwatch.drop_table(
             drop_counts, kallsyms, decoder.reasons, names))
     return 0
+
+
+def _netns_filter(netns):
+    """Set of netns inodes from the config's `netns` list (names or inodes); empty = all."""
+    return {n if isinstance(n, int) else kernel.netns_inode(n) for n in netns or ()}
 
 
 def _clean_stack(frames):
