@@ -40,6 +40,10 @@ BPF_TABLE("lru_hash", u32, u64, lostids, 16384);
 #ifdef PP_STACKS
 BPF_STACK_TRACE(stacks, 4096);
 #endif
+#ifdef PP_SUMMARY
+BPF_TABLE("hash", u32, struct pp_path, paths, PP_PATHS);
+BPF_PERCPU_ARRAY(pathinit, struct pp_path, 1);
+#endif
 #ifdef PP_DROPS_ALL
 struct pp_dropkey {
     u64 location;
@@ -52,6 +56,9 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #define PP_CNT_LOST 0
 #define PP_CNT_UNREACHABLE 1
 #define PP_CNT_FROM_MAP 2
+
+/* internal kind: a datagram found behind the queue tail at delivery (see pp_deliver) */
+#define PP_KIND_DELIVER_OLDER 3
 
 #define PP_MATCH 0
 #define PP_NOMATCH 1
@@ -204,16 +211,111 @@ static __always_inline u32 pp_netns_of_net(u64 net)
     return inum;
 }
 
-static __always_inline void pp_fill_dev(struct pp_event *e, u64 dev)
+/* Where the packet is: netns, device and (for a socket) local port. On a socket queue skb->dev
+ * is not valid (UDP reuses it), so the socket's netns is used instead. */
+static __always_inline void pp_where(u64 skb, u64 sk, u32 *netns, u32 *ifindex, char *dev,
+                                     u16 *port)
 {
-    if (!pp_is_kptr(dev))
+    *netns = 0;
+    *ifindex = 0;
+    *port = 0;
+    __builtin_memset(dev, 0, PP_DEV_LEN);
+    if (sk) {
+        u64 skn = 0;
+        bpf_probe_read_kernel(&skn, sizeof(skn), (void *)(sk + PP_OFF_SK_NET));
+        bpf_probe_read_kernel(port, sizeof(*port), (void *)(sk + PP_OFF_SK_NUM));
+        *netns = pp_netns_of_net(skn);
         return;
-    bpf_probe_read_kernel(&e->dev, PP_DEV_LEN, (void *)(dev + PP_OFF_DEV_NAME));
-    bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), (void *)(dev + PP_OFF_DEV_IFINDEX));
+    }
+    u64 d = 0;
+    bpf_probe_read_kernel(&d, sizeof(d), (void *)(skb + PP_OFF_SKB_DEV));
+    if (!pp_is_kptr(d))
+        return;
+    bpf_probe_read_kernel(dev, PP_DEV_LEN, (void *)(d + PP_OFF_DEV_NAME));
+    bpf_probe_read_kernel(ifindex, sizeof(*ifindex), (void *)(d + PP_OFF_DEV_IFINDEX));
     u64 net = 0;
-    bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + PP_OFF_DEV_NET));
-    e->netns = pp_netns_of_net(net);
+    bpf_probe_read_kernel(&net, sizeof(net), (void *)(d + PP_OFF_DEV_NET));
+    *netns = pp_netns_of_net(net);
 }
+
+#ifdef PP_SUMMARY
+
+/* Append this sighting to the packet's path; on delivery or drop, emit the whole path. */
+static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
+                                      u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now)
+{
+    u32 id = p->id;
+    struct pp_path *v = paths.lookup(&id);
+    if (!v) {
+        u32 zero = 0;
+        struct pp_path *init = pathinit.lookup(&zero);
+        if (!init)
+            return 0;
+        init->first_ts = now;
+        init->skb = skb;
+        init->id = id;
+        init->saddr = p->saddr;
+        init->daddr = p->daddr;
+        init->sport = p->sport;
+        init->dport = p->dport;
+        init->stack_id = -1;
+        v = paths.lookup_or_try_init(&id, init);
+        if (!v) {
+            pp_count(PP_CNT_LOST);
+            lostids.increment(id);
+            return 0;
+        }
+    }
+    v->last_ts = now;
+    if (p->encap && !v->has_encap) {
+        v->has_encap = 1;
+        v->vni = p->vni;
+        v->osaddr = p->osaddr;
+        v->odaddr = p->odaddr;
+        v->osport = p->osport;
+        v->odport = p->odport;
+    }
+    /* Claim a hop slot. bcc's LLVM cannot use an atomic fetch-add's result, so read then add:
+     * two CPUs racing on one packet may claim the same slot; the loser's hop is then missing
+     * and the empty slot it leaves is not marked PP_F_HOP_SET, so user space skips it. */
+    u32 idx = v->nhops;
+    __sync_fetch_and_add(&v->nhops, 1);
+    u16 port = 0;
+    if (idx < PP_MAX_HOPS) {
+        struct pp_hop *h = &v->hops[idx];
+        h->dt = now - v->first_ts;
+        h->hook = hook;
+        h->kind = kind;
+        h->flags = flags | PP_F_HOP_SET;
+        h->cpu = bpf_get_smp_processor_id();
+        pp_where(skb, sk, &h->netns, &h->ifindex, h->dev, &port);
+    } else {
+        u32 n = 0;
+        char dev[PP_DEV_LEN];
+        pp_where(skb, sk, &n, &n, dev, &port);
+    }
+    if (kind == PP_KIND_PASS)
+        return 0;
+    v->final_kind = kind;
+    v->location = location;
+    v->reason = reason;
+    v->port = port;
+#ifdef PP_STACKS
+    if (kind == PP_KIND_DROP)
+        v->stack_id = stacks.get_stackid(ctx, 0);
+#endif
+    struct pp_path *e = events.ringbuf_reserve(sizeof(struct pp_path));
+    if (!e) {
+        pp_count(PP_CNT_LOST);
+        lostids.increment(id);
+    } else {
+        bpf_probe_read_kernel(e, sizeof(struct pp_path), v);
+        events.ringbuf_submit(e, 0);
+    }
+    paths.delete(&id);
+    return 0;
+}
+#endif
 
 /* Common path: identify the packet in `skb`, then emit an event of `kind`.
  * sk != 0: take netns/port from the socket (skb->dev is not valid on a socket queue). */
@@ -262,12 +364,6 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u16 hook, u8 kind, u64 
         pp_count(PP_CNT_FROM_MAP);
     }
 
-    struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
-    if (!e) {
-        pp_count(PP_CNT_LOST);
-        lostids.increment(p.id);
-        return 0;
-    }
     u64 now = bpf_ktime_get_ns();
     if (rc == PP_MATCH && kind == PP_KIND_PASS) {
         struct pp_skbinfo info = {.head = head, .ts = now, .id = p.id};
@@ -275,12 +371,27 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u16 hook, u8 kind, u64 
     } else if (kind == PP_KIND_DROP) {
         skbids.delete(&skb);
     }
+    u8 flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
+    if (kind == PP_KIND_DELIVER_OLDER) {
+        kind = PP_KIND_DELIVER;
+#ifdef PP_SUMMARY
+        if (!paths.lookup(&p.id))
+            return 0;   /* already delivered (or never seen): not this callback's datagram */
+#endif
+    }
+#ifdef PP_SUMMARY
+    return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now);
+#else
+    struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
+    if (!e) {
+        pp_count(PP_CNT_LOST);
+        lostids.increment(p.id);
+        return 0;
+    }
     e->ts = now;
     e->skb = skb;
     e->location = location;
     e->id = p.id;
-    e->netns = 0;
-    e->ifindex = 0;
     e->reason = reason;
     e->vni = p.vni;
     e->saddr = p.saddr;
@@ -294,28 +405,16 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u16 hook, u8 kind, u64 
     e->hook = hook;
     e->cpu = bpf_get_smp_processor_id();
     e->kind = kind;
-    e->flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
-    e->port = 0;
+    e->flags = flags;
     e->stack_id = -1;
 #ifdef PP_STACKS
     if (kind == PP_KIND_DROP)
         e->stack_id = stacks.get_stackid(ctx, 0);
 #endif
-    __builtin_memset(e->dev, 0, PP_DEV_LEN);
-    if (sk) {
-        u64 skn = 0;
-        u16 num = 0;
-        bpf_probe_read_kernel(&skn, sizeof(skn), (void *)(sk + PP_OFF_SK_NET));
-        bpf_probe_read_kernel(&num, sizeof(num), (void *)(sk + PP_OFF_SK_NUM));
-        e->netns = pp_netns_of_net(skn);
-        e->port = num;
-    } else {
-        u64 dev = 0;
-        bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + PP_OFF_SKB_DEV));
-        pp_fill_dev(e, dev);
-    }
+    pp_where(skb, sk, &e->netns, &e->ifindex, e->dev, &e->port);
     events.ringbuf_submit(e, 0);
     return 0;
+#endif
 }
 
 /* A hook that sees the skb pass. */
@@ -342,18 +441,30 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
     return pp_handle(ctx, skb, hook, PP_KIND_DROP, location, reason, 0);
 }
 
-/* A socket's data-ready callback: the datagram just queued is the receive queue's tail. */
+/* A socket's data-ready callback: the datagram just queued is the receive queue's tail. When
+ * two CPUs queue datagrams at the same moment, both callbacks may see the later one as the tail,
+ * so the PP_DELIVER_SCAN - 1 datagrams before it are looked at too; in summary mode only those
+ * whose path is still open count (an already delivered ID is not delivered twice). */
+#define PP_DELIVER_SCAN 3
 static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
 {
     if (!pp_is_kptr(sk))
         return 0;
-    u64 tailskb = 0;
     u32 qlen = 0;
     bpf_probe_read_kernel(&qlen, sizeof(qlen), (void *)(sk + PP_OFF_SK_QLEN));
     if (!qlen)
         return 0;
-    bpf_probe_read_kernel(&tailskb, sizeof(tailskb), (void *)(sk + PP_OFF_SK_QTAIL));
-    return pp_handle(ctx, tailskb, hook, PP_KIND_DELIVER, 0, 0, sk);
+    u64 head = sk + PP_OFF_SK_QHEAD;
+    u64 skb = 0;
+    bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(sk + PP_OFF_SK_QTAIL));
+    #pragma unroll
+    for (int i = 0; i < PP_DELIVER_SCAN; i++) {
+        if (!pp_is_kptr(skb) || skb == head || (u32)i >= qlen)
+            break;
+        pp_handle(ctx, skb, hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER, 0, 0, sk);
+        bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(skb + PP_OFF_SKB_PREV));
+    }
+    return 0;
 }
 
 /* kretprobe hooks: the entry stashes the skb per task, the return emits the event with the

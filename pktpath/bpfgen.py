@@ -25,6 +25,8 @@ FIELDS = (
     ("PP_OFF_SK_NUM", "sock", "__sk_common.skc_num"),
     ("PP_OFF_SK_QTAIL", "sock", "sk_receive_queue.prev"),
     ("PP_OFF_SK_QLEN", "sock", "sk_receive_queue.qlen"),
+    ("PP_OFF_SK_QHEAD", "sock", "sk_receive_queue"),
+    ("PP_OFF_SKB_PREV", "sk_buff", "prev"),
 )
 # sk_buff fields copied in one read, with their sizes
 SPAN = (("PP_OFF_SKB_HEAD", 8), ("PP_OFF_SKB_TAIL", 4), ("PP_OFF_SKB_MAC", 2),
@@ -50,12 +52,15 @@ def hdr_len(id_offset):
 
 
 def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=False,
-           drops_all=False):
+           drops_all=False, summary=True, paths=8192):
     """-D flags for config `cfg` (pktpath.config.Config) and BTF `offsets`; `stacks` records the
     kernel stack at each drop of a traced packet, `drops_all` counts every drop (dropwatch)."""
     d = dict(offsets)
     if stacks:
         d["PP_STACKS"] = 1
+    if summary:
+        d["PP_SUMMARY"] = 1
+        d["PP_PATHS"] = paths
     if drops_all:
         d["PP_DROPS_ALL"] = 1
     start = min(offsets[m] for m, _ in SPAN) & ~7  # keep u64 fields 8-aligned on the stack

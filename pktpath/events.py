@@ -10,6 +10,7 @@ DEV_LEN = 16
 KINDS = ("pass", "drop", "deliver")
 F_ENCAP = 1
 F_FROM_MAP = 2
+F_HOP_SET = 0x80
 
 
 class RawEvent(ctypes.Structure):
@@ -103,3 +104,120 @@ class Decoder:
         if stack_id >= 0 and is_drop:
             ev["stack_id"] = stack_id
         return ev
+
+
+# ---- summary mode: one struct pp_path per packet (bpf/pktpath.h) ----
+MAX_HOPS = 32
+
+
+class RawHop(ctypes.Structure):
+    """Mirror of struct pp_hop in bpf/pktpath.h."""
+    _fields_ = [
+        ("dt", ctypes.c_uint32),
+        ("hook", ctypes.c_uint16),
+        ("kind", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("ifindex", ctypes.c_uint32),
+        ("netns", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint16),
+        ("_hpad", ctypes.c_uint16),
+        ("dev", ctypes.c_char * DEV_LEN),
+    ]
+
+
+class RawPath(ctypes.Structure):
+    """Mirror of struct pp_path in bpf/pktpath.h."""
+    _fields_ = [
+        ("first_ts", ctypes.c_uint64),
+        ("last_ts", ctypes.c_uint64),
+        ("skb", ctypes.c_uint64),
+        ("location", ctypes.c_uint64),
+        ("id", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("vni", ctypes.c_uint32),
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("osaddr", ctypes.c_uint32),
+        ("odaddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("osport", ctypes.c_uint16),
+        ("odport", ctypes.c_uint16),
+        ("port", ctypes.c_uint16),
+        ("final_kind", ctypes.c_uint8),
+        ("has_encap", ctypes.c_uint8),
+        ("nhops", ctypes.c_uint32),
+        ("stack_id", ctypes.c_int32),
+        ("hops", RawHop * MAX_HOPS),
+    ]
+
+
+_PATH = struct.Struct("<QQQQ7I5HBBIi")
+_HOP = struct.Struct("<IHBBIIHH%ds" % DEV_LEN)
+assert _PATH.size == RawPath.hops.offset and _HOP.size == ctypes.sizeof(RawHop)
+PATH_SIZE = ctypes.sizeof(RawPath)
+PATH_HDR, HOP_SIZE, NHOPS_OFFSET = _PATH.size, _HOP.size, RawPath.nhops.offset
+
+
+def path_used_bytes(data):
+    """How many leading bytes of a pp_path record carry data (header + recorded hops)."""
+    nhops = struct.unpack_from("<I", data, NHOPS_OFFSET)[0]
+    return PATH_HDR + min(nhops, MAX_HOPS) * HOP_SIZE
+
+
+class PathDecoder(Decoder):
+    """Expands one pp_path record into the same event dicts as Decoder (one per hop), so that
+    everything downstream works the same in both modes. Hops past MAX_HOPS are counted in
+    `truncated`."""
+
+    truncated = 0
+
+    def decode_path(self, data):
+        (first_ts, _last, skb, location, pid, reason, vni, saddr, daddr, osaddr, odaddr,
+         sport, dport, osport, odport, port, final_kind, has_encap, nhops, stack_id) = \
+            _PATH.unpack_from(data)
+        if nhops > MAX_HOPS:
+            self.truncated += nhops - MAX_HOPS
+        ip = self._ip
+        src, dst = "%s:%d" % (ip(saddr), sport), "%s:%d" % (ip(daddr), dport)
+        osrc = "%s:%d" % (ip(osaddr), osport) if has_encap else None
+        odst = "%s:%d" % (ip(odaddr), odport) if has_encap else None
+        names = self.hook_names
+        out = []
+        for i in range(min(nhops, MAX_HOPS)):
+            dt, hook, kind, flags, ifindex, netns, cpu, _p, dev = \
+                _HOP.unpack_from(data, _PATH.size + i * _HOP.size)
+            if not flags & F_HOP_SET:
+                continue  # a slot lost to a race between CPUs (see pp_summary)
+            encap = bool(flags & F_ENCAP)
+            kind_name = KINDS[kind] if kind < len(KINDS) else "pass"
+            final = kind_name != "pass" and kind == final_kind
+            ev = {
+                "t_ns": first_ts + dt,
+                "hook": names[hook] if hook < len(names) else "hook%d" % hook,
+                "kind": kind_name,
+                "id": pid,
+                "skb": skb,
+                "cpu": cpu,
+                "dev": dev.split(b"\0", 1)[0].decode(errors="replace"),
+                "ifindex": ifindex,
+                "netns": netns,
+                "encap": encap,
+                "vni": vni if encap else None,
+                "src": src,
+                "dst": dst,
+                "outer_src": osrc if encap else None,
+                "outer_dst": odst if encap else None,
+                "reason": None, "reason_code": None, "location": None, "port": None,
+                "from_map": bool(flags & F_FROM_MAP),
+            }
+            if kind_name == "drop":
+                ev["reason"] = self.reasons.get(reason, str(reason)) if final else None
+                ev["reason_code"] = reason if final else None
+                ev["location"] = self.symbolize(location) if final else None
+                if final and stack_id >= 0:
+                    ev["stack_id"] = stack_id
+            elif kind_name == "deliver":
+                ev["port"] = port if final else None
+            out.append(ev)
+        return out

@@ -43,6 +43,11 @@ def add_arguments(p):
     o.add_argument("--grace", type=float, default=0.5, metavar="S",
                    help="after COMMAND exits, keep draining events for S seconds (default 0.5)")
     o.add_argument("--host", help="label for this host in recordings (default: hostname)")
+    o.add_argument("--mode", choices=("summary", "events"), default="summary",
+                   help="summary (default): the kernel assembles each packet's path and emits it "
+                        "once; events: one event per hook (more detail per hop, more overhead)")
+    o.add_argument("--lost-after", type=float, default=2.0, metavar="S",
+                   help="summary mode: a packet unseen for S seconds is reported lost (default 2)")
     o.add_argument("--stack", action="store_true",
                    help="record the kernel stack at each drop of a traced packet")
     o.add_argument("--drops", choices=("traced", "all"), default="traced",
@@ -134,7 +139,9 @@ def run(args):
     btf = kernel_btf()
     kallsyms = kernel.Kallsyms()
     plan = build_plan(cfg, btf, kallsyms)
-    t = tracer.Tracer(cfg, plan, btf, stacks=args.stack, drops_all=args.drops == "all")
+    summary = args.mode == "summary"
+    t = tracer.Tracer(cfg, plan, btf, stacks=args.stack, drops_all=args.drops == "all",
+                      summary=summary)
     if args.ebpf:
         print("/* cflags: %s */" % " ".join(t.cflags))
         print(t.text)
@@ -148,17 +155,23 @@ def run(args):
     host = cfg.host or args.host or socket.gethostname()
     rec = recording.RecordingWriter(args.record) if args.record else None
     json_out = _open_json(args.json)
-    decoder = events.Decoder([h.name for h in plan], kernel.drop_reasons(btf), kallsyms)
+    decoder = events.PathDecoder([h.name for h in plan], kernel.drop_reasons(btf), kallsyms)
     collected = []
+    raw_paths = []   # summary mode: pp_path records, decoded after tracing (cheap while live)
     only_netns = _netns_filter(cfg.netns)
 
-    def on_event(data):
-        ev = decoder.decode(data)
+    def keep(ev):
         if only_netns and ev["netns"] not in only_netns:
             return
         collected.append(ev)
         if rec:
             rec.event(ev)
+
+    def on_event(data):
+        if summary:
+            raw_paths.append(data)
+        else:
+            keep(decoder.decode(data))
 
     proc = None
     stop = _Stop()
@@ -187,9 +200,13 @@ def run(args):
                      % (" for %gs" % args.duration if args.duration else ""))
             deadline = time.monotonic() + args.duration if args.duration else None
             next_drops = time.monotonic() + args.interval
+            next_sweep = time.monotonic() + 1.0
             prev_drops = {}
             while stop.reason is None:
                 t.poll(100)
+                if summary and time.monotonic() >= next_sweep:
+                    raw_paths.extend(t.sweep(int(args.lost_after * 1e9)))
+                    next_sweep += 1.0
                 if t.drops_all and time.monotonic() >= next_drops:
                     counts = t.drop_counts()
                     info(args, "drops in the last %gs, all traffic:\n%s" % (
@@ -205,9 +222,14 @@ def run(args):
                         t.poll(50)
                     break
             t.drain()
+            raw_paths.extend(t.sweep())
             counters = t.counters()
             lost_ids = t.lost_ids()
             drop_counts = t.drop_counts()
+            for data in raw_paths:
+                for ev in decoder.decode_path(data):
+                    keep(ev)
+            raw_paths.clear()
             for ev in collected:
                 if "stack_id" in ev:
                     ev["stack"] = _clean_stack([kallsyms(a) for a in t.stack(ev["stack_id"])])

@@ -156,15 +156,15 @@ def capabilities(btf, kallsyms=None, want_fentry=False):
 class Tracer:
     """Loads the program for `plan` (list of hooks.Hook), attaches, and calls `on_event(bytes)`."""
 
-    def __init__(self, cfg, plan, btf, stacks=False, drops_all=False):
+    def __init__(self, cfg, plan, btf, stacks=False, drops_all=False, summary=True):
         self.cfg, self.btf = cfg, btf
         self.plan = list(plan)
         self.bpf = None
         self.coverage = []
         self.text = bpfgen.program(self.plan)
         self.cflags = bpfgen.cflags(cfg, bpfgen.resolve_offsets(btf), stacks=stacks,
-                                    drops_all=drops_all)
-        self.stacks, self.drops_all = stacks, drops_all
+                                    drops_all=drops_all, summary=summary)
+        self.stacks, self.drops_all, self.summary = stacks, drops_all, summary
         self.attach_s = 0.0
         self.compile_s = 0.0
 
@@ -195,8 +195,15 @@ class Tracer:
                                   "status": status, "why": why})
         self.attach_s = time.monotonic() - t0
 
-        def callback(_ctx, data, size):
-            on_event(ctypes.string_at(data, size))
+        if self.summary:
+            def callback(_ctx, data, size):
+                # only the recorded hops are copied (a pp_path is mostly empty hop slots)
+                nhops = ctypes.cast(data + events.NHOPS_OFFSET, ctypes.POINTER(ctypes.c_uint32))[0]
+                on_event(ctypes.string_at(
+                    data, events.PATH_HDR + min(nhops, events.MAX_HOPS) * events.HOP_SIZE))
+        else:
+            def callback(_ctx, data, size):
+                on_event(ctypes.string_at(data, size))
         self._callback = callback
         self.bpf["events"].open_ring_buffer(callback)
         return self.coverage
@@ -228,6 +235,23 @@ class Tracer:
         table = self.bpf["counters"]
         vals = [sum(table[ctypes.c_int(i)]) for i in range(3)]
         return dict(zip(("lost", "unreachable", "from_map"), vals))
+
+    def sweep(self, older_than_ns=None):
+        """Summary mode: remove and return (as pp_path bytes) the open paths whose last sighting
+        is older than `older_than_ns` ago (all of them when None): packets that went quiet."""
+        if self.bpf is None or not self.summary:
+            return []
+        table = self.bpf["paths"]
+        limit = None if older_than_ns is None else time.monotonic_ns() - older_than_ns
+        out = []
+        for k, v in list(table.items()):
+            if limit is None or v.last_ts < limit:
+                out.append(bytes(v)[:events.path_used_bytes(bytes(v))])
+                try:
+                    del table[k]
+                except KeyError:
+                    pass
+        return out
 
     def stack(self, stack_id):
         """Kernel addresses of a stack recorded at a drop (innermost first)."""

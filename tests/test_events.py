@@ -5,41 +5,56 @@ import re
 import socket
 import struct
 
+import pytest
+
 from pktpath import events
 
 HEADER = os.path.join(os.path.dirname(__file__), "..", "bpf", "pktpath.h")
 C_SIZES = {"__u64": 8, "__u32": 4, "__s32": 4, "__u16": 2, "__u8": 1, "char": 1}
 
 
-def c_fields():
-    """[(name, size)] of struct pp_event, parsed from the C header."""
+def c_fields(struct_name):
+    """[(name, size, align)] of a struct in the C header (its fields parsed from the text)."""
     text = open(HEADER).read()
-    body = re.search(r"struct pp_event \{(.*?)\};", text, re.S).group(1)
+    consts = dict((k, int(v)) for k, v in re.findall(r"#define (PP_\w+)\s+(\d+)\b", text))
+    body = re.search(r"struct %s \{(.*?)\};" % struct_name, text, re.S).group(1)
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     out = []
-    for ctype, names in re.findall(r"(__u64|__u32|__s32|__u16|__u8|char)\s+([^;]+);", body):
-        for name in names.split(","):
-            name = name.strip()
-            m = re.match(r"(\w+)\[(\w+)\]", name)
-            if m:
-                out.append((m.group(1), C_SIZES[ctype] * {"PP_DEV_LEN": 16}.get(m.group(2), 0)))
-            else:
-                out.append((name, C_SIZES[ctype]))
+    for ctype, name in re.findall(r"(__u64|__u32|__s32|__u16|__u8|char|struct \w+)\s+([^;]+);",
+                                  body):
+        m = re.match(r"(\w+)\[(\w+)\]", name.strip())
+        if ctype.startswith("struct "):
+            sub = c_fields(ctype.split()[1])
+            size, align = _layout(sub)
+        else:
+            size = align = C_SIZES[ctype]
+        if m:
+            out.append((m.group(1), size * consts[m.group(2)], align))
+        else:
+            out.append((name.strip(), size, align))
     return out
 
 
-def test_mirror_matches_header():
-    c = c_fields()
-    py = [(n, ctypes.sizeof(t)) for n, t in events.RawEvent._fields_]
-    assert py == c
-    # natural alignment: offsets agree too
+def _layout(fields):
+    off, maxalign = 0, 1
+    for _name, size, align in fields:
+        off = (off + align - 1) // align * align + size
+        maxalign = max(maxalign, align)
+    return (off + maxalign - 1) // maxalign * maxalign, maxalign
+
+
+@pytest.mark.parametrize("cname,pyclass", [("pp_event", events.RawEvent),
+                                           ("pp_hop", events.RawHop),
+                                           ("pp_path", events.RawPath)])
+def test_mirror_matches_header(cname, pyclass):
+    c = c_fields(cname)
+    assert [(n, s) for n, s, _a in c] == [(n, ctypes.sizeof(t)) for n, t in pyclass._fields_]
     off = 0
-    for (name, size), (pyname, _t) in zip(c, events.RawEvent._fields_):
-        align = min(size, 8) if name != "dev" else 1
+    for name, size, align in c:
         off = (off + align - 1) // align * align
-        assert getattr(events.RawEvent, pyname).offset == off, name
+        assert getattr(pyclass, name).offset == off, name
         off += size
-    assert ctypes.sizeof(events.RawEvent) == events.SIZE == off
+    assert ctypes.sizeof(pyclass) == _layout(c)[0]
 
 
 def _raw(**kw):
@@ -74,3 +89,25 @@ def test_decode_plain_deliver():
         _raw(id=3, kind=2, port=5000, saddr=_addr("10.0.0.1"), dport=5000))
     assert d["kind"] == "deliver" and d["port"] == 5000
     assert d["vni"] is None and d["outer_src"] is None and d["reason"] is None
+
+
+def test_decode_path_expands_hops_and_skips_unset_slots():
+    path = events.RawPath(first_ts=1000, skb=7, id=42, saddr=_addr("198.51.100.1"),
+                          daddr=_addr("198.51.100.2"), sport=1, dport=5000, has_encap=1, vni=42,
+                          osaddr=_addr("192.0.2.1"), odaddr=_addr("192.0.2.2"), odport=4789,
+                          final_kind=1, reason=3, location=0x10, nhops=4, stack_id=-1)
+    for i, (hook, kind, flags) in enumerate([(0, 0, events.F_HOP_SET),
+                                             (1, 0, events.F_HOP_SET | events.F_ENCAP),
+                                             (0, 0, 0),   # slot lost to a race: skipped
+                                             (2, 1, events.F_HOP_SET)]):
+        path.hops[i].dt, path.hops[i].hook, path.hops[i].kind = i * 10, hook, kind
+        path.hops[i].flags, path.hops[i].dev = flags, b"d%d" % i
+    data = bytes(path)[:events.path_used_bytes(bytes(path))]
+    evs = events.PathDecoder(["a", "b", "kfree_skb"], {3: "NO_SOCKET"},
+                             lambda a: "f+0x10").decode_path(data)
+    assert [e["hook"] for e in evs] == ["a", "b", "kfree_skb"]
+    assert [e["t_ns"] for e in evs] == [1000, 1010, 1030]
+    assert evs[1]["encap"] and evs[1]["vni"] == 42 and evs[1]["outer_dst"] == "192.0.2.2:4789"
+    assert not evs[0]["encap"] and evs[0]["outer_dst"] is None
+    assert evs[2]["kind"] == "drop" and evs[2]["reason"] == "NO_SOCKET"
+    assert evs[2]["location"] == "f+0x10" and evs[2]["id"] == 42
