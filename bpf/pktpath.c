@@ -56,6 +56,7 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #define PP_CNT_LOST 0
 #define PP_CNT_UNREACHABLE 1
 #define PP_CNT_FROM_MAP 2
+#define PP_CNT_SUBMITTED 3
 
 /* internal kind: a datagram found behind the queue tail at delivery (see pp_deliver) */
 #define PP_KIND_DELIVER_OLDER 3
@@ -75,6 +76,18 @@ static __always_inline void pp_count(u32 idx)
     u64 *c = counters.lookup(&idx);
     if (c)
         (*c)++;
+}
+
+/* Waking user space for every record costs more than the record: wake it every
+ * PP_WAKEUP_EVERY records per CPU only (it also polls on a timer, so nothing waits long). */
+static __always_inline u64 pp_wakeup(void)
+{
+    u32 idx = PP_CNT_SUBMITTED;
+    u64 *c = counters.lookup(&idx);
+    if (!c)
+        return 0;
+    (*c)++;
+    return (*c % PP_WAKEUP_EVERY) == 0 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline u16 rd16(u8 *h, u32 off)
@@ -197,6 +210,7 @@ static __always_inline int pp_parse(u8 *h, int l2, u32 linear, struct pp_pkt *p)
 
 /* The skb fields we need, copied in one read of the span [PP_SKB_SPAN_START, +PP_SKB_SPAN_LEN). */
 #define SKBF(buf, type, off) (*(type *)((u8 *)(buf) + (off) - PP_SKB_SPAN_START))
+#define SKBF_DEV(buf, type, off) (*(type *)((u8 *)(buf) + (off) - PP_DEV_SPAN_START))
 
 static __always_inline int pp_is_kptr(u64 p)
 {
@@ -231,11 +245,13 @@ static __always_inline void pp_where(u64 skb, u64 sk, u32 *netns, u32 *ifindex, 
     bpf_probe_read_kernel(&d, sizeof(d), (void *)(skb + PP_OFF_SKB_DEV));
     if (!pp_is_kptr(d))
         return;
-    bpf_probe_read_kernel(dev, PP_DEV_LEN, (void *)(d + PP_OFF_DEV_NAME));
-    bpf_probe_read_kernel(ifindex, sizeof(*ifindex), (void *)(d + PP_OFF_DEV_IFINDEX));
-    u64 net = 0;
-    bpf_probe_read_kernel(&net, sizeof(net), (void *)(d + PP_OFF_DEV_NET));
-    *netns = pp_netns_of_net(net);
+    /* name, ifindex and nd_net in one read of the net_device span */
+    u64 span[(PP_DEV_SPAN_LEN + 7) / 8];
+    if (bpf_probe_read_kernel(span, sizeof(span), (void *)(d + PP_DEV_SPAN_START)))
+        return;
+    __builtin_memcpy(dev, (u8 *)span + PP_OFF_DEV_NAME - PP_DEV_SPAN_START, PP_DEV_LEN);
+    *ifindex = SKBF_DEV(span, u32, PP_OFF_DEV_IFINDEX);
+    *netns = pp_netns_of_net(SKBF_DEV(span, u64, PP_OFF_DEV_NET));
 }
 
 #ifdef PP_SUMMARY
@@ -304,13 +320,17 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     if (kind == PP_KIND_DROP)
         v->stack_id = stacks.get_stackid(ctx, 0);
 #endif
-    struct pp_path *e = events.ringbuf_reserve(sizeof(struct pp_path));
-    if (!e) {
+    /* emit only the hops recorded, not the empty slots */
+    u64 n = (u64)idx + 1;
+    if (n > PP_MAX_HOPS)
+        n = PP_MAX_HOPS;
+    u64 size = offsetof(struct pp_path, hops) + n * sizeof(struct pp_hop);
+    asm volatile("" : "+r"(size));  /* bound the register the helper call uses */
+    if (size > sizeof(struct pp_path))
+        size = sizeof(struct pp_path);
+    if (events.ringbuf_output(v, size, pp_wakeup()) < 0) {
         pp_count(PP_CNT_LOST);
         lostids.increment(id);
-    } else {
-        bpf_probe_read_kernel(e, sizeof(struct pp_path), v);
-        events.ringbuf_submit(e, 0);
     }
     paths.delete(&id);
     return 0;
@@ -366,8 +386,14 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u16 hook, u8 kind, u64 
 
     u64 now = bpf_ktime_get_ns();
     if (rc == PP_MATCH && kind == PP_KIND_PASS) {
-        struct pp_skbinfo info = {.head = head, .ts = now, .id = p.id};
-        skbids.update(&skb, &info);
+        /* an LRU update costs several times a lookup: refresh in place when unchanged */
+        struct pp_skbinfo *cur = skbids.lookup(&skb);
+        if (cur && cur->id == p.id && cur->head == head) {
+            cur->ts = now;
+        } else {
+            struct pp_skbinfo info = {.head = head, .ts = now, .id = p.id};
+            skbids.update(&skb, &info);
+        }
     } else if (kind == PP_KIND_DROP) {
         skbids.delete(&skb);
     }
@@ -412,7 +438,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u16 hook, u8 kind, u64 
         e->stack_id = stacks.get_stackid(ctx, 0);
 #endif
     pp_where(skb, sk, &e->netns, &e->ifindex, e->dev, &e->port);
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(e, pp_wakeup());
     return 0;
 #endif
 }

@@ -6,6 +6,7 @@ kernel's BTF, never from a header's struct layout.
 import ipaddress
 import os
 
+from pktpath.errors import UserError
 from pktpath.paths import data_dir
 
 BPF_DIR = data_dir("bpf")
@@ -66,6 +67,14 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     start = min(offsets[m] for m, _ in SPAN) & ~7  # keep u64 fields 8-aligned on the stack
     d["PP_SKB_SPAN_START"] = start
     d["PP_SKB_SPAN_LEN"] = max(offsets[m] + size for m, size in SPAN) - start
+    dev = [offsets["PP_OFF_DEV_NAME"], offsets["PP_OFF_DEV_IFINDEX"], offsets["PP_OFF_DEV_NET"]]
+    d["PP_DEV_SPAN_START"] = min(dev) & ~7
+    d["PP_DEV_SPAN_LEN"] = max(offsets["PP_OFF_DEV_NAME"] + 16, offsets["PP_OFF_DEV_IFINDEX"] + 4,
+                               offsets["PP_OFF_DEV_NET"] + 8) - d["PP_DEV_SPAN_START"]
+    if d["PP_DEV_SPAN_LEN"] > 256:  # read on the BPF stack: keep it small
+        raise UserError("net_device layout not supported (name/ifindex/nd_net %d bytes apart)"
+                        % d["PP_DEV_SPAN_LEN"])
+    d["PP_WAKEUP_EVERY"] = 32
     d["PP_HDR_LEN"] = hdr_len(cfg.id_offset)
     d["PP_VXLAN_PORT"] = cfg.vxlan_port
     d["PP_ID_OFFSET"] = cfg.id_offset

@@ -127,6 +127,11 @@ def _open_json(path):
         return None
     if path == "-":
         return sys.stdout
+    if os.path.exists(path) and not os.path.isfile(path):   # /dev/null, a fifo: write as is
+        try:
+            return open(path, "w")
+        except OSError as e:
+            raise UserError("cannot write --json %s: %s" % (path, e.strerror)) from None
     try:
         return open(path + ".tmp", "w")
     except OSError as e:
@@ -260,7 +265,8 @@ def run(args):
         report.write_json(packets, json_out)
         if json_out is not sys.stdout:
             json_out.close()
-            os.replace(args.json + ".tmp", args.json)
+            if json_out.name.endswith(".tmp"):
+                os.replace(json_out.name, args.json)
     print(report.render_report(packets, meta, end_rec, max_timeline_packets=args.timeline))
     if args.stack:
         print("\n== drop stacks ==\n" + (dropwatch.stacks_section(packets) or "none recorded"))
