@@ -104,18 +104,25 @@ def check_privileges():
 
 
 class _QuietStderr:
-    """Silence libbpf/bcc's own stderr chatter (fd 2) while probing."""
+    """Send libbpf/bcc's own stderr chatter (fd 2: compiler errors, verifier logs) to `path`
+    (default: nowhere) instead of the terminal."""
+
+    def __init__(self, path=os.devnull):
+        self.path = path
 
     def __enter__(self):
         sys.stderr.flush()
         self._saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
 
     def __exit__(self, *exc):
         os.dup2(self._saved, 2)
         os.close(self._saved)
+
+
+BPF_LOG = "/tmp/pktpath-bpf.log"
 
 
 def probe_fentry():
@@ -177,16 +184,19 @@ class Tracer:
         ensure_tracefs()
         t0 = time.monotonic()
         try:
-            self.bpf = bcc.BPF(text=self.text, cflags=self.cflags)
+            with _QuietStderr(BPF_LOG):
+                self.bpf = bcc.BPF(text=self.text, cflags=self.cflags)
         except Exception as e:
-            raise UserError("BPF program failed to load: %s" % _first_line(e)) from None
+            raise UserError("BPF program failed to load: %s (compiler/verifier log: %s; "
+                            "generated C: run with --ebpf)" % (_first_line(e), BPF_LOG)) from None
         self.compile_s = time.monotonic() - t0
         t0 = time.monotonic()
         for i, hook in enumerate(self.plan):
             status, why = "skipped", hook.why
             if hook.attached:
                 try:
-                    self._attach(i, hook)
+                    with _QuietStderr(BPF_LOG):
+                        self._attach(i, hook)
                     status = "attached"
                 except Exception as e:
                     why = "attach failed: %s" % _first_line(e)
