@@ -155,6 +155,7 @@ def run(args):
         raise UserError("no hook can be attached on this kernel: " + describe_coverage(
             [{"hook": h.name, "status": "skipped", "why": h.why} for h in plan]))
     tracer.check_privileges()
+    lock = _single_tracer_lock(cfg)  # noqa: F841  (held until the process exits)
     t_start = time.monotonic()
 
     host = cfg.host or args.host or socket.gethostname()
@@ -253,6 +254,14 @@ def run(args):
             json.dump(dict(counters, events=len(collected), startup_s=ready_s,
                            compile_s=t.compile_s, attach_s=t.attach_s), f)
 
+    with _Stop():  # the report of a finished trace is printed whole, signals or not
+        return _finish(args, t, rec, json_out, collected, counters, lost_ids, drop_counts, meta,
+                       kallsyms, decoder)
+
+
+def _finish(args, t, rec, json_out, collected, counters, lost_ids, drop_counts, meta, kallsyms,
+            decoder):
+    """Reconstruct, write the outputs and print the report (probes are already detached)."""
     names = _names()
     end_rec = dict(counters, netns_names=names, events=len(collected),
                    lost_ids=sorted(lost_ids))
@@ -274,6 +283,32 @@ def run(args):
         print("\n== all drops on this machine (--drops all) ==\n" + dropwatch.drop_table(
             drop_counts, kallsyms, decoder.reasons, names))
     return 0
+
+
+LOCK_DIR = "/run/pktpath"
+
+
+def _single_tracer_lock(cfg):
+    """One tracer per (host label, netns filter): two identical tracers would both attach and
+    double every cost. Tracers restricted to different namespaces (two lab "hosts") may run
+    side by side. Returns the open, locked file; raises UserError if another holds it."""
+    import fcntl
+    import hashlib
+    key = hashlib.sha1(repr((cfg.host, sorted(map(str, cfg.netns or ())))).encode()).hexdigest()
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    f = open(os.path.join(LOCK_DIR, "trace-%s.lock" % key[:12]), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise UserError("another pktpath tracer with the same filter is running (pid %s)" % pid)
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _netns_filter(netns):
