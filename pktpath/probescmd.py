@@ -44,12 +44,16 @@ def run(args):
                      "method": h.method, "status": "planned" if h.attached else "skipped",
                      "why": h.why} for h in plan]
     else:
+        import time
         from pktpath import tracer
         t = tracer.Tracer(cfg, plan, btf)
         try:
             coverage = t.start(lambda data: None)
         finally:
+            t0 = time.monotonic()
             t.close()
-        print("pktpath: load %.2fs, attach %.2fs" % (t.compile_s, t.attach_s), file=sys.stderr)
+            detach_s = time.monotonic() - t0
+        print("pktpath: %d hooks: compile+load %.2fs, attach %.3fs, detach %.3fs"
+              % (len(plan), t.compile_s, t.attach_s, detach_s), file=sys.stderr)
     print(render(coverage))
     return 0
