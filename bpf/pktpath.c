@@ -11,7 +11,9 @@
  * appended after this file.
  */
 
-/* pktpath.h is prepended by bpfgen.py */
+/* pktpath.h is prepended by bpfgen.py. struct pt_regs (kprobe entry points) is the one layout
+ * taken from headers: it is the architecture's stable register ABI, not a kernel struct. */
+#include <uapi/linux/ptrace.h>
 
 /* Header bytes copied per hook: L2 (<=18) + IPv4 (<=60) + UDP + VXLAN + Eth + IPv4 (<=60) + UDP
  * + ID offset + 4. PP_HDR_LEN is a power of two >= what the ID offset needs. */

@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.add_argument("--json", metavar="FILE", help="also write per-packet verdicts as JSON Lines")
     p.add_argument("--record", metavar="FILE", help="also write the raw events")
+    p.add_argument("--timeline", type=int, default=3, metavar="N",
+                   help="show the timeline of the first N packets (default 3)")
     p.add_argument("--traffic", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -56,13 +58,13 @@ def run(args):
           file=sys.stderr)
     lab.up()
     try:
-        targs = argparse.Namespace(
-            config=LAB_CONFIG, shost=None, dhost=None, sip=None, dip=None, udp_port=None,
-            vxlan_port=None, id_offset=None, id_byteorder=None, hooks=None, netns=None,
-            duration=None, stack=False, drops="traced", interval=5.0,
-            json=args.json, record=args.record, ready_file=None, timeline=4, grace=0.5,
-            host=None, quiet=False, ebpf=False, stats_file=None,
-            command=[sys.executable, "-m", "pktpath.demo", "--traffic"])
+        parser = argparse.ArgumentParser()
+        tracecmd.add_arguments(parser)
+        targv = ["-c", LAB_CONFIG, "--timeline", str(args.timeline)]
+        targv += ["--json", args.json] if args.json else []
+        targv += ["--record", args.record] if args.record else []
+        targs = parser.parse_args(targv)
+        targs.command = [sys.executable, "-m", "pktpath.demo", "--traffic"]
         os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
         return tracecmd.run(targs)
     finally:

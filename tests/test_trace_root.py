@@ -144,6 +144,6 @@ def test_sigterm_prints_report_and_detaches(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "stopped by SIGTERM" in err
-    assert "VERDICT" in out.upper()
+    assert "== summary ==" in out
     progs = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
     assert "pp_h" not in progs

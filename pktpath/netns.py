@@ -1,0 +1,27 @@
+"""Entering a named network namespace from Python (3.11 has no os.setns)."""
+import ctypes
+import ctypes.util
+import os
+
+from pktpath.errors import UserError
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
+
+
+def enter(name):
+    """Move the calling process (thread) into the network namespace `name` (`ip netns` name)."""
+    path = os.path.join(NETNS_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise UserError("netns '%s' does not exist (ip netns list)" % name) from None
+    except PermissionError:
+        raise UserError("entering netns '%s' needs root" % name) from None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise UserError("cannot enter netns '%s': %s" % (name, os.strerror(err)))
+    finally:
+        os.close(fd)

@@ -1,0 +1,32 @@
+"""Test sessions split by privilege: `root` tests need root, BPF and network namespaces (CI is
+root); everything else runs anywhere."""
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (BPF, network namespaces)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def lab_up():
+    """The two-host VXLAN lab, built once for the session and removed afterwards."""
+    from pktpath import lab
+    lab.up()
+    yield lab
+    lab.down()
+
+
+@pytest.fixture
+def fault(lab_up):
+    """fault(name) injects a lab fault; it is cleared after the test."""
+    def inject(name):
+        lab_up.apply_fault(name)
+    yield inject
+    lab_up.clear_faults()
