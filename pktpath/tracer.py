@@ -185,7 +185,7 @@ class Tracer:
         t0 = time.monotonic()
         try:
             with _QuietStderr(BPF_LOG):
-                self.bpf = bcc.BPF(text=self.text, cflags=self.cflags)
+                self.bpf = bcc.BPF(text=self.text.encode(), cflags=self.cflags)
         except Exception as e:
             raise UserError("BPF program failed to load: %s (compiler/verifier log: %s; "
                             "generated C: run with --ebpf)" % (_first_line(e), BPF_LOG)) from None

@@ -29,7 +29,7 @@ def test_every_function_handler_passes_the_verifier():
     hdr = tracer.kernel_headers()
     if hdr:
         os.environ["BCC_KERNEL_SOURCE"] = hdr
-    b = bcc.BPF(text=t.text, cflags=t.cflags)
+    b = bcc.BPF(text=t.text.encode(), cflags=t.cflags)
     try:
         loaded = 0
         for i, h in enumerate(plan):
