@@ -45,18 +45,18 @@ FAULTS = {
         "breaks": "pp-hostB's VXLAN device uses VNI 43 while pp-hostA sends VNI 42",
         "expect": "dropped, reason VXLAN_VNI_NOT_FOUND, in pp-hostB (at VXLAN decap)"},
     "underlay-mtu": {
-        "breaks": "underlay MTU 1280 with DF set on the VXLAN devices: encapsulated datagrams "
-                  "larger than the underlay cannot cross (send --size 1300 to see it)",
-        "expect": "large datagrams dropped in pp-hostA on the way to the underlay "
-                  "(the kernel's reason, e.g. PKT_TOO_BIG); small ones delivered"},
+        "breaks": "underlay MTU 1280 (VXLAN devices follow: 1230) with DF set, containers still "
+                  "at 1450: datagrams over ~1200 bytes cannot cross (send --size 1300)",
+        "expect": "large datagrams dropped in pp-hostA at the bridge, before encapsulation "
+                  "(br_nf_dev_queue_xmit or br_dev_queue_push_xmit); small ones delivered"},
     "rcvbuf-full": {
         "breaks": "the sink on pp-ctrB keeps a tiny receive buffer and never reads",
         "expect": "the first datagrams delivered, the rest dropped, reason SOCKET_RCVBUFF, "
                   "in pp-ctrB"},
     "link-down": {
         "breaks": "pp-vB (pp-hostB's bridge port to pp-ctrB) is down",
-        "expect": "never reaches pp-ctrB: last seen on pp-hostB's bridge side (lost, or "
-                  "dropped there if the kernel frees it with a reason)"},
+        "expect": "dropped in pp-hostB by the bridge, reason NO_TX_TARGET "
+                  "(br_handle_frame_finish): it never reaches pp-ctrB"},
 }
 
 

@@ -15,12 +15,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def lab_up():
-    """The two-host VXLAN lab, built once for the session and removed afterwards."""
+def _lab_session():
     from pktpath import lab
-    lab.up()
     yield lab
     lab.down()
+
+
+@pytest.fixture
+def lab_up(_lab_session):
+    """The two-host VXLAN lab, healthy; built when missing (a lifecycle test may have removed
+    it) and removed at the end of the session."""
+    lab = _lab_session
+    st = lab.status()
+    if set(lab.LAB_NS) - set(st["namespaces"]) or not st["sink"] or st["faults"]:
+        lab.up()
+    return lab
 
 
 @pytest.fixture
