@@ -26,8 +26,8 @@ def add_arguments(p):
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.add_argument("--json", metavar="FILE", help="also write per-packet verdicts as JSON Lines")
     p.add_argument("--record", metavar="FILE", help="also write the raw events")
-    p.add_argument("--timeline", type=int, default=3, metavar="N",
-                   help="show the timeline of the first N packets (default 3)")
+    p.add_argument("--timeline", type=int, default=1, metavar="N",
+                   help="show the timeline of the first N packets (default 1)")
     p.add_argument("--traffic", action="store_true", help=argparse.SUPPRESS)
 
 
