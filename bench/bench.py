@@ -107,6 +107,8 @@ def main():
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--skip-report", action="store_true", help="skip the 1M-event report test")
     ap.add_argument("--keep-lab", action="store_true")
+    ap.add_argument("--tracer-args", default="", help="extra tracer arguments, e.g. "
+                    "'--hooks net_dev_queue,netif_receive_skb,sk_data_ready,kfree_skb'")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root")
@@ -119,11 +121,13 @@ def main():
             for _ in range(args.rounds):
                 res["a_pps"].append(load(args.seconds, args.senders, base))
                 base += 10 ** 9 // 4
-                proc, startup, stats = start_tracer(["--udp-port", str(lab.PORT + 999)], tmp)
+                extra = args.tracer_args.split()
+                proc, startup, stats = start_tracer(["--udp-port", str(lab.PORT + 999)] + extra,
+                                                    tmp)
                 res["startup_s"].append(startup)
                 res["b_pps"].append(load(args.seconds, args.senders, base))
                 stop_tracer(proc, stats)
-                proc, startup, stats = start_tracer(["--json", os.devnull], tmp)
+                proc, startup, stats = start_tracer(["--json", os.devnull] + extra, tmp)
                 res["startup_s"].append(startup)
                 t0 = time.monotonic()
                 res["c_pps"].append(load(args.seconds, args.senders, base))
