@@ -4,6 +4,7 @@ Every UserError (and every other expected failure) becomes one line on stderr an
 """
 import argparse
 import importlib
+import signal
 import sys
 
 from pktpath.errors import UserError
@@ -39,8 +40,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, "pktpath: error: %s (see --help)\n" % message)
 
 
+def _terminated(signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM before tracing starts: the same clean exit as Ctrl-C
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         if argv and argv[0] in SUBCOMMANDS:
             modname, helptext = SUBCOMMANDS[argv[0]]
