@@ -45,6 +45,14 @@ BPF_STACK_TRACE(stacks, 4096);
 #ifdef PP_SUMMARY
 BPF_TABLE("hash", u32, struct pp_path, paths, PP_PATHS);
 BPF_PERCPU_ARRAY(pathinit, struct pp_path, 1);
+/* per CPU: the last traced packet seen passing a hook, and where. A UDP datagram is queued to
+ * its socket in the same softirq call chain that saw it at the device, on the same CPU. */
+struct pp_lastseen {
+    u64 ts;
+    u32 id;
+    u32 netns;
+};
+BPF_PERCPU_ARRAY(lastseen, struct pp_lastseen, 1);
 #endif
 #ifdef PP_DROPS_ALL
 struct pp_dropkey {
@@ -307,6 +315,15 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         h->flags = flags | PP_F_HOP_SET;
         h->cpu = bpf_get_smp_processor_id();
         pp_where(skb, sk, &h->netns, &h->ifindex, h->dev, &port);
+        if (kind == PP_KIND_PASS) {
+            u32 zero = 0;
+            struct pp_lastseen *ls = lastseen.lookup(&zero);
+            if (ls) {
+                ls->ts = now;
+                ls->id = id;
+                ls->netns = h->netns;
+            }
+        }
     } else {
         u32 n = 0;
         char dev[PP_DEV_LEN];
@@ -469,29 +486,60 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
     return pp_handle(ctx, skb, hook, PP_KIND_DROP, location, reason, 0);
 }
 
-/* A socket's data-ready callback: the datagram just queued is the receive queue's tail. When
- * two CPUs queue datagrams at the same moment, both callbacks may see the later one as the tail,
- * so the PP_DELIVER_SCAN - 1 datagrams before it are looked at too; in summary mode only those
- * whose path is still open count (an already delivered ID is not delivered twice). */
+/* Look at up to PP_DELIVER_SCAN datagrams from the tail of the sk_buff_head at `q` (in `sk`).
+ * `first` is the kind for the tail itself; the ones before it are PP_KIND_DELIVER_OLDER. */
 #define PP_DELIVER_SCAN 3
+static __always_inline void pp_scan_queue(void *ctx, u64 sk, u64 q, u16 hook, u8 first)
+{
+    u32 qlen = 0;
+    bpf_probe_read_kernel(&qlen, sizeof(qlen), (void *)(q + PP_OFF_SKBHEAD_QLEN));
+    u64 skb = 0;
+    bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(q + PP_OFF_SKBHEAD_PREV));
+    #pragma unroll
+    for (int i = 0; i < PP_DELIVER_SCAN; i++) {
+        if (!pp_is_kptr(skb) || skb == q || (u32)i >= qlen)
+            break;
+        pp_handle(ctx, skb, hook, i ? PP_KIND_DELIVER_OLDER : first, 0, 0, sk);
+        bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(skb + PP_OFF_SKB_PREV));
+    }
+}
+
+/* A socket's data-ready callback: the datagram just queued is the receive queue's tail.
+ * Races: when two CPUs queue datagrams at once, both callbacks may see the later one as the
+ * tail, so the datagrams before it are looked at too; and a reader running on another CPU may
+ * already have moved the queue to UDP's reader_queue, so that queue's tail is looked at as well.
+ * In summary mode those extra datagrams only count while their path is still open (an ID is
+ * not delivered twice). A reader that has already consumed the datagram leaves no trace: that
+ * packet is reported lost at its last sighting. */
 static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
 {
     if (!pp_is_kptr(sk))
         return 0;
-    u32 qlen = 0;
-    bpf_probe_read_kernel(&qlen, sizeof(qlen), (void *)(sk + PP_OFF_SK_QLEN));
-    if (!qlen)
+    u16 proto = 0;
+    bpf_probe_read_kernel(&proto, sizeof(proto), (void *)(sk + PP_OFF_SK_PROTO));
+    if (proto != 17 /* IPPROTO_UDP */)
         return 0;
-    u64 head = sk + PP_OFF_SK_QHEAD;
-    u64 skb = 0;
-    bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(sk + PP_OFF_SK_QTAIL));
-    #pragma unroll
-    for (int i = 0; i < PP_DELIVER_SCAN; i++) {
-        if (!pp_is_kptr(skb) || skb == head || (u32)i >= qlen)
-            break;
-        pp_handle(ctx, skb, hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER, 0, 0, sk);
-        bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(skb + PP_OFF_SKB_PREV));
-    }
+    pp_scan_queue(ctx, sk, sk + PP_OFF_SK_QHEAD, hook, PP_KIND_DELIVER);
+    pp_scan_queue(ctx, sk, sk + PP_OFF_UDP_READERQ, hook, PP_KIND_DELIVER_OLDER);
+#ifdef PP_SUMMARY
+    /* The reader may have taken the datagram already. It is then the packet this CPU saw last,
+     * moments ago, in the socket's own namespace: deliver that one if its path is still open. */
+    u32 zero = 0;
+    struct pp_lastseen *ls = lastseen.lookup(&zero);
+    if (!ls || !ls->ts)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    struct pp_pkt p = {.id = ls->id};
+    struct pp_path *v = paths.lookup(&p.id);
+    if (!v || now - ls->ts > PP_LASTSEEN_NS)
+        return 0;
+    u64 skn = 0;
+    bpf_probe_read_kernel(&skn, sizeof(skn), (void *)(sk + PP_OFF_SK_NET));
+    if (pp_netns_of_net(skn) != ls->netns)
+        return 0;
+    ls->ts = 0;
+    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now);
+#endif
     return 0;
 }
 

@@ -24,9 +24,11 @@ FIELDS = (
     ("PP_OFF_NET_INUM", "net", "ns.inum"),
     ("PP_OFF_SK_NET", "sock", "__sk_common.skc_net.net"),
     ("PP_OFF_SK_NUM", "sock", "__sk_common.skc_num"),
-    ("PP_OFF_SK_QTAIL", "sock", "sk_receive_queue.prev"),
-    ("PP_OFF_SK_QLEN", "sock", "sk_receive_queue.qlen"),
     ("PP_OFF_SK_QHEAD", "sock", "sk_receive_queue"),
+    ("PP_OFF_SK_PROTO", "sock", "sk_protocol"),
+    ("PP_OFF_UDP_READERQ", "udp_sock", "reader_queue"),
+    ("PP_OFF_SKBHEAD_PREV", "sk_buff_head", "prev"),
+    ("PP_OFF_SKBHEAD_QLEN", "sk_buff_head", "qlen"),
     ("PP_OFF_SKB_PREV", "sk_buff", "prev"),
 )
 # sk_buff fields copied in one read, with their sizes
@@ -62,6 +64,7 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     if summary:
         d["PP_SUMMARY"] = 1
         d["PP_PATHS"] = paths
+        d["PP_LASTSEEN_NS"] = "1000000ULL"  # 1 ms: a device-to-socket call chain takes us
     if drops_all:
         d["PP_DROPS_ALL"] = 1
     start = min(offsets[m] for m, _ in SPAN) & ~7  # keep u64 fields 8-aligned on the stack
