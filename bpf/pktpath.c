@@ -356,11 +356,19 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
 }
 #endif
 
-/* Common path: identify the packet in `skb`, then emit an event of `kind`.
- * sk != 0: take netns/port from the socket (skb->dev is not valid on a socket queue). */
-static __always_inline int pp_handle(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
-                                     u32 reason, u64 sk)
+#define PP_HK(hook, kind) (((u32)(hook) << 8) | (kind))
+
+/* Common path: identify the packet in `skb`, then emit an event of kind `hk & 0xff` for hook
+ * `hk >> 8`. `aux` is the drop reason for PP_KIND_DROP, the socket for the deliver kinds (whose
+ * netns/port are taken from the socket: skb->dev is not valid on a socket queue).
+ * (bcc loads each entry point on its own, so this is inlined into each: call sites are kept
+ * few, and loops are not unrolled, to keep compile and load fast.) */
+static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u64 aux)
 {
+    u16 hook = hk >> 8;
+    u8 kind = hk & 0xff;
+    u32 reason = kind == PP_KIND_DROP ? (u32)aux : 0;
+    u64 sk = kind == PP_KIND_DROP || kind == PP_KIND_PASS ? 0 : aux;
     if (!pp_is_kptr(skb))
         return 0;
     u64 span[(PP_SKB_SPAN_LEN + 7) / 8];
@@ -465,7 +473,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u16 hook, u8 kind, u64 
 /* A hook that sees the skb pass. */
 static __always_inline int pp_pass(void *ctx, u64 skb, u16 hook)
 {
-    return pp_handle(ctx, skb, hook, PP_KIND_PASS, 0, 0, 0);
+    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_PASS), 0, 0);
 }
 
 /* kfree_skb: the skb is dropped at `location` for `reason`. */
@@ -483,24 +491,37 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
     }
     dropcounts.increment(dk);
 #endif
-    return pp_handle(ctx, skb, hook, PP_KIND_DROP, location, reason, 0);
+    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DROP), location, reason);
 }
 
-/* Look at up to PP_DELIVER_SCAN datagrams from the tail of the sk_buff_head at `q` (in `sk`).
- * `first` is the kind for the tail itself; the ones before it are PP_KIND_DELIVER_OLDER. */
+/* Look at up to PP_DELIVER_SCAN datagrams from the tail of the receive queue, then as many from
+ * the tail of UDP's reader_queue. Only the receive queue's tail is the datagram this callback is
+ * for (PP_KIND_DELIVER); the others are PP_KIND_DELIVER_OLDER. One loop, not unrolled, so that
+ * pp_handle is inlined once here. */
 #define PP_DELIVER_SCAN 3
-static __always_inline void pp_scan_queue(void *ctx, u64 sk, u64 q, u16 hook, u8 first)
+static __always_inline void pp_scan_queues(void *ctx, u64 sk, u16 hook)
 {
-    u32 qlen = 0;
-    bpf_probe_read_kernel(&qlen, sizeof(qlen), (void *)(q + PP_OFF_SKBHEAD_QLEN));
-    u64 skb = 0;
-    bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(q + PP_OFF_SKBHEAD_PREV));
-    #pragma unroll
-    for (int i = 0; i < PP_DELIVER_SCAN; i++) {
-        if (!pp_is_kptr(skb) || skb == q || (u32)i >= qlen)
-            break;
-        pp_handle(ctx, skb, hook, i ? PP_KIND_DELIVER_OLDER : first, 0, 0, sk);
+    u64 q = 0, skb = 0;
+    u32 qlen = 0, j = 0;
+    #pragma clang loop unroll(disable)
+    for (u32 i = 0; i < 2 * PP_DELIVER_SCAN; i++) {
+        if (i == 0 || i == PP_DELIVER_SCAN) {
+            q = sk + (i ? PP_OFF_UDP_READERQ : PP_OFF_SK_QHEAD);
+            qlen = 0;
+            bpf_probe_read_kernel(&qlen, sizeof(qlen), (void *)(q + PP_OFF_SKBHEAD_QLEN));
+            skb = 0;
+            bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(q + PP_OFF_SKBHEAD_PREV));
+            j = 0;
+        }
+        if (!pp_is_kptr(skb) || skb == q || j >= qlen) {
+            if (i >= PP_DELIVER_SCAN)
+                break;
+            i = PP_DELIVER_SCAN - 1;  /* on to the reader queue */
+            continue;
+        }
+        pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0, sk);
         bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(skb + PP_OFF_SKB_PREV));
+        j++;
     }
 }
 
@@ -519,8 +540,7 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
     bpf_probe_read_kernel(&proto, sizeof(proto), (void *)(sk + PP_OFF_SK_PROTO));
     if (proto != 17 /* IPPROTO_UDP */)
         return 0;
-    pp_scan_queue(ctx, sk, sk + PP_OFF_SK_QHEAD, hook, PP_KIND_DELIVER);
-    pp_scan_queue(ctx, sk, sk + PP_OFF_UDP_READERQ, hook, PP_KIND_DELIVER_OLDER);
+    pp_scan_queues(ctx, sk, hook);
 #ifdef PP_SUMMARY
     /* The reader may have taken the datagram already. It is then the packet this CPU saw last,
      * moments ago, in the socket's own namespace: deliver that one if its path is still open. */
@@ -562,7 +582,7 @@ static __always_inline int pp_ret(void *ctx, u16 hook, long rc)
         return 0;
     u64 s = *skb;
     retstash.delete(&key);
-    return pp_handle(ctx, s, hook, PP_KIND_PASS, 0, (u32)rc, 0);
+    return pp_handle(ctx, s, PP_HK(hook, PP_KIND_PASS), 0, 0);
 }
 
 /* ---- generated entry points follow ---- */

@@ -184,6 +184,8 @@ def run(args):
     with stop:
         try:
             coverage = t.start(on_event)
+            if not any(c["status"] == "attached" for c in coverage):
+                raise UserError("no hook could be attached: " + describe_coverage(coverage))
             info(args, describe_coverage(coverage))
             info(args, "loaded in %.2fs (compile %.2fs, attach %.2fs)"
                  % (time.monotonic() - t_start, t.compile_s, t.attach_s))
