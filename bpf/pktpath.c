@@ -38,7 +38,7 @@ BPF_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES);
  * the linear data (paged/GRO payload), 2 = events attributed through skbids */
 BPF_PERCPU_ARRAY(counters, u64, 4);
 /* packet IDs that lost at least one event (ring buffer full): their verdict is `incomplete` */
-BPF_TABLE("lru_hash", u32, u64, lostids, 16384);
+BPF_TABLE("lru_hash", u32, u64, lostids, 65536);
 #ifdef PP_STACKS
 BPF_STACK_TRACE(stacks, 4096);
 #endif
@@ -86,6 +86,20 @@ static __always_inline void pp_count(u32 idx)
     u64 *c = counters.lookup(&idx);
     if (c)
         (*c)++;
+}
+
+/* The tracer lost a record of packet `id`: count it, and remember the ID (its verdict will be
+ * `incomplete`, not `lost`). */
+static __always_inline void pp_lost(u32 id)
+{
+    pp_count(PP_CNT_LOST);
+    u64 *n = lostids.lookup(&id);
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+    } else {
+        u64 one = 1;
+        lostids.update(&id, &one);
+    }
 }
 
 /* Waking user space for every record costs more than the record: wake it every
@@ -287,8 +301,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         init->stack_id = -1;
         v = paths.lookup_or_try_init(&id, init);
         if (!v) {
-            pp_count(PP_CNT_LOST);
-            lostids.increment(id);
+            pp_lost(id);
             return 0;
         }
     }
@@ -348,8 +361,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     if (size > sizeof(struct pp_path))
         size = sizeof(struct pp_path);
     if (events.ringbuf_output(v, size, pp_wakeup()) < 0) {
-        pp_count(PP_CNT_LOST);
-        lostids.increment(id);
+        pp_lost(id);
     }
     paths.delete(&id);
     return 0;
@@ -437,8 +449,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #else
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
     if (!e) {
-        pp_count(PP_CNT_LOST);
-        lostids.increment(p.id);
+        pp_lost(p.id);
         return 0;
     }
     e->ts = now;

@@ -2,12 +2,17 @@
 
 Verdict (docs/DESIGN.md): `delivered` if any event is a delivery (clones share the ID: one
 delivered copy wins, drops of other clones are kept as `clone_drops`); else `dropped` (the last
-drop); else `lost`, reported with its last sighting.
+drop); else `lost`, reported with its last sighting; `incomplete` instead of `lost` when the
+tracer itself lost events of that packet (never blame the network for the tracer's losses).
+
+A packet ID seen again after a quiet gap, on another skb, is another packet (a restarted sender
+reuses IDs): each such generation gets its own record.
 """
 from collections import defaultdict
 from operator import itemgetter
 
-VERDICTS = ("delivered", "dropped", "lost")
+VERDICTS = ("delivered", "dropped", "lost", "incomplete")
+REUSE_GAP_NS = 1_000_000_000  # a packet crosses the stack in far less; a reused ID comes later
 
 
 def ns_names(netns_names):
@@ -35,10 +40,13 @@ def _packet(pid, evs, names):
     for ev in evs:
         get = ev.get
         netns = get("netns")
-        path.append({"t_ns": ev["t_ns"], "hook": get("hook"), "dev": get("dev"), "netns": netns,
-                     "netns_name": names.get(netns), "cpu": get("cpu"), "encap": get("encap"),
-                     "vni": get("vni"), "src": get("src"), "dst": get("dst"),
-                     "outer_src": get("outer_src"), "outer_dst": get("outer_dst")})
+        hop = {"t_ns": ev["t_ns"], "hook": get("hook"), "dev": get("dev"), "netns": netns,
+               "netns_name": names.get(netns), "cpu": get("cpu"), "encap": get("encap"),
+               "vni": get("vni"), "src": get("src"), "dst": get("dst"),
+               "outer_src": get("outer_src"), "outer_dst": get("outer_dst")}
+        if "host" in ev:
+            hop["host"] = ev["host"]
+        path.append(hop)
         kind = get("kind")
         if kind == "deliver":
             delivers.append(ev)
@@ -68,8 +76,25 @@ def _packet(pid, evs, names):
     return pkt
 
 
-def build_packets(events, netns_names=None):
-    """One record per packet ID (sorted by ID) from event dicts in any order.
+def generations(evs, gap_ns=REUSE_GAP_NS):
+    """Split one ID's time-ordered events into packets: a new one starts after a quiet gap of
+    more than `gap_ns`, unless the event is on an skb already seen (a datagram freed from a
+    socket queue long after its delivery is still the same packet)."""
+    out, skbs, last_t = [], set(), None
+    for ev in evs:
+        if last_t is not None and ev["t_ns"] - last_t > gap_ns and ev.get("skb") not in skbs:
+            out.append([])
+            skbs = set()
+        if not out:
+            out.append([])
+        out[-1].append(ev)
+        skbs.add(ev.get("skb"))
+        last_t = ev["t_ns"]
+    return out
+
+
+def build_packets(events, netns_names=None, reuse_gap_ns=REUSE_GAP_NS):
+    """One record per packet (sorted by ID, then time) from event dicts in any order.
 
     Each packet's events are ordered by `t_ns`, ties keeping their input order.
     `netns_names` maps netns inode (int or str) -> name.
@@ -79,18 +104,37 @@ def build_packets(events, netns_names=None):
     for ev in events:
         by_id[ev["id"]].append(ev)
     key = itemgetter("t_ns")
-    return [_packet(pid, sorted(evs, key=key), names) for pid, evs in sorted(by_id.items())]
+    return [_packet(pid, gen, names) for pid, evs in sorted(by_id.items())
+            for gen in generations(sorted(evs, key=key), reuse_gap_ns)]
 
 
-def mark_incomplete(packets, lost_ids):
-    """Flag packets whose events the tracer partly lost (ring buffer full).
+def mark_incomplete(packets, lost_ids, all_lost_suspect=False):
+    """Account for what the tracer itself lost (ring buffer full).
 
-    `lost_ids` is {id: events lost} or an iterable of IDs; flagged packets get
-    `"incomplete": <events lost, or true>`. Returns a new list; the input is not modified.
+    `lost_ids` is {id: events lost} or an iterable of IDs. Their packets get
+    `"incomplete": <events lost, or true>`, and the verdict `incomplete` where it would have been
+    `lost` (a seen delivery or drop stays: it happened). IDs whose every event was lost get a
+    record of their own. With `all_lost_suspect` (the tracer lost events it could not attribute
+    to IDs) every `lost` verdict becomes `incomplete`. Returns a new list.
     """
     lost = lost_ids if isinstance(lost_ids, dict) else dict.fromkeys(lost_ids or (), True)
     lost = {int(k): v for k, v in lost.items()}
-    return [dict(p, incomplete=lost[p["id"]]) if p["id"] in lost else p for p in packets]
+    out, seen = [], set()
+    for p in packets:
+        seen.add(p["id"])
+        if p["id"] in lost or (all_lost_suspect and p["verdict"] == "lost"):
+            p = dict(p, incomplete=lost.get(p["id"], True))
+            if p["verdict"] == "lost":
+                p["verdict"] = "incomplete"
+        out.append(p)
+    for pid in sorted(set(lost) - seen):
+        out.append({"id": pid, "verdict": "incomplete", "incomplete": lost[pid], "events": 0,
+                    "first_ns": None, "last_ns": None,
+                    "last": {"hook": None, "dev": None, "ifindex": None, "netns": None,
+                             "netns_name": None},
+                    "drop": None, "delivered": None, "path": []})
+    out.sort(key=lambda p: (p["id"], p["first_ns"] or 0))
+    return out
 
 
 def summarize(packets):

@@ -22,6 +22,8 @@ def _where(p):
         d = p["delivered"]
         return "%s:%s" % (d["netns_name"] or d["netns"], d["port"])
     last = p["last"]
+    if not last["hook"]:
+        return "-"
     return "%s@%s" % (last["hook"], last["dev"]) if last["dev"] else last["hook"]
 
 
@@ -35,7 +37,7 @@ def _table(rows, headers):
 
 def trace_start(packets):
     """t_ns of the first event of the whole trace (None without packets)."""
-    return min((p["first_ns"] for p in packets), default=None)
+    return min((p["first_ns"] for p in packets if p["first_ns"] is not None), default=None)
 
 
 def render_timeline(packets, t0=None):
@@ -75,7 +77,7 @@ def render_verdicts(packets):
         at = p["drop"] or p["delivered"] or p["last"]
         rows.append([p["id"], p["verdict"], p["events"], _where(p), _reason(p),
                      ns_label(at["netns"], at["netns_name"]),
-                     "%.1f" % ((p["last_ns"] - p["first_ns"]) / 1e3)])
+                     "%.1f" % (((p["last_ns"] or 0) - (p["first_ns"] or 0)) / 1e3)])
     return _table(rows, ["ID", "VERDICT", "HOPS", "WHERE", "REASON", "NAMESPACE", "DURATION us"])
 
 
@@ -93,7 +95,9 @@ def render_summary(packets, lost_events=0, coverage=None):
     v = s["verdicts"]
     parts = [render_coverage(coverage)] if coverage else []
     parts.append("%d packet%s: %d delivered, %d dropped, %d lost" % (
-        s["packets"], "" if s["packets"] == 1 else "s", v["delivered"], v["dropped"], v["lost"]))
+        s["packets"], "" if s["packets"] == 1 else "s", v["delivered"], v["dropped"], v["lost"])
+        + (", %d incomplete (the tracer lost their events)" % v["incomplete"]
+           if v.get("incomplete") else ""))
     if s["drops"]:
         parts.append(_table([[g["reason"], g["location"], ns_label(g["netns"], g["netns_name"]),
                               g["count"], _ids(g)] for g in s["drops"]],

@@ -25,6 +25,10 @@ def load(paths):
     end = {"lost": 0, "unreachable": 0, "warnings": []}
     for path in paths:
         m, evs, e = read_recording(path)
+        if len(paths) > 1 and m.get("host"):
+            host = m["host"]
+            for ev in evs:
+                ev["host"] = host
         events.extend(evs)
         names.update(m.get("netns_names") or {})
         if e is None:

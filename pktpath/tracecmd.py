@@ -212,6 +212,7 @@ def run(args):
             prev_drops = {}
             while stop.reason is None:
                 t.poll(100)
+                t.drain()  # records queued without a wake-up (see pp_wakeup) are taken too
                 if summary and time.monotonic() >= next_sweep:
                     raw_paths.extend(t.sweep(int(args.lost_after * 1e9)))
                     next_sweep += 1.0
@@ -267,7 +268,14 @@ def _finish(args, t, rec, json_out, collected, counters, lost_ids, drop_counts, 
     names = _names()
     end_rec = dict(counters, netns_names=names, events=len(collected),
                    lost_ids=sorted(lost_ids))
-    packets = reconstruct.mark_incomplete(reconstruct.build_packets(collected, names), lost_ids)
+    unattributed = counters.get("lost", 0) - sum(lost_ids.values())
+    if unattributed > 0:
+        end_rec.setdefault("warnings", []).append(
+            "%d lost records could not be tied to a packet ID: packets may be missing from "
+            "this report, and every `lost` verdict is reported as `incomplete`" % unattributed)
+    packets = reconstruct.mark_incomplete(
+        reconstruct.build_packets(collected, names), lost_ids,
+        all_lost_suspect=counters.get("lost", 0) > sum(lost_ids.values()))
     _attach_stacks(packets, collected)
     if rec:
         rec.end(end_rec)

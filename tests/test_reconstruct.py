@@ -131,7 +131,7 @@ def test_summarize_groups_drops():
     pkts = list(packets_of("netfilter.jsonl").values()) + list(packets_of("lost.jsonl").values())
     s = summarize(pkts)
     assert s["packets"] == 6
-    assert s["verdicts"] == {"delivered": 3, "dropped": 2, "lost": 1}
+    assert s["verdicts"] == {"delivered": 3, "dropped": 2, "lost": 1, "incomplete": 0}
     assert s["drops"] == [{"reason": "NETFILTER_DROP", "location": "nf_hook_slow+0x9e",
                            "netns": CTR_B, "netns_name": "pp-ctrB", "count": 2, "ids": [5, 7]}]
     assert s["lost"] == [{"hook": "net_dev_start_xmit", "dev": "pp-ul", "netns": HOST_A,
@@ -143,3 +143,32 @@ def test_summarize_keeps_five_example_ids(n):
     events = [ev(i, i, "kfree_skb", "drop", reason="R", location="f+0x1") for i in range(n)]
     (group,) = summarize(build_packets(events))["drops"]
     assert group["count"] == n and group["ids"] == list(range(min(n, 5)))
+
+
+def _ev(pid, t, skb, kind="pass", hook="net_dev_queue"):
+    return {"id": pid, "t_ns": t, "skb": skb, "kind": kind, "hook": hook, "dev": "eth0",
+            "netns": 1, "port": 5000 if kind == "deliver" else None}
+
+
+def test_reused_id_after_a_gap_is_two_packets():
+    evs = [_ev(7, 0, 1), _ev(7, 10, 1, "deliver", "sk_data_ready"),
+           _ev(7, 5_000_000_000, 2), _ev(7, 5_000_000_010, 2, "deliver", "sk_data_ready")]
+    pkts = build_packets(evs)
+    assert [(p["id"], p["verdict"], p["events"]) for p in pkts] == [(7, "delivered", 2)] * 2
+
+
+def test_late_free_of_the_same_skb_stays_one_packet():
+    evs = [_ev(8, 0, 1), _ev(8, 10, 1, "deliver", "sk_data_ready"),
+           dict(_ev(8, 3_000_000_000, 1, "drop", "kfree_skb"), reason="NOT_SPECIFIED")]
+    pkts = build_packets(evs)
+    assert len(pkts) == 1 and pkts[0]["verdict"] == "delivered" and pkts[0]["clone_drops"]
+
+
+def test_tracer_losses_are_incomplete_never_lost():
+    pkts = build_packets([_ev(1, 0, 1), _ev(2, 0, 2),
+                                      _ev(3, 0, 3), _ev(3, 5, 3, "deliver", "sk_data_ready")])
+    out = mark_incomplete(pkts, {1: 2, 3: 1, 9: 1})
+    v = {p["id"]: p["verdict"] for p in out}
+    assert v == {1: "incomplete", 2: "lost", 3: "delivered", 9: "incomplete"}
+    suspect = mark_incomplete(pkts, {}, all_lost_suspect=True)
+    assert {p["id"]: p["verdict"] for p in suspect}[2] == "incomplete"
