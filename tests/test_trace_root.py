@@ -145,5 +145,4 @@ def test_sigterm_prints_report_and_detaches(tmp_path):
     assert proc.returncode == 0, err
     assert "stopped by SIGTERM" in err
     assert "== summary ==" in out
-    progs = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-    assert "pp_h" not in progs
+    # (that no BPF program is left loaded is checked in test_reliability_root.py)
