@@ -65,6 +65,8 @@ def _packet(pid, evs, names):
         pkt["delivered"] = {"netns": d.get("netns"), "netns_name": names.get(d.get("netns")),
                             "port": d.get("port")}
         clone_drops = drops
+        if drops and all(ev["t_ns"] > d["t_ns"] for ev in drops):
+            pkt["freed_after_delivery"] = True  # e.g. left unread in a socket that closed
     elif drops:
         pkt["verdict"] = "dropped"
         pkt["drop"] = _drop(drops[-1], names)

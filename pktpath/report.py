@@ -65,7 +65,9 @@ def _reason(p):
     else:
         reason = ""
     if p.get("clone_drops"):
-        reason += (", " if reason else "") + "clone dropped: " + ", ".join(
+        later = p.get("freed_after_delivery")
+        reason += (", " if reason else "") + (
+            "freed unread from the socket: " if later else "clone dropped: ") + ", ".join(
             sorted({str(d["reason"]) for d in p["clone_drops"]}))
     return reason
 
