@@ -36,8 +36,11 @@ class RecordingWriter:
             self._fh, self._own = sys.stdout, False
         elif isinstance(path_or_file, (str, bytes, os.PathLike)):
             self.path = os.fsdecode(path_or_file)
+            # a device or fifo (/dev/null) is written in place: never rename over it
+            self._tmp = self.path if os.path.exists(self.path) and \
+                not os.path.isfile(self.path) else self.path + ".tmp"
             try:
-                self._fh = open(self.path + ".tmp", "w", buffering=1 << 20)
+                self._fh = open(self._tmp, "w", buffering=1 << 20)
             except OSError as e:
                 raise RecordingError("cannot write recording %s: %s"
                                      % (self.path, e.strerror)) from None
@@ -71,7 +74,8 @@ class RecordingWriter:
             fh.flush()
             return
         fh.close()
-        os.replace(self.path + ".tmp", self.path)
+        if self._tmp != self.path:
+            os.replace(self._tmp, self.path)
 
     def abort(self):
         """Close without renaming: PATH.tmp stays as the evidence of an interrupted run."""

@@ -48,10 +48,13 @@ def _write_json(packets, out):
     if out == "-":
         report.write_json(packets, sys.stdout)
         return
+    # a device or fifo (/dev/null) is written in place: never rename over it
+    tmp = out if os.path.exists(out) and not os.path.isfile(out) else out + ".tmp"
     try:
-        with open(out + ".tmp", "w") as fh:
+        with open(tmp, "w") as fh:
             report.write_json(packets, fh)
-        os.replace(out + ".tmp", out)
+        if tmp != out:
+            os.replace(tmp, out)
     except OSError as e:
         raise UserError("cannot write --json %s: %s" % (out, e.strerror)) from None
 

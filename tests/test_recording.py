@@ -136,3 +136,12 @@ def test_unreadable(tmp_path):
     assert error_of(tmp_path / "nope") == "%s: cannot read: No such file or directory" % (
         tmp_path / "nope")
     assert error_of(tmp_path).startswith("%s: cannot read: " % tmp_path)
+
+
+def test_recording_to_a_device_writes_in_place():
+    """--record /dev/null must never replace the device node with a regular file."""
+    from pktpath.recording import RecordingWriter
+    w = RecordingWriter(os.devnull)
+    w.meta({"host": "x"})
+    w.close()
+    assert not os.path.isfile(os.devnull) and not os.path.exists(os.devnull + ".tmp")
