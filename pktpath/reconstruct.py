@@ -70,6 +70,8 @@ def _packet(pid, evs, names):
     elif drops:
         pkt["verdict"] = "dropped"
         pkt["drop"] = _drop(drops[-1], names)
+        if drops[-1].get("stack"):
+            pkt["drop"]["stack"] = drops[-1]["stack"]
         clone_drops = drops[:-1]
     else:
         clone_drops = ()

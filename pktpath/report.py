@@ -91,10 +91,14 @@ def render_coverage(coverage):
     return _table(rows, (["HOST"] if multi else []) + ["HOOK", "METHOD", "STATUS", "WHY"])
 
 
-def render_summary(packets, lost_events=0, coverage=None):
-    """Coverage (if given), counts by verdict, drops and lost packets grouped by place."""
+def render_summary(packets, lost_events=0, coverage=None, streamed_delivered=0):
+    """Coverage (if given), counts by verdict, drops and lost packets grouped by place.
+    `streamed_delivered`: delivered packets not kept in `packets` (long live traces)."""
     s = summarize(packets)
     v = s["verdicts"]
+    if streamed_delivered:
+        s["packets"] += streamed_delivered
+        v["delivered"] += streamed_delivered
     parts = [render_coverage(coverage)] if coverage else []
     parts.append("%d packet%s: %d delivered, %d dropped, %d lost" % (
         s["packets"], "" if s["packets"] == 1 else "s", v["delivered"], v["dropped"], v["lost"])
@@ -139,7 +143,9 @@ def render_report(packets, meta=None, end=None, max_timeline_packets=50):
         title = "verdicts" if shown is packets else \
             "verdicts (%d of %d packets; all in --json)" % (len(shown), len(packets))
         sections.append((title, render_verdicts(shown)))
-    sections.append(("summary", render_summary(packets, end.get("lost", 0))))
+    sections.append(("summary", render_summary(packets, end.get("lost", 0),
+                                               streamed_delivered=end.get("streamed_delivered",
+                                                                          0))))
     notes = list(end.get("warnings", []))
     if end.get("unreachable"):
         notes.append("%d hook firings saw a matching packet whose ID was out of reach "

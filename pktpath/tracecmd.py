@@ -15,6 +15,7 @@ import time
 from pktpath import config as configmod
 from pktpath import hooks as hooksmod
 from pktpath import dropwatch, kernel, reconstruct, recording, report
+from pktpath import stream as stream_mod
 from pktpath.btf import kernel_btf
 from pktpath.errors import UserError
 
@@ -48,6 +49,9 @@ def add_arguments(p):
                         "once; events: one event per hook (more detail per hop, more overhead)")
     o.add_argument("--lost-after", type=float, default=2.0, metavar="S",
                    help="summary mode: a packet unseen for S seconds is reported lost (default 2)")
+    o.add_argument("--keep-delivered", type=int, default=10000, metavar="N",
+                   help="keep the first N delivered packets for the report; later ones go "
+                        "to --json only and are counted (memory stays bounded; default 10000)")
     o.add_argument("--stack", action="store_true",
                    help="record the kernel stack at each drop of a traced packet")
     o.add_argument("--drops", choices=("traced", "all"), default="traced",
@@ -162,16 +166,24 @@ def run(args):
     rec = recording.RecordingWriter(args.record) if args.record else None
     json_out = _open_json(args.json)
     decoder = events.PathDecoder([h.name for h in plan], kernel.drop_reasons(btf), kallsyms)
-    collected = []
-    raw_paths = []   # summary mode: pp_path records, decoded after tracing (cheap while live)
+    stream = stream_mod.PacketStream(_names, json_out, keep_delivered=args.keep_delivered)
+    raw_paths = []   # summary mode: pp_path records, decoded in batches (cheap while live)
     only_netns = _netns_filter(cfg.netns)
 
     def keep(ev):
         if only_netns and ev["netns"] not in only_netns:
             return
-        collected.append(ev)
+        if "stack_id" in ev:
+            ev["stack"] = _clean_stack([kallsyms(a) for a in t.stack(ev["stack_id"])])
+        stream.add(ev)
         if rec:
             rec.event(ev)
+
+    def decode_pending():
+        for data in raw_paths:
+            for ev in decoder.decode_path(data):
+                keep(ev)
+        raw_paths.clear()
 
     def on_event(data):
         if summary:
@@ -213,8 +225,11 @@ def run(args):
             while stop.reason is None:
                 t.poll(100)
                 t.drain()  # records queued without a wake-up (see pp_wakeup) are taken too
-                if summary and time.monotonic() >= next_sweep:
-                    raw_paths.extend(t.sweep(int(args.lost_after * 1e9)))
+                if time.monotonic() >= next_sweep:
+                    if summary:
+                        raw_paths.extend(t.sweep(int(args.lost_after * 1e9)))
+                        decode_pending()
+                    stream.flush()
                     next_sweep += 1.0
                 if t.drops_all and time.monotonic() >= next_drops:
                     counts = t.drop_counts()
@@ -235,13 +250,7 @@ def run(args):
             counters = t.counters()
             lost_ids = t.lost_ids()
             drop_counts = t.drop_counts()
-            for data in raw_paths:
-                for ev in decoder.decode_path(data):
-                    keep(ev)
-            raw_paths.clear()
-            for ev in collected:
-                if "stack_id" in ev:
-                    ev["stack"] = _clean_stack([kallsyms(a) for a in t.stack(ev["stack_id"])])
+            decode_pending()
         finally:
             t.close()
             if proc is not None and proc.poll() is None:
@@ -254,19 +263,19 @@ def run(args):
         info(args, "stopped by %s" % stop.reason)
     if args.stats_file:
         with open(args.stats_file, "w") as f:
-            json.dump(dict(counters, events=len(collected), startup_s=ready_s,
+            json.dump(dict(counters, events=stream.events, startup_s=ready_s,
                            compile_s=t.compile_s, attach_s=t.attach_s), f)
 
     with _Stop():  # the report of a finished trace is printed whole, signals or not
-        return _finish(args, t, rec, json_out, collected, counters, lost_ids, drop_counts, meta,
+        return _finish(args, t, rec, json_out, stream, counters, lost_ids, drop_counts, meta,
                        kallsyms, decoder)
 
 
-def _finish(args, t, rec, json_out, collected, counters, lost_ids, drop_counts, meta, kallsyms,
+def _finish(args, t, rec, json_out, stream, counters, lost_ids, drop_counts, meta, kallsyms,
             decoder):
-    """Reconstruct, write the outputs and print the report (probes are already detached)."""
+    """Finish the packets, write the outputs and print the report (probes are detached)."""
     names = _names()
-    end_rec = dict(counters, netns_names=names, events=len(collected),
+    end_rec = dict(counters, netns_names=names, events=stream.events,
                    lost_ids=sorted(lost_ids))
     unattributed = counters.get("lost", 0) - sum(lost_ids.values())
     if unattributed > 0:
@@ -274,9 +283,10 @@ def _finish(args, t, rec, json_out, collected, counters, lost_ids, drop_counts, 
             "%d lost records could not be tied to a packet ID: packets may be missing from "
             "this report, and every `lost` verdict is reported as `incomplete`" % unattributed)
     packets = reconstruct.mark_incomplete(
-        reconstruct.build_packets(collected, names), lost_ids,
+        stream.finish(), lost_ids,
         all_lost_suspect=counters.get("lost", 0) > sum(lost_ids.values()))
-    _attach_stacks(packets, collected)
+    if stream.streamed:
+        end_rec["streamed_delivered"] = stream.streamed
     if rec:
         rec.end(end_rec)
         rec.close()
@@ -335,20 +345,6 @@ def _clean_stack(frames):
     while i < len(frames) and own(frames[i]):
         i += 1
     return frames[i:]
-
-
-def _attach_stacks(packets, collected):
-    """Copy each dropped packet's drop stack (recorded with --stack) into its drop record."""
-    stacks = {}
-    for ev in collected:
-        if ev.get("stack"):
-            stacks[(ev["id"], ev.get("location"))] = ev["stack"]
-    if not stacks:
-        return
-    for pkt in packets:
-        drop = pkt.get("drop")
-        if drop and (pkt["id"], drop.get("location")) in stacks:
-            drop["stack"] = stacks[(pkt["id"], drop.get("location"))]
 
 
 def _names():
