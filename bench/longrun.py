@@ -38,7 +38,7 @@ def main():
             ready = os.path.join(tmp, "ready")
             tracer = subprocess.Popen(RUN + ["-c", os.path.join(ROOT, "configs", "lab.yaml"),
                                              "--ready-file", ready, "-q", "--timeline", "0",
-                                             "--json", os.devnull],
+                                             "--json", os.devnull, "--keep-delivered", "1000"],
                                       stdout=subprocess.DEVNULL)
             while not os.path.exists(ready):
                 time.sleep(0.05)

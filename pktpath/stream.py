@@ -12,7 +12,7 @@ from pktpath import reconstruct, report
 
 
 class PacketStream:
-    def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=3_000_000_000,
+    def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
