@@ -145,3 +145,31 @@ def test_recording_to_a_device_writes_in_place():
     w.meta({"host": "x"})
     w.close()
     assert not os.path.isfile(os.devnull) and not os.path.exists(os.devnull + ".tmp")
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_line = st.one_of(
+    st.text(max_size=60),                                             # arbitrary text
+    st.builds(lambda d: json.dumps(d), st.dictionaries(st.text(max_size=8),
+                                                       st.integers() | st.text(max_size=8),
+                                                       max_size=4)),
+    st.just('{"type":"event","id":1,"t_ns":5,"hook":"x","kind":"pass"}'),
+    st.just('{"type":"meta","version":1}'),
+    st.just('{"type":"end","lost":0}'),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_line, max_size=12))
+def test_any_file_reads_or_fails_with_one_line(tmp_path, lines):
+    """Whatever a recording file holds, reading it returns or raises RecordingError with one
+    line naming the file (property test)."""
+    from pktpath.recording import RecordingError, read_recording
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    try:
+        read_recording(str(path))
+    except RecordingError as e:
+        msg = str(e)
+        assert "\n" not in msg and msg.startswith(str(path))
