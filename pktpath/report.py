@@ -3,6 +3,7 @@ import json
 
 from tabulate import tabulate
 
+from pktpath import analysis
 from pktpath.reconstruct import summarize
 
 MAX_VERDICT_ROWS = 1000
@@ -47,14 +48,17 @@ def render_timeline(packets, t0=None):
     rows = []
     for p in packets:
         last = len(p["path"]) - 1
+        prev = first = p["path"][0]["t_ns"] if p["path"] else 0
         for i, h in enumerate(p["path"]):
             outer = "%s > %s" % (h["outer_src"], h["outer_dst"]) if h["encap"] else ""
-            rows.append(["%.3f" % ((h["t_ns"] - t0) / 1e6), h["hook"], h["dev"] or "",
+            rows.append(["%.3f" % ((h["t_ns"] - t0) / 1e6), "%.1f" % ((h["t_ns"] - prev) / 1e3),
+                         "%.1f" % ((h["t_ns"] - first) / 1e3), h["hook"], h["dev"] or "",
                          ns_label(h["netns"], h.get("netns_name")), h["src"] or "", h["dst"] or "",
                          outer, "" if h["vni"] is None else h["vni"], p["id"],
                          _verdict_cell(p) if i == last else ""])
-    return _table(rows, ["TIME", "EVENT", "DEVICE", "NAMESPACE", "SRC", "DST", "OUTER", "VNI",
-                         "PACKET ID", "VERDICT"])
+            prev = h["t_ns"]
+    return _table(rows, ["TIME", "+PREV us", "+FIRST us", "EVENT", "DEVICE", "NAMESPACE", "SRC",
+                         "DST", "OUTER", "VNI", "PACKET ID", "VERDICT"])
 
 
 def _reason(p):
@@ -143,6 +147,8 @@ def render_report(packets, meta=None, end=None, max_timeline_packets=50):
         title = "verdicts" if shown is packets else \
             "verdicts (%d of %d packets; all in --json)" % (len(shown), len(packets))
         sections.append((title, render_verdicts(shown)))
+        sections.append(("per-hop latency", analysis.render_segments(packets)))
+        sections.append(("stage funnel", analysis.render_funnel(packets)))
     sections.append(("summary", render_summary(packets, end.get("lost", 0),
                                                streamed_delivered=end.get("streamed_delivered",
                                                                           0))))

@@ -32,8 +32,9 @@ def test_timeline():
     pkts = load("delivered.jsonl")
     text = report.render_timeline(pkts)
     lines = text.splitlines()
-    assert lines[0].split() == ["TIME", "EVENT", "DEVICE", "NAMESPACE", "SRC", "DST", "OUTER",
-                                "VNI", "PACKET", "ID", "VERDICT"]
+    assert lines[0].split() == ["TIME", "+PREV", "us", "+FIRST", "us", "EVENT", "DEVICE",
+                                "NAMESPACE", "SRC", "DST", "OUTER", "VNI", "PACKET", "ID",
+                                "VERDICT"]
     assert len(lines) == 2 + 20
     assert lines[2].startswith("0.000 ") and "pp-ctrA (4026532301)" in lines[2]
     assert "198.51.100.1:40000" in lines[2] and "198.51.100.2:5000" in lines[2]
