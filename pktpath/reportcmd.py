@@ -6,7 +6,7 @@ coverage, lost-event counters and warnings are merged too.
 import os
 import sys
 
-from pktpath import reconstruct, report
+from pktpath import merge, reconstruct, report
 from pktpath.errors import UserError
 from pktpath.recording import NO_END, read_recording
 
@@ -25,10 +25,8 @@ def load(paths):
     end = {"lost": 0, "unreachable": 0, "warnings": []}
     for path in paths:
         m, evs, e = read_recording(path)
-        if len(paths) > 1 and m.get("host"):
-            host = m["host"]
-            for ev in evs:
-                ev["host"] = host
+        if len(paths) > 1:
+            merge.to_wall(m, evs)
         events.extend(evs)
         names.update(m.get("netns_names") or {})
         if e is None:
@@ -40,6 +38,8 @@ def load(paths):
         lost_ids.update(e.get("lost_ids") or ())
         host = m.get("host") if len(paths) > 1 else None
         coverage += [dict(c, host=host) if host else c for c in m.get("coverage") or ()]
+    if len(paths) > 1:
+        end["warnings"] += merge.correct_clocks(events)
     end.update(netns_names=names, lost_ids=sorted(lost_ids))
     return events, {"coverage": coverage, "netns_names": names}, end
 
