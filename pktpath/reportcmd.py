@@ -6,7 +6,7 @@ coverage, lost-event counters and warnings are merged too.
 import os
 import sys
 
-from pktpath import merge, reconstruct, report
+from pktpath import dropwatch, merge, reconstruct, report
 from pktpath.errors import UserError
 from pktpath.recording import NO_END, read_recording
 
@@ -69,4 +69,7 @@ def run(args):
         _write_json(packets, args.json)
     if args.json != "-":
         print(report.render_report(packets, meta, end, max_timeline_packets=args.timeline))
+        stacks = dropwatch.stacks_section(packets)
+        if stacks:  # recorded with --stack
+            print("\n== drop stacks ==\n" + stacks)
     return 0
