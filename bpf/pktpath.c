@@ -350,7 +350,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     v->port = port;
 #ifdef PP_STACKS
     if (kind == PP_KIND_DROP)
-        v->stack_id = stacks.get_stackid(ctx, 0);
+        v->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
 #endif
     /* emit only the hops recorded, not the empty slots */
     u64 n = (u64)idx + 1;
@@ -473,7 +473,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     e->stack_id = -1;
 #ifdef PP_STACKS
     if (kind == PP_KIND_DROP)
-        e->stack_id = stacks.get_stackid(ctx, 0);
+        e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
 #endif
     pp_where(skb, sk, &e->netns, &e->ifindex, e->dev, &e->port);
     events.ringbuf_submit(e, pp_wakeup());
