@@ -4,6 +4,7 @@ parse args -> config -> attach plan -> load/attach -> poll until Ctrl-C/SIGTERM/
 exit -> detach -> reconstruct -> report. Probes are always detached before the report is printed,
 and an interrupted run still prints the report of what it saw.
 """
+import argparse
 import json
 import os
 import signal
@@ -59,13 +60,8 @@ def add_arguments(p):
     o.add_argument("--interval", type=float, default=5.0, metavar="S",
                    help="with --drops all, print the drop counts every S seconds (default 5)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
-    o.add_argument("--ebpf", action="store_true", help=argparse_suppress())
-    o.add_argument("--stats-file", metavar="FILE", help=argparse_suppress())  # for bench/
-
-
-def argparse_suppress():
-    import argparse
-    return argparse.SUPPRESS
+    o.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C, exit
+    o.add_argument("--stats-file", metavar="FILE", help=argparse.SUPPRESS)  # for bench/
 
 
 def overrides_from(args):
