@@ -65,6 +65,13 @@ def start_tracer(extra, tmp):
     return proc, time.monotonic() - t0, stats
 
 
+def cpu_s(pid):
+    """User + system CPU seconds used so far by process `pid`."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_tracer(proc, stats):
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=600)
@@ -114,7 +121,7 @@ def main():
         raise SystemExit("bench: run as root")
     lab.up()
     res = {"a_pps": [], "b_pps": [], "c_pps": [], "events": 0, "lost": 0, "startup_s": [],
-           "c_events_per_s": []}
+           "c_events_per_s": [], "b_tracer_cpu": [], "c_tracer_cpu": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             base = 1
@@ -125,12 +132,15 @@ def main():
                 proc, startup, stats = start_tracer(["--udp-port", str(lab.PORT + 999)] + extra,
                                                     tmp)
                 res["startup_s"].append(startup)
+                cpu0, t0 = cpu_s(proc.pid), time.monotonic()
                 res["b_pps"].append(load(args.seconds, args.senders, base))
+                res["b_tracer_cpu"].append((cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0))
                 stop_tracer(proc, stats)
-                proc, startup, stats = start_tracer(["--json", os.devnull] + extra, tmp)
+                proc, startup, stats = start_tracer(extra, tmp)
                 res["startup_s"].append(startup)
-                t0 = time.monotonic()
+                cpu0, t0 = cpu_s(proc.pid), time.monotonic()
                 res["c_pps"].append(load(args.seconds, args.senders, base))
+                res["c_tracer_cpu"].append((cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0))
                 st = stop_tracer(proc, stats)
                 res["events"] += st["events"]
                 res["lost"] += st["lost"]
@@ -144,6 +154,7 @@ def main():
     out = {"a_pps": med(res["a_pps"]), "b_pps": med(res["b_pps"]), "c_pps": med(res["c_pps"]),
            "events_consumed": res["events"], "events_lost": res["lost"],
            "c_events_per_s": med(res["c_events_per_s"]),
+           "b_tracer_cpu": med(res["b_tracer_cpu"]), "c_tracer_cpu": med(res["c_tracer_cpu"]),
            "startup_s": max(res["startup_s"]), "rounds": args.rounds, "seconds": args.seconds,
            "senders": args.senders}
     out["b_over_a"] = out["b_pps"] / out["a_pps"]

@@ -32,11 +32,16 @@ struct pp_skbinfo {
 };
 
 BPF_RINGBUF_OUTPUT(events, PP_RINGBUF_PAGES);
+/* A second, small ring: a reservation can also fail while the ring is far from full (the
+ * ring's lock is a resilient spinlock that gives up under contention on recent kernels); the
+ * record then goes here instead of being lost. */
+BPF_RINGBUF_OUTPUT(rescue, PP_RESCUE_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct pp_scratch, 1);
 BPF_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES);
 /* counters, per CPU: 0 = events lost (ring buffer full), 1 = matched packets whose ID lay beyond
- * the linear data (paged/GRO payload), 2 = events attributed through skbids */
-BPF_PERCPU_ARRAY(counters, u64, 4);
+ * the linear data (paged/GRO payload), 2 = events attributed through skbids, 3 = records
+ * submitted, 4 = of the lost events, those lost because the path table was full */
+BPF_PERCPU_ARRAY(counters, u64, 6);
 /* packet IDs that lost at least one event (ring buffer full): their verdict is `incomplete` */
 BPF_TABLE("lru_hash", u32, u64, lostids, 65536);
 #ifdef PP_STACKS
@@ -67,6 +72,8 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #define PP_CNT_UNREACHABLE 1
 #define PP_CNT_FROM_MAP 2
 #define PP_CNT_SUBMITTED 3
+#define PP_CNT_PATHS_FULL 4
+#define PP_CNT_RESCUED 5
 
 /* internal kind: a datagram found behind the queue tail at delivery (see pp_deliver) */
 #define PP_KIND_DELIVER_OLDER 3
@@ -301,6 +308,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         init->stack_id = -1;
         v = paths.lookup_or_try_init(&id, init);
         if (!v) {
+            pp_count(PP_CNT_PATHS_FULL);
             pp_lost(id);
             return 0;
         }
@@ -360,8 +368,12 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     asm volatile("" : "+r"(size));  /* bound the register the helper call uses */
     if (size > sizeof(struct pp_path))
         size = sizeof(struct pp_path);
-    if (events.ringbuf_output(v, size, pp_wakeup()) < 0) {
-        pp_lost(id);
+    u64 wake = pp_wakeup();
+    if (events.ringbuf_output(v, size, wake) < 0) {
+        if (rescue.ringbuf_output(v, size, BPF_RB_FORCE_WAKEUP) < 0)
+            pp_lost(id);
+        else
+            pp_count(PP_CNT_RESCUED);
     }
     paths.delete(&id);
     return 0;
@@ -449,8 +461,12 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #else
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
     if (!e) {
-        pp_lost(p.id);
-        return 0;
+        e = rescue.ringbuf_reserve(sizeof(struct pp_event));  /* see `rescue` */
+        if (!e) {
+            pp_lost(p.id);
+            return 0;
+        }
+        pp_count(PP_CNT_RESCUED);
     }
     e->ts = now;
     e->skb = skb;

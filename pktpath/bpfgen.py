@@ -54,8 +54,11 @@ def hdr_len(id_offset):
     return n
 
 
+RESCUE_PAGES = 64  # the fallback ring (bpf/pktpath.c)
+
+
 def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=False,
-           drops_all=False, summary=True, paths=8192):
+           drops_all=False, summary=True, paths=65536):
     """-D flags for config `cfg` (pktpath.config.Config) and BTF `offsets`; `stacks` records the
     kernel stack at each drop of a traced packet, `drops_all` counts every drop (dropwatch)."""
     d = dict(offsets)
@@ -83,6 +86,7 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     d["PP_ID_OFFSET"] = cfg.id_offset
     d["PP_ID_BIG"] = 1 if cfg.id_byteorder == "big" else 0
     d["PP_RINGBUF_PAGES"] = cfg.ringbuf_pages
+    d["PP_RESCUE_PAGES"] = RESCUE_PAGES
     d["PP_MAP_ENTRIES"] = map_entries
     d["PP_MAP_TTL_NS"] = "%dULL" % map_ttl_ns
     for key, macro in (("shost", "PP_SHOST"), ("dhost", "PP_DHOST"),

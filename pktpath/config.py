@@ -50,7 +50,7 @@ class Config:
     hooks: tuple = None          # tuple of HookSpec, or None = the catalog's default set
     netns: tuple = ()            # netns names (str) or inodes (int); empty = all
     host: str = None
-    ringbuf_pages: int = 256
+    ringbuf_pages: int = 4096
     source: str = None           # the YAML file, or None
 
     def to_dict(self):

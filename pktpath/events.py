@@ -159,6 +159,19 @@ PATH_SIZE = ctypes.sizeof(RawPath)
 PATH_HDR, HOP_SIZE, NHOPS_OFFSET = _PATH.size, _HOP.size, RawPath.nhops.offset
 
 
+# id ... final_kind, has_encap, nhops: what a live trace needs of a record before decoding it
+_PATH_KEY = struct.Struct("<7I5HBBI")
+_PATH_KEY_OFF = RawPath.id.offset
+assert _PATH_KEY_OFF + _PATH_KEY.size == RawPath.stack_id.offset
+KIND_DELIVER = KINDS.index("deliver")
+
+
+def path_key(data):
+    """(packet ID, hops recorded, final kind) of a pp_path record, without decoding it."""
+    k = _PATH_KEY.unpack_from(data, _PATH_KEY_OFF)
+    return k[0], min(k[14], MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE), k[12]
+
+
 def path_used_bytes(data):
     """How many leading bytes of a pp_path record carry data (header + recorded hops)."""
     nhops = struct.unpack_from("<I", data, NHOPS_OFFSET)[0]
@@ -184,7 +197,8 @@ class PathDecoder(Decoder):
         odst = "%s:%d" % (ip(odaddr), odport) if has_encap else None
         names = self.hook_names
         out = []
-        for i in range(min(nhops, MAX_HOPS)):
+        # a record carries the hops its emitter claimed; another CPU may have claimed more since
+        for i in range(min(nhops, MAX_HOPS, (len(data) - _PATH.size) // _HOP.size)):
             dt, hook, kind, flags, ifindex, netns, cpu, _p, dev = \
                 _HOP.unpack_from(data, _PATH.size + i * _HOP.size)
             if not flags & F_HOP_SET:

@@ -162,30 +162,34 @@ def run(args):
     rec = recording.RecordingWriter(args.record) if args.record else None
     json_out = _open_json(args.json)
     decoder = events.PathDecoder([h.name for h in plan], kernel.drop_reasons(btf), kallsyms)
-    stream = stream_mod.PacketStream(_names, json_out, keep_delivered=args.keep_delivered)
-    raw_paths = []   # summary mode: pp_path records, decoded in batches (cheap while live)
     only_netns = _netns_filter(cfg.netns)
 
     def keep(ev):
         if only_netns and ev["netns"] not in only_netns:
-            return
+            return False
         if "stack_id" in ev:
             ev["stack"] = _clean_stack([kallsyms(a) for a in t.stack(ev["stack_id"])])
-        stream.add(ev)
         if rec:
             rec.event(ev)
+        return True
 
-    def decode_pending():
-        for data in raw_paths:
-            for ev in decoder.decode_path(data):
-                keep(ev)
-        raw_paths.clear()
+    def expand(data):
+        """A summary record's events (decoded only when needed, see stream.py)."""
+        return [ev for ev in decoder.decode_path(data) if keep(ev)]
+
+    stream = stream_mod.PacketStream(_names, json_out, keep_delivered=args.keep_delivered,
+                                     expand=expand, fast=not (rec or only_netns),
+                                     idle=lambda: t.drain())
+    path_key, deliver = events.path_key, events.KIND_DELIVER
 
     def on_event(data):
         if summary:
-            raw_paths.append(data)
+            pid, hops, final = path_key(data)
+            stream.add_record(pid, data, hops, final == deliver)
         else:
-            keep(decoder.decode(data))
+            ev = decoder.decode(data)
+            if keep(ev):
+                stream.add(ev)
 
     proc = None
     stop = _Stop()
@@ -223,8 +227,8 @@ def run(args):
                 t.drain()  # records queued without a wake-up (see pp_wakeup) are taken too
                 if time.monotonic() >= next_sweep:
                     if summary:
-                        raw_paths.extend(t.sweep(int(args.lost_after * 1e9)))
-                        decode_pending()
+                        for data in t.sweep(int(args.lost_after * 1e9)):
+                            on_event(data)
                     stream.flush()
                     next_sweep += 1.0
                 if t.drops_all and time.monotonic() >= next_drops:
@@ -242,11 +246,12 @@ def run(args):
                         t.poll(50)
                     break
             t.drain()
-            raw_paths.extend(t.sweep())
+            for data in t.sweep():
+                on_event(data)
             counters = t.counters()
             lost_ids = t.lost_ids()
             drop_counts = t.drop_counts()
-            decode_pending()
+            stream.settle()  # while drop stacks can still be read
         finally:
             t.close()
             if proc is not None and proc.poll() is None:

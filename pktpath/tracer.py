@@ -5,13 +5,14 @@ The flow is that of bcc's own tools: build the C text (bpfgen) -> load -> attach
 """
 import ctypes
 import glob
+import mmap
 import os
 import re
 import subprocess
 import sys
 import time
 
-from pktpath import bpfgen, events, hooks as hooksmod
+from pktpath import bpfgen, events, hooks as hooksmod, ringbuf
 from pktpath.errors import UserError
 
 HEADER_CACHE = "/var/cache/pktpath"
@@ -167,6 +168,7 @@ class Tracer:
         self.cfg, self.btf = cfg, btf
         self.plan = list(plan)
         self.bpf = None
+        self.ring = None
         self.coverage = []
         self.text = bpfgen.program(self.plan)
         self.cflags = bpfgen.cflags(cfg, bpfgen.resolve_offsets(btf), stacks=stacks,
@@ -205,17 +207,13 @@ class Tracer:
                                   "status": status, "why": why})
         self.attach_s = time.monotonic() - t0
 
-        if self.summary:
-            def callback(_ctx, data, size):
-                # only the recorded hops are copied (a pp_path is mostly empty hop slots)
-                nhops = ctypes.cast(data + events.NHOPS_OFFSET, ctypes.POINTER(ctypes.c_uint32))[0]
-                on_event(ctypes.string_at(
-                    data, events.PATH_HDR + min(nhops, events.MAX_HOPS) * events.HOP_SIZE))
-        else:
-            def callback(_ctx, data, size):
-                on_event(ctypes.string_at(data, size))
-        self._callback = callback
-        self.bpf["events"].open_ring_buffer(callback)
+        # records are read straight from the mapped ring buffer (see ringbuf.py); a summary
+        # record is exactly the packet's header and its recorded hops
+        self._on_event = on_event
+        self.ring = ringbuf.RingReader(self.bpf["events"].map_fd,
+                                       self.cfg.ringbuf_pages * mmap.PAGESIZE)
+        self.rescue = ringbuf.RingReader(self.bpf["rescue"].map_fd,
+                                         bpfgen.RESCUE_PAGES * mmap.PAGESIZE)
         return self.coverage
 
     def _attach(self, i, hook):
@@ -233,18 +231,24 @@ class Tracer:
             raise RuntimeError("method %s not supported" % hook.method)
 
     def poll(self, timeout_ms=100):
-        self.bpf.ring_buffer_poll(timeout_ms)
+        """Wait for records (up to timeout_ms) and hand each to on_event."""
+        return (self.ring.poll(self._on_event, timeout_ms) +
+                self.rescue.consume(self._on_event))
 
     def drain(self):
-        self.bpf.ring_buffer_consume()
+        """Hand every waiting record to on_event, without waiting (none once closed)."""
+        if self.ring is None:
+            return 0
+        return self.ring.consume(self._on_event) + self.rescue.consume(self._on_event)
 
     def counters(self):
-        """{"lost": n, "unreachable": n, "from_map": n} summed over CPUs."""
+        """{"lost": n, "unreachable": n, "from_map": n, "lost_paths_full": n} summed over
+        CPUs ("lost" includes "lost_paths_full")."""
+        names = ("lost", "unreachable", "from_map", None, "lost_paths_full", "rescued")
         if self.bpf is None:
-            return {"lost": 0, "unreachable": 0, "from_map": 0}
+            return {n: 0 for n in names if n}
         table = self.bpf["counters"]
-        vals = [sum(table[ctypes.c_int(i)]) for i in range(3)]
-        return dict(zip(("lost", "unreachable", "from_map"), vals))
+        return {n: sum(table[ctypes.c_int(i)]) for i, n in enumerate(names) if n}
 
     def sweep(self, older_than_ns=None):
         """Summary mode: remove and return (as pp_path bytes) the open paths whose last sighting
@@ -287,6 +291,10 @@ class Tracer:
 
     def close(self):
         """Detach everything and unload (idempotent)."""
+        if self.ring is not None:
+            self.ring.close()
+            self.rescue.close()
+            self.ring = None
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

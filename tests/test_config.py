@@ -36,7 +36,7 @@ def test_defaults():
     cfg = load_config()
     assert cfg == Config()
     assert (cfg.vxlan_port, cfg.udp_port, cfg.id_offset, cfg.id_byteorder, cfg.ringbuf_pages) == \
-        (4789, None, 0, "big", 256)
+        (4789, None, 0, "big", 4096)
     assert cfg.hooks is None and cfg.netns == () and cfg.source is None
     assert cfg.shost is cfg.dhost is cfg.sip is cfg.dip is cfg.host is None
 

@@ -111,3 +111,15 @@ def test_decode_path_expands_hops_and_skips_unset_slots():
     assert not evs[0]["encap"] and evs[0]["outer_dst"] is None
     assert evs[2]["kind"] == "drop" and evs[2]["reason"] == "NO_SOCKET"
     assert evs[2]["location"] == "f+0x10" and evs[2]["id"] == 42
+
+
+def test_path_record_shorter_than_nhops():
+    """The emitter sends the hops it claimed; another CPU may have bumped nhops since. Only the
+    hops carried by the record are decoded, and path_key agrees."""
+    path = events.RawPath(first_ts=5, id=9, final_kind=2, nhops=3, stack_id=-1)
+    for i in range(3):
+        path.hops[i].hook, path.hops[i].flags = 0, events.F_HOP_SET
+    data = bytes(path)[:events.PATH_HDR + 2 * events.HOP_SIZE]   # 2 hops carried, nhops 3
+    assert events.path_key(data) == (9, 2, events.KIND_DELIVER)
+    evs = events.PathDecoder(["a"]).decode_path(data)
+    assert len(evs) == 2
