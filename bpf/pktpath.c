@@ -453,7 +453,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         kind = PP_KIND_DELIVER;
 #ifdef PP_SUMMARY
         if (!paths.lookup(&p.id))
-            return 0;   /* already delivered (or never seen): not this callback's datagram */
+            return 1;   /* already delivered (or never seen): so are the older ones, stop */
 #endif
     }
 #ifdef PP_SUMMARY
@@ -523,8 +523,9 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
 
 /* Look at up to PP_DELIVER_SCAN datagrams from the tail of the receive queue, then as many from
  * the tail of UDP's reader_queue. Only the receive queue's tail is the datagram this callback is
- * for (PP_KIND_DELIVER); the others are PP_KIND_DELIVER_OLDER. One loop, not unrolled, so that
- * pp_handle is inlined once here. */
+ * for (PP_KIND_DELIVER); the others are PP_KIND_DELIVER_OLDER, and a queue's scan stops at the
+ * first of those already delivered (queues are in arrival order: so are the ones before it).
+ * One loop, not unrolled, so that pp_handle is inlined once here. */
 #define PP_DELIVER_SCAN 3
 static __always_inline void pp_scan_queues(void *ctx, u64 sk, u16 hook)
 {
@@ -546,9 +547,16 @@ static __always_inline void pp_scan_queues(void *ctx, u64 sk, u16 hook)
             i = PP_DELIVER_SCAN - 1;  /* on to the reader queue */
             continue;
         }
-        pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0, sk);
+        int closed = pp_handle(ctx, skb,
+                               PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0, sk);
         bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(skb + PP_OFF_SKB_PREV));
         j++;
+        if (closed) {
+            /* a datagram queued before it was delivered already: so were those before it */
+            if (i >= PP_DELIVER_SCAN)
+                break;
+            i = PP_DELIVER_SCAN - 1;
+        }
     }
 }
 
@@ -567,6 +575,13 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
     bpf_probe_read_kernel(&proto, sizeof(proto), (void *)(sk + PP_OFF_SK_PROTO));
     if (proto != 17 /* IPPROTO_UDP */)
         return 0;
+#ifdef PP_UDP_PORT
+    /* cheapest test first: a socket on another port never receives a traced datagram */
+    u16 lport = 0;
+    bpf_probe_read_kernel(&lport, sizeof(lport), (void *)(sk + PP_OFF_SK_NUM));
+    if (lport != PP_UDP_PORT)
+        return 0;
+#endif
     pp_scan_queues(ctx, sk, hook);
 #ifdef PP_SUMMARY
     /* The reader may have taken the datagram already. It is then the packet this CPU saw last,
