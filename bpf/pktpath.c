@@ -40,8 +40,9 @@ BPF_PERCPU_ARRAY(scratch, struct pp_scratch, 1);
 BPF_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES);
 /* counters, per CPU: 0 = events lost (ring buffer full), 1 = matched packets whose ID lay beyond
  * the linear data (paged/GRO payload), 2 = events attributed through skbids, 3 = records
- * submitted, 4 = of the lost events, those lost because the path table was full */
-BPF_PERCPU_ARRAY(counters, u64, 6);
+ * submitted, 4 = of the lost events, those lost because the path table was full, 5 = records
+ * that went to the rescue ring, 6 = IDs read from page fragments */
+BPF_PERCPU_ARRAY(counters, u64, 7);
 /* packet IDs that lost at least one event (ring buffer full): their verdict is `incomplete` */
 BPF_TABLE("lru_hash", u32, u64, lostids, 65536);
 #ifdef PP_STACKS
@@ -74,6 +75,7 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #define PP_CNT_SUBMITTED 3
 #define PP_CNT_PATHS_FULL 4
 #define PP_CNT_RESCUED 5
+#define PP_CNT_FROM_FRAGS 6
 
 /* internal kind: a datagram found behind the queue tail at delivery (see pp_deliver) */
 #define PP_KIND_DELIVER_OLDER 3
@@ -81,12 +83,18 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #define PP_MATCH 0
 #define PP_NOMATCH 1
 #define PP_UNPARSED 2
+#define PP_IN_FRAGS 3   /* matched, but the ID lies in the paged data (pp_paged_id) */
 
 struct pp_pkt {
     u32 id, saddr, daddr, osaddr, odaddr, vni;
     u16 sport, dport, osport, odport;
     u8 encap;
 };
+
+static __always_inline int pp_is_kptr(u64 p)
+{
+    return p >= 0xffff800000000000ULL;
+}
 
 static __always_inline void pp_count(u32 idx)
 {
@@ -228,6 +236,12 @@ static __always_inline int pp_parse(u8 *h, int l2, u32 linear, struct pp_pkt *p)
     if (pay > PP_HDR_LEN - 4)
         return PP_UNPARSED;
     if (pay + 4 > linear) {
+#ifdef PP_PAGED
+        if (pay >= linear) {
+            p->id = pay - linear;   /* offset into the paged data, for pp_paged_id */
+            return PP_IN_FRAGS;
+        }
+#endif
         pp_count(PP_CNT_UNREACHABLE);
         return PP_UNPARSED;
     }
@@ -239,14 +253,122 @@ static __always_inline int pp_parse(u8 *h, int l2, u32 linear, struct pp_pkt *p)
     return PP_MATCH;
 }
 
+#ifdef PP_PAGED
+/* page_offset_base and vmemmap_base: [0], [1] (0 until known) */
+BPF_ARRAY(pagebases, u64, 2);
+
+#ifdef PP_LEARN_BASES
+/* Learn the two randomized bases from a slab (of the socket's kmem_cache, or of a cache after
+ * it in the list of caches, whichever first has a partial slab): a struct slab lives in
+ * vmemmap (which starts at a 1 GiB boundary and, below 64 GiB of RAM, spans less than 1 GiB) and
+ * its freelist points into the slab's own memory in the direct map (which also starts at a
+ * 1 GiB boundary). The slab is checked to belong to that cache before it is trusted. */
+static __always_inline void pp_learn_bases(u64 sk)
+{
+    if (!pp_is_kptr(sk))
+        return;
+    u64 prot = 0, cache = 0, node = 0, first = 0, freelist = 0, owner = 0;
+    bpf_probe_read_kernel(&prot, sizeof(prot), (void *)(sk + PP_OFF_SK_PROT));
+    if (!pp_is_kptr(prot))
+        return;
+    bpf_probe_read_kernel(&cache, sizeof(cache), (void *)(prot + PP_OFF_PROTO_SLAB));
+    if (!pp_is_kptr(cache))
+        return;
+    /* this cache's node-0 partial list may be empty: walk on through the list of caches */
+    u64 slab = 0;
+    #pragma clang loop unroll(disable)
+    for (int i = 0; i < 64; i++) {
+        node = 0;
+        first = 0;
+        bpf_probe_read_kernel(&node, sizeof(node), (void *)(cache + PP_OFF_CACHE_NODE));
+        if (pp_is_kptr(node)) {
+            u64 head = node + PP_OFF_NODE_PARTIAL;
+            bpf_probe_read_kernel(&first, sizeof(first), (void *)head);
+            if (pp_is_kptr(first) && first != head) {
+                slab = first - PP_OFF_SLAB_LIST;
+                bpf_probe_read_kernel(&owner, sizeof(owner),
+                                      (void *)(slab + PP_OFF_SLAB_CACHE));
+                bpf_probe_read_kernel(&freelist, sizeof(freelist),
+                                      (void *)(slab + PP_OFF_SLAB_FREELIST));
+                if (owner == cache && pp_is_kptr(freelist))
+                    break;
+            }
+        }
+        slab = 0;
+        u64 next = 0;
+        bpf_probe_read_kernel(&next, sizeof(next), (void *)(cache + PP_OFF_CACHE_LIST));
+        if (!pp_is_kptr(next))
+            return;
+        cache = next - PP_OFF_CACHE_LIST;
+    }
+    if (!slab)
+        return;
+    u64 vm = slab & ~((1ULL << 30) - 1);
+    u64 pfn = (slab - vm) >> PP_PAGE_STRUCT_SHIFT;
+    u64 b = (freelist - (pfn << PP_PAGE_SHIFT)) & ~((1ULL << 30) - 1);
+    if (!pp_is_kptr(b))
+        return;
+    u32 k0 = 0, k1 = 1;
+    pagebases.update(&k1, &vm);
+    pagebases.update(&k0, &b);
+}
+
+/* Attached only while pktpath starts: it sends one datagram from its own socket, this learns the
+ * bases from that socket's cache, and is detached again (tracer.py, Tracer._learn_page_bases). */
+int pp_learn(struct bpf_raw_tracepoint_args *ctx)
+{
+    pp_learn_bases(ctx->args[0]);
+    return 0;
+}
+#endif
+
+/* The ID at offset `poff` of the skb's paged data (its first page fragment): GSO senders
+ * (UDP_SEGMENT), GRO and header-splitting drivers leave only the headers in the linear part.
+ * Only the first fragment is read, and only a page (not a device-memory net_iov). */
+static __always_inline int pp_paged_id(u64 head, u32 end, u32 poff, u32 *id)
+{
+    u64 sh[(PP_SHINFO_SPAN_LEN + 7) / 8];
+    if (bpf_probe_read_kernel(sh, sizeof(sh), (void *)(head + end + PP_SHINFO_SPAN_START)))
+        return -1;
+    u8 *b = (u8 *)sh - PP_SHINFO_SPAN_START;
+    if (b[PP_OFF_SHINFO_NR_FRAGS] == 0)
+        return -1;
+    u64 page = *(u64 *)(b + PP_OFF_SHINFO_FRAGS + PP_OFF_FRAG_PAGE);
+    u32 flen = *(u32 *)(b + PP_OFF_SHINFO_FRAGS + PP_OFF_FRAG_LEN);
+    u32 foff = *(u32 *)(b + PP_OFF_SHINFO_FRAGS + PP_OFF_FRAG_OFF);
+    if ((page & 1) || !pp_is_kptr(page) || poff + 4 > flen)
+        return -1;
+    u64 base = 0, vmemmap = 0;
+#ifndef PP_LEARN_BASES
+    bpf_probe_read_kernel(&base, sizeof(base), (void *)PP_ADDR_PAGE_OFFSET_BASE);
+    bpf_probe_read_kernel(&vmemmap, sizeof(vmemmap), (void *)PP_ADDR_VMEMMAP_BASE);
+#else
+    u32 k0 = 0, k1 = 1;
+    u64 *pb = pagebases.lookup(&k0), *pv = pagebases.lookup(&k1);
+    if (pb && pv) {
+        base = *pb;
+        vmemmap = *pv;
+    }
+#endif
+    if (!base || page < vmemmap || page - vmemmap >= (1ULL << 30))
+        return -1;
+    u64 pfn = (page - vmemmap) >> PP_PAGE_STRUCT_SHIFT;
+    u64 addr = base + (pfn << PP_PAGE_SHIFT) + foff + poff;
+    u8 v[4];
+    if (bpf_probe_read_kernel(v, sizeof(v), (void *)addr))
+        return -1;
+#if PP_ID_BIG
+    *id = ((u32)v[0] << 24) | ((u32)v[1] << 16) | ((u32)v[2] << 8) | v[3];
+#else
+    *id = ((u32)v[3] << 24) | ((u32)v[2] << 16) | ((u32)v[1] << 8) | v[0];
+#endif
+    return 0;
+}
+#endif
+
 /* The skb fields we need, copied in one read of the span [PP_SKB_SPAN_START, +PP_SKB_SPAN_LEN). */
 #define SKBF(buf, type, off) (*(type *)((u8 *)(buf) + (off) - PP_SKB_SPAN_START))
 #define SKBF_DEV(buf, type, off) (*(type *)((u8 *)(buf) + (off) - PP_DEV_SPAN_START))
-
-static __always_inline int pp_is_kptr(u64 p)
-{
-    return p >= 0xffff800000000000ULL;
-}
 
 static __always_inline u32 pp_netns_of_net(u64 net)
 {
@@ -425,6 +547,17 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         rc = pp_parse(s->h, l2, linear, &p);
     if (rc == PP_NOMATCH)
         return 0;
+#ifdef PP_PAGED
+    if (rc == PP_IN_FRAGS) {
+        rc = PP_UNPARSED;
+        if (pp_paged_id(head, SKBF(span, u32, PP_OFF_SKB_END), p.id, &p.id) == 0) {
+            rc = PP_MATCH;
+            pp_count(PP_CNT_FROM_FRAGS);
+        } else {
+            pp_count(PP_CNT_UNREACHABLE);
+        }
+    }
+#endif
 
     struct pp_skbinfo *known = 0;
     if (rc == PP_UNPARSED) {

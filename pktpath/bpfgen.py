@@ -15,6 +15,7 @@ BPF_DIR = data_dir("bpf")
 FIELDS = (
     ("PP_OFF_SKB_HEAD", "sk_buff", "head"),
     ("PP_OFF_SKB_TAIL", "sk_buff", "tail"),
+    ("PP_OFF_SKB_END", "sk_buff", "end"),
     ("PP_OFF_SKB_MAC", "sk_buff", "mac_header"),
     ("PP_OFF_SKB_NET", "sk_buff", "network_header"),
     ("PP_OFF_SKB_DEV", "sk_buff", "dev"),
@@ -32,8 +33,82 @@ FIELDS = (
     ("PP_OFF_SKB_PREV", "sk_buff", "prev"),
 )
 # sk_buff fields copied in one read, with their sizes
-SPAN = (("PP_OFF_SKB_HEAD", 8), ("PP_OFF_SKB_TAIL", 4), ("PP_OFF_SKB_MAC", 2),
-        ("PP_OFF_SKB_NET", 2))
+SPAN = (("PP_OFF_SKB_HEAD", 8), ("PP_OFF_SKB_TAIL", 4), ("PP_OFF_SKB_END", 4),
+        ("PP_OFF_SKB_MAC", 2), ("PP_OFF_SKB_NET", 2))
+
+# Reading a packet ID from the skb's first page fragment (payload not in the linear data):
+# skb_shinfo(skb) = head + end; frags[0] is a page (netmem) + offset + length; a page's kernel
+# address is page_offset_base + pfn * PAGE_SIZE, pfn = (page - vmemmap_base) / sizeof(page).
+# Both bases are randomized (KASLR) and are data symbols, which /proc/kallsyms lists only with
+# CONFIG_KALLSYMS_ALL. Without them the program learns them from a slab (bpf/pktpath.c,
+# pp_learn_bases): a socket's kmem_cache -> a partial slab's struct slab (in vmemmap) and its
+# freelist (an address inside that slab's memory, in the direct map).
+# skb_frag is a bio_vec on kernels before 6.4 (same layout, other names).
+FRAG_LAYOUTS = (("skb_frag", "netmem", "len", "offset"),
+                ("skb_frag", "bv_page", "bv_len", "bv_offset"),
+                ("bio_vec", "bv_page", "bv_len", "bv_offset"))
+PAGED_SYMBOLS = ("page_offset_base", "vmemmap_base")  # x86_64
+SLAB_FIELDS = (("PP_OFF_SK_PROT", "sock", "__sk_common.skc_prot"),
+               ("PP_OFF_PROTO_SLAB", "proto", "slab"),
+               ("PP_OFF_CACHE_NODE", "kmem_cache", "node"),
+               ("PP_OFF_CACHE_LIST", "kmem_cache", "list"),
+               ("PP_OFF_NODE_PARTIAL", "kmem_cache_node", "partial"),
+               ("PP_OFF_SLAB_LIST", "slab", "slab_list"),
+               ("PP_OFF_SLAB_FREELIST", "slab", "freelist"),
+               ("PP_OFF_SLAB_CACHE", "slab", "slab_cache"))
+
+
+def paged_layout(btf, symbol=None, machine=None):
+    """(-D values for reading IDs from page fragments, how the page bases are found) or
+    ({}, why not) on this kernel. `symbol(name)` -> kernel address or None (default:
+    /proc/kallsyms)."""
+    from pktpath import kernel
+    symbol = symbol or kernel.symbol_address
+    if (machine or os.uname().machine) != "x86_64":
+        return {}, "page addresses are only computed on x86_64"
+    d = {}
+    for struct_name, page, length, off in FRAG_LAYOUTS:
+        try:
+            d["PP_OFF_FRAG_PAGE"] = btf.offset(struct_name, page)
+            d["PP_OFF_FRAG_LEN"] = btf.offset(struct_name, length)
+            d["PP_OFF_FRAG_OFF"] = btf.offset(struct_name, off)
+            break
+        except UserError:
+            continue
+    else:
+        return {}, "no known page-fragment layout in BTF"
+    try:
+        nr = btf.offset("skb_shared_info", "nr_frags")
+        frags = btf.offset("skb_shared_info", "frags")
+        page_size = btf.size("page")
+    except UserError as e:
+        return {}, str(e)
+    if page_size & (page_size - 1):
+        return {}, "struct page is %d bytes (not a power of two)" % page_size
+    d["PP_PAGE_STRUCT_SHIFT"] = page_size.bit_length() - 1
+    d["PP_PAGE_SHIFT"] = (os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
+    start = min(nr, frags) & ~7
+    d["PP_SHINFO_SPAN_START"] = start
+    d["PP_SHINFO_SPAN_LEN"] = max(nr + 1, frags + d["PP_OFF_FRAG_OFF"] + 4) - start
+    d["PP_OFF_SHINFO_NR_FRAGS"] = nr
+    d["PP_OFF_SHINFO_FRAGS"] = frags
+    if d["PP_SHINFO_SPAN_LEN"] > 128:
+        return {}, "skb_shared_info layout not supported"
+    addrs = [symbol(name) for name in PAGED_SYMBOLS]
+    if all(addrs):
+        for name, addr in zip(PAGED_SYMBOLS, addrs):
+            d["PP_ADDR_" + name.upper()] = "0x%xULL" % addr
+        how = "page bases from /proc/kallsyms"
+    else:
+        try:
+            for macro, struct_name, path in SLAB_FIELDS:
+                d[macro] = btf.offset(struct_name, path)
+        except UserError as e:
+            return {}, "page bases not in /proc/kallsyms, and %s" % e
+        d["PP_LEARN_BASES"] = 1
+        how = "page bases learned from a slab"
+    d["PP_PAGED"] = 1
+    return d, how
 
 
 def resolve_offsets(btf):
@@ -58,10 +133,11 @@ RESCUE_PAGES = 64  # the fallback ring (bpf/pktpath.c)
 
 
 def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=False,
-           drops_all=False, summary=True, paths=65536):
+           drops_all=False, summary=True, paths=65536, paged=None):
     """-D flags for config `cfg` (pktpath.config.Config) and BTF `offsets`; `stacks` records the
     kernel stack at each drop of a traced packet, `drops_all` counts every drop (dropwatch)."""
     d = dict(offsets)
+    d.update(paged or {})
     if stacks:
         d["PP_STACKS"] = 1
     if summary:

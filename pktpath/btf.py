@@ -132,6 +132,13 @@ class BTF:
             tid = self._skip_mods(mtype)
         return total
 
+    def size(self, struct_name):
+        """Byte size of struct `struct_name` (UserError if missing)."""
+        tid = self._find((STRUCT, UNION), struct_name)
+        if not tid:
+            raise UserError("BTF: struct %s not found in the running kernel" % struct_name)
+        return self._type(tid)[4]
+
     def has_struct(self, name):
         return bool(self._find((STRUCT, UNION), name))
 

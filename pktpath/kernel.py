@@ -47,6 +47,20 @@ class Kallsyms:
         return name in self._nameset
 
 
+def symbol_address(name, path="/proc/kallsyms"):
+    """Address of kernel symbol `name` (data symbols too), or None (absent, or hidden by
+    kptr_restrict)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == name:
+                    return int(parts[0], 16) or None
+    except OSError:
+        pass
+    return None
+
+
 def netns_names(netns_dir=NETNS_DIR):
     """{netns inode: name} for namespaces named by `ip netns` (bind mounts in /run/netns)."""
     out = {}

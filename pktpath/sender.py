@@ -21,6 +21,9 @@ def add_arguments(p):
     p.add_argument("--byteorder", choices=("big", "little"), default="big",
                    help="packet ID byte order (default big = network order)")
     p.add_argument("--src-port", type=int, default=0, help="source UDP port (default: any)")
+    p.add_argument("--paged", action="store_true",
+                   help="have the kernel put the payload in page fragments, not the linear "
+                        "data (UDP_SEGMENT, as GSO senders such as QUIC stacks do)")
 
 
 def check(dst, port, count, start_id, rate, size, src_port):
@@ -42,8 +45,11 @@ def check(dst, port, count, start_id, rate, size, src_port):
         raise UserError("send: IDs %d..%d do not fit in 32 bits" % (start_id, start_id + count - 1))
 
 
+UDP_SEGMENT = 103  # linux/udp.h: a socket's GSO segment size; its sends are built paged
+
+
 def send(dst, port, count=10, start_id=1, rate=0, size=64, netns=None, byteorder="big",
-         src_port=0):
+         src_port=0, paged=False):
     """Send `count` datagrams; returns how many were sent."""
     check(dst, port, count, start_id, rate, size, src_port)
     if netns:
@@ -54,6 +60,10 @@ def send(dst, port, count=10, start_id=1, rate=0, size=64, netns=None, byteorder
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         if src_port:
             s.bind(("0.0.0.0", src_port))
+        if paged:
+            if size > 1400:
+                raise UserError("send: --paged sends one segment: --size must be <= 1400")
+            s.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, size)
         interval = 1.0 / rate if rate else 0
         t_next = time.monotonic()
         sent = 0
@@ -74,7 +84,7 @@ def send(dst, port, count=10, start_id=1, rate=0, size=64, netns=None, byteorder
 
 def run(args):
     n = send(args.dst, args.port, args.count, args.start_id, args.rate, args.size, args.netns,
-             args.byteorder, args.src_port)
+             args.byteorder, args.src_port, args.paged)
     last = args.start_id + n - 1
     print("sent %d datagrams (IDs %d..%d) to %s:%d" % (n, args.start_id, last, args.dst,
                                                        args.port))

@@ -60,6 +60,9 @@ def add_arguments(p):
     o.add_argument("--interval", type=float, default=5.0, metavar="S",
                    help="with --drops all, print the drop counts every S seconds (default 5)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+    o.add_argument("--no-frags", action="store_true",
+                   help="do not read packet IDs from page fragments (paged/GSO payloads are then "
+                        "only counted as out of reach)")
     o.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C, exit
     o.add_argument("--stats-file", metavar="FILE", help=argparse.SUPPRESS)  # for bench/
 
@@ -146,7 +149,7 @@ def run(args):
     plan = build_plan(cfg, btf, kallsyms)
     summary = args.mode == "summary"
     t = tracer.Tracer(cfg, plan, btf, stacks=args.stack, drops_all=args.drops == "all",
-                      summary=summary)
+                      summary=summary, frags=not args.no_frags)
     if args.ebpf:
         print("/* cflags: %s */" % " ".join(t.cflags))
         print(t.text)
@@ -201,6 +204,8 @@ def run(args):
             info(args, describe_coverage(coverage))
             info(args, "loaded in %.2fs (compile %.2fs, attach %.2fs)"
                  % (time.monotonic() - t_start, t.compile_s, t.attach_s))
+            if t.paged_why.startswith("IDs in page fragments not read"):
+                info(args, t.paged_why)
             meta = {"version": 1, "host": host, "config": cfg.to_dict(), "coverage": coverage,
                     "hooks": [h.name for h in plan], "clock": _clock_pair(),
                     "netns_names": _names()}
@@ -278,6 +283,10 @@ def _finish(args, t, rec, json_out, stream, counters, lost_ids, drop_counts, met
     names = _names()
     end_rec = dict(counters, netns_names=names, events=stream.events,
                    lost_ids=sorted(lost_ids))
+    if counters.get("from_frags"):
+        end_rec.setdefault("warnings", []).append(
+            "%d hook firings read the packet ID from page fragments (payload not in the linear "
+            "skb data)" % counters["from_frags"])
     unattributed = counters.get("lost", 0) - sum(lost_ids.values())
     if unattributed > 0:
         end_rec.setdefault("warnings", []).append(

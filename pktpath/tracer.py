@@ -8,6 +8,7 @@ import glob
 import mmap
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -164,15 +165,20 @@ def capabilities(btf, kallsyms=None, want_fentry=False):
 class Tracer:
     """Loads the program for `plan` (list of hooks.Hook), attaches, and calls `on_event(bytes)`."""
 
-    def __init__(self, cfg, plan, btf, stacks=False, drops_all=False, summary=True):
+    def __init__(self, cfg, plan, btf, stacks=False, drops_all=False, summary=True,
+                 frags=True):
         self.cfg, self.btf = cfg, btf
         self.plan = list(plan)
         self.bpf = None
         self.ring = None
         self.coverage = []
         self.text = bpfgen.program(self.plan)
+        paged, self.paged_why = bpfgen.paged_layout(btf) if frags else \
+            ({}, "IDs in page fragments not read: --no-frags")
+        if not paged and not self.paged_why.startswith("IDs in page"):
+            self.paged_why = "IDs in page fragments not read: " + self.paged_why
         self.cflags = bpfgen.cflags(cfg, bpfgen.resolve_offsets(btf), stacks=stacks,
-                                    drops_all=drops_all, summary=summary)
+                                    drops_all=drops_all, summary=summary, paged=paged)
         self.stacks, self.drops_all, self.summary = stacks, drops_all, summary
         self.attach_s = 0.0
         self.compile_s = 0.0
@@ -193,6 +199,8 @@ class Tracer:
                             "generated C: run with --ebpf)" % (_first_line(e), BPF_LOG)) from None
         self.compile_s = time.monotonic() - t0
         t0 = time.monotonic()
+        if "-DPP_LEARN_BASES=1" in self.cflags:
+            self.paged_why = self._learn_page_bases()
         for i, hook in enumerate(self.plan):
             status, why = "skipped", hook.why
             if hook.attached:
@@ -215,6 +223,32 @@ class Tracer:
         self.rescue = ringbuf.RingReader(self.bpf["rescue"].map_fd,
                                          bpfgen.RESCUE_PAGES * mmap.PAGESIZE)
         return self.coverage
+
+    LEARN_TP = "sock_send_length"   # fires in sendmsg, with the socket as first argument
+
+    def _learn_page_bases(self):
+        """Let the kernel side learn the page bases (bpf/pktpath.c, pp_learn): attach pp_learn,
+        send one datagram from a socket of our own (before any hook is attached, so it is never
+        traced), detach. Returns how IDs in page fragments will be read, or why not."""
+        table = self.bpf["pagebases"]
+        try:
+            with _QuietStderr(BPF_LOG):
+                self.bpf.attach_raw_tracepoint(tp=self.LEARN_TP, fn_name="pp_learn")
+        except Exception as e:
+            return "IDs in page fragments not read: %s" % _first_line(e)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for _ in range(20):
+                    try:
+                        s.sendto(b"pktpath", ("127.0.0.1", 9))
+                    except OSError:
+                        pass
+                    if table[ctypes.c_int(0)].value:
+                        return "page bases learned from a slab"
+                    time.sleep(0.005)
+        finally:
+            self.bpf.detach_raw_tracepoint(tp=self.LEARN_TP)
+        return "IDs in page fragments not read: no partial slab found to learn page bases from"
 
     def _attach(self, i, hook):
         fn = "pp_h%d" % i
@@ -244,7 +278,8 @@ class Tracer:
     def counters(self):
         """{"lost": n, "unreachable": n, "from_map": n, "lost_paths_full": n} summed over
         CPUs ("lost" includes "lost_paths_full")."""
-        names = ("lost", "unreachable", "from_map", None, "lost_paths_full", "rescued")
+        names = ("lost", "unreachable", "from_map", None, "lost_paths_full", "rescued",
+                 "from_frags")
         if self.bpf is None:
             return {n: 0 for n in names if n}
         table = self.bpf["counters"]

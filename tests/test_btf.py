@@ -68,3 +68,19 @@ def test_running_kernel():
     assert b.offset("sk_buff", "head") < b.offset("sk_buff", "data")
     assert b.tracepoint_args("kfree_skb")[0] == "struct sk_buff *"
     assert "SKB_DROP_REASON_NO_SOCKET" in b.enum("skb_drop_reason")
+
+
+@pytest.mark.skipif(not os.path.exists(VMLINUX), reason="no kernel BTF")
+def test_paged_layout_from_symbols_or_learned():
+    """Page bases come from /proc/kallsyms when it lists data symbols, else they are learned
+    from a slab (every offset that needs resolved from BTF); other architectures: not read."""
+    from pktpath import bpfgen
+    btf = BTF.load()
+    d, how = bpfgen.paged_layout(btf, symbol=lambda name: 0xffffffff82000000, machine="x86_64")
+    assert d["PP_PAGED"] == 1 and d["PP_ADDR_PAGE_OFFSET_BASE"] == "0xffffffff82000000ULL"
+    assert "PP_LEARN_BASES" not in d and "kallsyms" in how
+    d, how = bpfgen.paged_layout(btf, symbol=lambda name: None, machine="x86_64")
+    assert d["PP_LEARN_BASES"] == 1 and "PP_ADDR_VMEMMAP_BASE" not in d
+    assert d["PP_OFF_SLAB_FREELIST"] > 0 and d["PP_PAGE_STRUCT_SHIFT"] == 6
+    assert d["PP_SHINFO_SPAN_LEN"] <= 128
+    assert bpfgen.paged_layout(btf, machine="aarch64")[0] == {}
