@@ -4,6 +4,8 @@
 - funnel(): the stages in path order with how many packets reached each, and the first stage
   after which the count falls.
 """
+from array import array
+
 from tabulate import tabulate
 
 DROP_HOOKS = ("kfree_skb",)
@@ -23,18 +25,7 @@ def _pct(sorted_vals, q):
 
 def segments(packets):
     """[{from, to, count, p50_us, p90_us, p99_us, max_us}], most frequent first."""
-    gaps = {}
-    for p in packets:
-        path = p["path"]
-        for a, b in zip(path, path[1:]):
-            gaps.setdefault((stage(a), stage(b)), []).append((b["t_ns"] - a["t_ns"]) / 1e3)
-    out = []
-    for (a, b), vals in gaps.items():
-        vals.sort()
-        out.append({"from": a, "to": b, "count": len(vals), "p50_us": _pct(vals, 0.5),
-                    "p90_us": _pct(vals, 0.9), "p99_us": _pct(vals, 0.99), "max_us": vals[-1]})
-    out.sort(key=lambda s: (-s["count"], -s["max_us"]))
-    return out
+    return _stats(packets).segments()
 
 
 def funnel(packets):
@@ -42,30 +33,83 @@ def funnel(packets):
 
     Path order: a stage's median position over the paths that reach it. Drops (kfree_skb) end
     paths rather than being stages of them: they are left out."""
-    reach, positions = {}, {}
+    return _stats(packets).funnel()
+
+
+def _stats(packets):
+    stats = PathStats()
     for p in packets:
+        stats.add(p)
+    return stats
+
+
+class PathStats:
+    """segments() and funnel() fed one packet at a time, so that a report of a million events
+    need not hold its packets: latencies are kept as arrays of doubles, stage positions as
+    counts per position."""
+
+    def __init__(self):
+        self._gaps = {}        # (stage, next stage) -> array of latencies (us)
+        self._reach = {}       # stage -> packets reaching it
+        self._positions = {}   # stage -> {position on the path: packets}
+
+    def add(self, p):
+        path = p["path"]
+        stages = [stage(hop) for hop in path]
+        gaps = self._gaps
+        for a, b, sa, sb in zip(path, path[1:], stages, stages[1:]):
+            vals = gaps.get((sa, sb))
+            if vals is None:
+                vals = gaps[(sa, sb)] = array("d")
+            vals.append((b["t_ns"] - a["t_ns"]) / 1e3)
         seen = set()
-        for i, hop in enumerate(p["path"]):
-            if hop["hook"] in DROP_HOOKS:
-                continue
-            s = stage(hop)
-            if s not in seen:
+        for i, (hop, s) in enumerate(zip(path, stages)):
+            if s not in seen and hop["hook"] not in DROP_HOOKS:
                 seen.add(s)
-                reach[s] = reach.get(s, 0) + 1
-                positions.setdefault(s, []).append(i)
-    order = sorted(reach, key=lambda s: (sorted(positions[s])[len(positions[s]) // 2], -reach[s]))
-    rows = [(s, reach[s]) for s in order]
-    message = None
-    for (a, na), (b, nb) in zip(rows, rows[1:]):
-        if nb < na:
-            message = "%d packet%s lost between %s and %s" % (
-                na - nb, "" if na - nb == 1 else "s", a, b)
-            break
-    return rows, message
+                self._reach[s] = self._reach.get(s, 0) + 1
+                at = self._positions.setdefault(s, {})
+                at[i] = at.get(i, 0) + 1
+
+    def segments(self):
+        """What segments() returns for the packets added."""
+        out = []
+        for (a, b), arr in self._gaps.items():
+            vals = sorted(arr)
+            out.append({"from": a, "to": b, "count": len(vals), "p50_us": _pct(vals, 0.5),
+                        "p90_us": _pct(vals, 0.9), "p99_us": _pct(vals, 0.99),
+                        "max_us": vals[-1]})
+        out.sort(key=lambda s: (-s["count"], -s["max_us"]))
+        return out
+
+    def funnel(self):
+        """What funnel() returns for the packets added."""
+        reach = self._reach
+        order = sorted(reach, key=lambda s: (_median(self._positions[s]), -reach[s]))
+        rows = [(s, reach[s]) for s in order]
+        message = None
+        for (a, na), (b, nb) in zip(rows, rows[1:]):
+            if nb < na:
+                message = "%d packet%s lost between %s and %s" % (
+                    na - nb, "" if na - nb == 1 else "s", a, b)
+                break
+        return rows, message
+
+
+def _median(counts):
+    """The upper median of values given as {value: how many times}."""
+    k = sum(counts.values()) // 2
+    for value in sorted(counts):
+        k -= counts[value]
+        if k < 0:
+            return value
 
 
 def render_segments(packets, top=15):
-    segs = segments(packets)
+    return format_segments(segments(packets), top)
+
+
+def format_segments(segs, top=15):
+    """Text table of segments() (the first `top` rows)."""
     if not segs:
         return "no hops"
     rows = [[s["from"], s["to"], s["count"]] + ["%.1f" % s[k] for k in
@@ -77,7 +121,12 @@ def render_segments(packets, top=15):
 
 
 def render_funnel(packets, top=20):
-    rows, message = funnel(packets)
+    return format_funnel(funnel(packets), top)
+
+
+def format_funnel(funnel_result, top=20):
+    """Text table of funnel() (the first `top` stages) and its message."""
+    rows, message = funnel_result
     if not rows:
         return "no hops"
     text = tabulate([[i + 1, s, n] for i, (s, n) in enumerate(rows[:top])],

@@ -112,6 +112,65 @@ def build_packets(events, netns_names=None, reuse_gap_ns=REUSE_GAP_NS):
             for gen in generations(sorted(evs, key=key), reuse_gap_ns)]
 
 
+# what _packet and generations read of an event besides t_ns and skb: an event is kept as
+# (t_ns, skb, shape) where the shape (a dict of these keys) is shared by all events alike
+SHAPE_KEYS = ("hook", "kind", "cpu", "dev", "ifindex", "netns", "encap", "vni", "src", "dst",
+              "outer_src", "outer_dst", "reason", "reason_code", "location", "port", "stack")
+
+
+class EventStore:
+    """Events grouped by packet ID in compact form, for recordings too big to hold as dicts.
+
+    A million event dicts take gigabytes; here an event is a 3-tuple whose shape (hook, device,
+    namespace, addresses, ...) is shared with every event alike: a trace has few distinct
+    shapes. `packets()` expands one ID at a time and gives what build_packets() gives.
+    """
+
+    def __init__(self):
+        self._by_id = {}
+        self._shapes = {}
+        self.events = 0
+
+    def add(self, ev):
+        """Keep one event dict (it is not kept itself, nor modified)."""
+        get = ev.get
+        shape = tuple(map(get, SHAPE_KEYS))
+        if "host" in ev:
+            shape += (ev["host"],)
+        try:  # types in the key: 1, 1.0 and true are equal but are not written alike
+            key = (shape, tuple(map(type, shape)))
+            tmpl = self._shapes.get(key)
+            if tmpl is None:
+                tmpl = self._shapes[key] = _shape_dict(shape)
+        except TypeError:  # a list (a drop stack) in it: not shared
+            tmpl = _shape_dict(shape)
+        evs = self._by_id.get(ev["id"])
+        if evs is None:
+            evs = self._by_id[ev["id"]] = []
+        evs.append((ev["t_ns"], get("skb"), tmpl))
+        self.events += 1
+
+    def packets(self, netns_names=None, reuse_gap_ns=REUSE_GAP_NS):
+        """Packet records, sorted by ID then time, as build_packets() over the same events
+        would give them, built one ID at a time."""
+        names = ns_names(netns_names)
+        for pid, evs in sorted(self._by_id.items()):
+            evs.sort(key=_T_NS)
+            dicts = [dict(tmpl, t_ns=t, skb=skb) for t, skb, tmpl in evs]
+            for gen in generations(dicts, reuse_gap_ns):
+                yield _packet(pid, gen, names)
+
+
+_T_NS = itemgetter(0)
+
+
+def _shape_dict(shape):
+    d = dict(zip(SHAPE_KEYS, shape))
+    if len(shape) > len(SHAPE_KEYS):
+        d["host"] = shape[-1]
+    return d
+
+
 def mark_incomplete(packets, lost_ids, all_lost_suspect=False):
     """Account for what the tracer itself lost (ring buffer full).
 
@@ -121,50 +180,89 @@ def mark_incomplete(packets, lost_ids, all_lost_suspect=False):
     record of their own. With `all_lost_suspect` (the tracer lost events it could not attribute
     to IDs) every `lost` verdict becomes `incomplete`. Returns a new list.
     """
+    return list(mark_incomplete_sorted(sorted(packets, key=_order), lost_ids, all_lost_suspect))
+
+
+def _order(p):
+    return p["id"], p["first_ns"] or 0
+
+
+def mark_incomplete_sorted(packets, lost_ids, all_lost_suspect=False):
+    """mark_incomplete() over packets already sorted by (ID, first_ns), one at a time: the
+    records of lost IDs never seen are merged in at their place, so a recording's packets can
+    be reported without holding them all."""
     lost = lost_ids if isinstance(lost_ids, dict) else dict.fromkeys(lost_ids or (), True)
     lost = {int(k): v for k, v in lost.items()}
-    out, seen = [], set()
+    unseen = sorted(lost)  # those seen are skipped on the way
+    i, seen = 0, set()
     for p in packets:
-        seen.add(p["id"])
-        if p["id"] in lost or (all_lost_suspect and p["verdict"] == "lost"):
-            p = dict(p, incomplete=lost.get(p["id"], True))
+        pid = p["id"]
+        while i < len(unseen) and unseen[i] < pid:
+            if unseen[i] not in seen:
+                yield _lost_record(unseen[i], lost[unseen[i]])
+            i += 1
+        if pid in lost:
+            seen.add(pid)
+        if pid in lost or (all_lost_suspect and p["verdict"] == "lost"):
+            p = dict(p, incomplete=lost.get(pid, True))
             if p["verdict"] == "lost":
                 p["verdict"] = "incomplete"
-        out.append(p)
-    for pid in sorted(set(lost) - seen):
-        out.append({"id": pid, "verdict": "incomplete", "incomplete": lost[pid], "events": 0,
-                    "first_ns": None, "last_ns": None,
-                    "last": {"hook": None, "dev": None, "ifindex": None, "netns": None,
-                             "netns_name": None},
-                    "drop": None, "delivered": None, "path": []})
-    out.sort(key=lambda p: (p["id"], p["first_ns"] or 0))
-    return out
+        yield p
+    for pid in unseen[i:]:
+        if pid not in seen:
+            yield _lost_record(pid, lost[pid])
+
+
+def _lost_record(pid, n_lost):
+    """The record of a packet ID whose every event the tracer lost."""
+    return {"id": pid, "verdict": "incomplete", "incomplete": n_lost, "events": 0,
+            "first_ns": None, "last_ns": None,
+            "last": {"hook": None, "dev": None, "ifindex": None, "netns": None,
+                     "netns_name": None},
+            "drop": None, "delivered": None, "path": []}
 
 
 def summarize(packets):
     """Counts by verdict, and drops (by reason, location, netns) and lost packets (by last
     sighting) grouped, most frequent first, each with up to 5 example IDs."""
-    counts = dict.fromkeys(VERDICTS, 0)
-    drops, lost = {}, {}
+    summary = Summary()
     for p in packets:
-        counts[p["verdict"]] = counts.get(p["verdict"], 0) + 1
+        summary.add(p)
+    return summary.result()
+
+
+class Summary:
+    """summarize() fed one packet at a time (a report need not hold every packet)."""
+
+    def __init__(self):
+        self.packets = 0
+        self._counts = dict.fromkeys(VERDICTS, 0)
+        self._drops, self._lost = {}, {}
+
+    def add(self, p):
+        self.packets += 1
+        self._counts[p["verdict"]] = self._counts.get(p["verdict"], 0) + 1
         if p["verdict"] == "dropped":
             d = p["drop"]
-            group = drops.setdefault((d["reason"], d["location"], d["netns"]), {
+            group = self._drops.setdefault((d["reason"], d["location"], d["netns"]), {
                 "reason": d["reason"], "location": d["location"], "netns": d["netns"],
                 "netns_name": d["netns_name"], "count": 0, "ids": []})
         elif p["verdict"] == "lost":
             last = p["last"]
-            group = lost.setdefault((last["hook"], last["dev"], last["netns"]), dict(
+            group = self._lost.setdefault((last["hook"], last["dev"], last["netns"]), dict(
                 last, count=0, ids=[]))
             group.pop("ifindex", None)
         else:
-            continue
+            return
         group["count"] += 1
         if len(group["ids"]) < 5:
             group["ids"].append(p["id"])
 
-    def ranked(groups):
-        return sorted(groups.values(), key=lambda g: (-g["count"], g["ids"][0]))
-    return {"packets": len(packets), "verdicts": counts, "drops": ranked(drops),
-            "lost": ranked(lost)}
+    def result(self):
+        """{packets, verdicts: {verdict: count}, drops: [group], lost: [group]} (a new dict:
+        the caller may change it)."""
+        def ranked(groups):
+            return sorted((dict(g, ids=list(g["ids"])) for g in groups.values()),
+                          key=lambda g: (-g["count"], g["ids"][0]))
+        return {"packets": self.packets, "verdicts": dict(self._counts),
+                "drops": ranked(self._drops), "lost": ranked(self._lost)}

@@ -98,14 +98,21 @@ def read_recording(path):
     the NO_END warning when there was no end line);
     any other bad line raises RecordingError `FILE:LINE: problem`.
     """
+    events = []
+    meta, end = scan_recording(path, events.append)
+    return meta, events, end
+
+
+def scan_recording(path, on_event):
+    """(meta, end) of a recording, as read_recording() gives them; each event dict is passed
+    to `on_event` instead of being collected (a caller can keep it in a compact form)."""
     try:
         f = open(path, encoding="utf-8", errors="replace")
     except OSError as e:
         raise RecordingError("%s: cannot read: %s" % (path, e.strerror)) from None
-    meta, end, events, warnings = None, None, [], []
+    meta, end, warnings = None, None, []
     bad = None          # (line number, problem) of an unparseable line, fatal unless it is last
     bad_is_last = True
-    loads, append = json.loads, events.append
     gc_was_enabled = gc.isenabled()
     gc.disable()    # a million new dicts would trigger many useless full collections
     with f:
@@ -115,7 +122,7 @@ def read_recording(path):
                     bad_is_last = False
                     break
                 try:
-                    rec = loads(line)
+                    rec = _parse(line)
                 except ValueError as e:
                     if line.strip():
                         bad = (n, "not valid JSON (%s)" % str(e).split(":")[0])
@@ -127,7 +134,7 @@ def read_recording(path):
                     if not EVENT_KEYS <= rec.keys():
                         raise RecordingError("%s:%d: event without %s" % (
                             path, n, ", ".join(sorted(EVENT_KEYS - rec.keys()))))
-                    append(rec)
+                    on_event(rec)
                 elif meta is None:
                     if kind != "meta":
                         raise RecordingError('%s:%d: not a pktpath recording (the first line must '
@@ -162,4 +169,20 @@ def read_recording(path):
         if end is None:
             end = {"warnings": [NO_END % path]}
         end.setdefault("warnings", [])[:0] = warnings
-    return meta, events, end
+    return meta, end
+
+
+_scan_once = json.JSONDecoder().scan_once
+
+
+def _parse(line):
+    """json.loads(line), faster: the scanner is called directly (loads() wraps it in layers
+    that cost as much as parsing a short line); anything unusual goes through loads() itself,
+    so that values and errors are exactly loads()'s."""
+    try:
+        rec, end = _scan_once(line, 0)
+    except (StopIteration, ValueError):
+        return json.loads(line)
+    if end != len(line) and line[end:].strip(" \t\n\r"):
+        return json.loads(line)  # extra data: raises
+    return rec

@@ -4,7 +4,7 @@ import json
 from tabulate import tabulate
 
 from pktpath import analysis
-from pktpath.reconstruct import summarize
+from pktpath.reconstruct import Summary, summarize
 
 MAX_VERDICT_ROWS = 1000
 
@@ -78,12 +78,17 @@ def _reason(p):
 
 def render_verdicts(packets):
     """One row per packet: ID, VERDICT, HOPS, WHERE, REASON, NAMESPACE, DURATION (us)."""
-    rows = []
-    for p in packets:
-        at = p["drop"] or p["delivered"] or p["last"]
-        rows.append([p["id"], p["verdict"], p["events"], _where(p), _reason(p),
-                     ns_label(at["netns"], at["netns_name"]),
-                     "%.1f" % (((p["last_ns"] or 0) - (p["first_ns"] or 0)) / 1e3)])
+    return _verdict_table([_verdict_row(p) for p in packets])
+
+
+def _verdict_row(p):
+    at = p["drop"] or p["delivered"] or p["last"]
+    return [p["id"], p["verdict"], p["events"], _where(p), _reason(p),
+            ns_label(at["netns"], at["netns_name"]),
+            "%.1f" % (((p["last_ns"] or 0) - (p["first_ns"] or 0)) / 1e3)]
+
+
+def _verdict_table(rows):
     return _table(rows, ["ID", "VERDICT", "HOPS", "WHERE", "REASON", "NAMESPACE", "DURATION us"])
 
 
@@ -98,7 +103,11 @@ def render_coverage(coverage):
 def render_summary(packets, lost_events=0, coverage=None, streamed_delivered=0):
     """Coverage (if given), counts by verdict, drops and lost packets grouped by place.
     `streamed_delivered`: delivered packets not kept in `packets` (long live traces)."""
-    s = summarize(packets)
+    return _render_summary(summarize(packets), lost_events, coverage, streamed_delivered)
+
+
+def _render_summary(s, lost_events=0, coverage=None, streamed_delivered=0):
+    """render_summary() of a summarize() result (changed here)."""
     v = s["verdicts"]
     if streamed_delivered:
         s["packets"] += streamed_delivered
@@ -129,37 +138,82 @@ def _ids(group):
 
 def render_report(packets, meta=None, end=None, max_timeline_packets=50):
     """The whole report: coverage, timeline of the first N packets, verdicts, summary."""
-    meta, end = meta or {}, end or {}
-    sections = []
-    if meta.get("coverage"):
-        sections.append(("coverage", render_coverage(meta["coverage"])))
-    if not packets:
-        sections.append(("packets", "no matching packets seen"))
-    else:
+    builder = ReportBuilder(max_timeline_packets)
+    for p in packets:
+        builder.add(p)
+    return builder.render(meta, end)
+
+
+class ReportBuilder:
+    """render_report() fed one packet at a time, in the order render_report() takes them.
+
+    Only what the report shows is kept: the first N packets (timeline), the first rows of the
+    verdict table, latencies and stage counts (analysis.PathStats) and the summary counts; so
+    `report` on a recording of a million events never holds all its packets.
+    """
+
+    def __init__(self, max_timeline_packets=50):
         n = max_timeline_packets
-        if n and n > 0:
-            title = "timeline" if len(packets) <= n else \
-                "timeline (first %d of %d packets; see --timeline)" % (n, len(packets))
-            sections.append((title, render_timeline(packets[:n], trace_start(packets))))
-        shown = packets
-        if len(packets) > MAX_VERDICT_ROWS:
-            shown = [p for p in packets if p["verdict"] != "delivered"][:MAX_VERDICT_ROWS]
-        title = "verdicts" if shown is packets else \
-            "verdicts (%d of %d packets; all in --json)" % (len(shown), len(packets))
-        sections.append((title, render_verdicts(shown)))
-        sections.append(("per-hop latency", analysis.render_segments(packets)))
-        sections.append(("stage funnel", analysis.render_funnel(packets)))
-    sections.append(("summary", render_summary(packets, end.get("lost", 0),
-                                               streamed_delivered=end.get("streamed_delivered",
-                                                                          0))))
-    notes = list(end.get("warnings", []))
-    if end.get("unreachable"):
-        notes.append("%d hook firings saw a matching packet whose ID was out of reach "
-                     "(not in the linear skb data)"
-                     % end["unreachable"])
-    if notes:
-        sections.append(("notes", "\n".join(notes)))
-    return "\n\n".join("== %s ==\n%s" % s for s in sections)
+        self._timeline_max = n if n and n > 0 else 0
+        self._timeline = []          # the first N packets
+        self._rows = []              # verdict rows of the first MAX_VERDICT_ROWS packets
+        self._problem_rows = []      # ... of the first MAX_VERDICT_ROWS not delivered
+        self._t0 = None              # trace_start() of all packets
+        self._paths = analysis.PathStats()
+        self._summary = Summary()
+
+    def add(self, p):
+        """Account for one packet record (reconstruct); it is kept only for the timeline."""
+        if len(self._timeline) < self._timeline_max:
+            self._timeline.append(p)
+        if p["first_ns"] is not None and (self._t0 is None or p["first_ns"] < self._t0):
+            self._t0 = p["first_ns"]
+        delivered = p["verdict"] == "delivered"
+        if len(self._rows) < MAX_VERDICT_ROWS or (
+                not delivered and len(self._problem_rows) < MAX_VERDICT_ROWS):
+            row = _verdict_row(p)
+            if len(self._rows) < MAX_VERDICT_ROWS:
+                self._rows.append(row)
+            if not delivered and len(self._problem_rows) < MAX_VERDICT_ROWS:
+                self._problem_rows.append(row)
+        self._paths.add(p)
+        self._summary.add(p)
+
+    def render(self, meta=None, end=None):
+        """The report text of the packets added (render_report's `meta` and `end`)."""
+        meta, end = meta or {}, end or {}
+        count = self._summary.packets
+        sections = []
+        if meta.get("coverage"):
+            sections.append(("coverage", render_coverage(meta["coverage"])))
+        if not count:
+            sections.append(("packets", "no matching packets seen"))
+        else:
+            n = self._timeline_max
+            if n:
+                title = "timeline" if count <= n else \
+                    "timeline (first %d of %d packets; see --timeline)" % (n, count)
+                sections.append((title, render_timeline(self._timeline, self._t0)))
+            if count <= MAX_VERDICT_ROWS:
+                title, shown = "verdicts", self._rows
+            else:
+                shown = self._problem_rows
+                title = "verdicts (%d of %d packets; all in --json)" % (len(shown), count)
+            sections.append((title, _verdict_table(shown)))
+            sections.append(("per-hop latency",
+                             analysis.format_segments(self._paths.segments())))
+            sections.append(("stage funnel", analysis.format_funnel(self._paths.funnel())))
+        sections.append(("summary", _render_summary(
+            self._summary.result(), end.get("lost", 0),
+            streamed_delivered=end.get("streamed_delivered", 0))))
+        notes = list(end.get("warnings", []))
+        if end.get("unreachable"):
+            notes.append("%d hook firings saw a matching packet whose ID was out of reach "
+                         "(not in the linear skb data)"
+                         % end["unreachable"])
+        if notes:
+            sections.append(("notes", "\n".join(notes)))
+        return "\n\n".join("== %s ==\n%s" % s for s in sections)
 
 
 def write_json(packets, fh):

@@ -8,7 +8,7 @@ import sys
 
 from pktpath import dropwatch, merge, reconstruct, report
 from pktpath.errors import UserError
-from pktpath.recording import NO_END, read_recording
+from pktpath.recording import NO_END, scan_recording
 
 
 def add_arguments(p):
@@ -21,13 +21,39 @@ def add_arguments(p):
 
 def load(paths):
     """(events, meta, end) merged over the recordings `paths`."""
-    events, names, coverage, lost_ids = [], {}, [], set()
+    events = []
+    meta, end = _load(paths, events.append)
+    if len(paths) > 1:
+        end["warnings"] += merge.correct_clocks(events)
+    return events, meta, end
+
+
+def load_store(paths):
+    """(store, meta, end): load() with the events in a reconstruct.EventStore, which holds a
+    million events in a few hundred MB where their dicts would take gigabytes."""
+    store = reconstruct.EventStore()
+    if len(paths) > 1:  # merging shifts times by causality, on dicts: small two-host recordings
+        events, meta, end = load(paths)
+        for ev in events:
+            store.add(ev)
+        return store, meta, end
+    meta, end = _load(paths, store.add)
+    return store, meta, end
+
+
+def _load(paths, on_event):
+    """(meta, end) merged over the recordings `paths`; `on_event` gets every event (placed on
+    its host's wall clock when there are several recordings)."""
+    names, coverage, lost_ids = {}, [], set()
     end = {"lost": 0, "unreachable": 0, "warnings": []}
     for path in paths:
-        m, evs, e = read_recording(path)
         if len(paths) > 1:
-            merge.to_wall(m, evs)
-        events.extend(evs)
+            evs = []
+            m, e = scan_recording(path, evs.append)
+            for ev in merge.to_wall(m, evs):
+                on_event(ev)
+        else:
+            m, e = scan_recording(path, on_event)
         names.update(m.get("netns_names") or {})
         if e is None:
             e = {"warnings": [NO_END % path]}
@@ -38,16 +64,12 @@ def load(paths):
         lost_ids.update(e.get("lost_ids") or ())
         host = m.get("host") if len(paths) > 1 else None
         coverage += [dict(c, host=host) if host else c for c in m.get("coverage") or ()]
-    if len(paths) > 1:
-        end["warnings"] += merge.correct_clocks(events)
     end.update(netns_names=names, lost_ids=sorted(lost_ids))
-    return events, {"coverage": coverage, "netns_names": names}, end
+    return {"coverage": coverage, "netns_names": names}, end
 
 
 def _write_json(packets, out):
-    if out == "-":
-        report.write_json(packets, sys.stdout)
-        return
+    """Write `packets` (an iterable, consumed as it is written) as JSON Lines to the file `out`."""
     # a device or fifo (/dev/null) is written in place: never rename over it
     tmp = out if os.path.exists(out) and not os.path.isfile(out) else out + ".tmp"
     try:
@@ -62,14 +84,33 @@ def _write_json(packets, out):
 def run(args):
     if args.timeline < 0:
         raise UserError("--timeline must be 0 or more, got %d" % args.timeline)
-    events, meta, end = load(args.files)
-    packets = reconstruct.mark_incomplete(
-        reconstruct.build_packets(events, meta["netns_names"]), end["lost_ids"])
+    store, meta, end = load_store(args.files)
+    # one packet at a time, in ID order: to the JSON and the report, never all held at once
+    packets = reconstruct.mark_incomplete_sorted(store.packets(meta["netns_names"]),
+                                                 end["lost_ids"])
+    if args.json == "-":
+        report.write_json(packets, sys.stdout)
+        return 0
+    builder, stacked = report.ReportBuilder(args.timeline), []
+    packets = _reported(packets, builder, stacked)
     if args.json:
         _write_json(packets, args.json)
-    if args.json != "-":
-        print(report.render_report(packets, meta, end, max_timeline_packets=args.timeline))
-        stacks = dropwatch.stacks_section(packets)
-        if stacks:  # recorded with --stack
-            print("\n== drop stacks ==\n" + stacks)
+    else:
+        for _ in packets:
+            pass
+    print(builder.render(meta, end))
+    stacks = dropwatch.stacks_section(stacked)
+    if stacks:  # recorded with --stack
+        print("\n== drop stacks ==\n" + stacks)
     return 0
+
+
+def _reported(packets, builder, stacked):
+    """`packets`, each added to `builder` on the way; the drop stacks go to `stacked` (as the
+    little of a packet that dropwatch.stacks_section reads)."""
+    for p in packets:
+        builder.add(p)
+        stack = (p.get("drop") or {}).get("stack")
+        if stack:
+            stacked.append({"id": p["id"], "drop": {"stack": stack}})
+        yield p
