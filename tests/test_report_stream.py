@@ -175,3 +175,81 @@ def test_report_matches_golden(tmp_path, case):
     else:  # too big to keep: the list-based functions make the reference
         timeline = int(extra[extra.index("--timeline") + 1]) if extra else 50
         assert out.read_text() == list_path(files, timeline)[1]
+
+
+def streaming_path(files, timeline):
+    """(text, JSON) of the streaming path, in process: what `run.py report` prints."""
+    store, meta, end = reportcmd.load_store(files)
+    packets = reconstruct.mark_incomplete_sorted(store.packets(meta["netns_names"]),
+                                                 end["lost_ids"])
+    builder, out = report.ReportBuilder(timeline), io.StringIO()
+    for p in packets:
+        builder.add(p)
+        report.write_json([p], out)
+    return builder.render(meta, end), out.getvalue()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("timeline", [0, 1, 3, 50])
+def test_streaming_path_is_the_list_path(tmp_path, case, timeline):
+    files = make_files(tmp_path, CASES[case][0])
+    assert streaming_path(files, timeline) == list_path(files, timeline)
+
+
+def test_event_store_gives_what_build_packets_gives():
+    evs = [dict(e) for e in small_events()]
+    for e in evs:
+        e.pop("type")
+    store = reconstruct.EventStore()
+    for e in evs:
+        store.add(e)
+    assert store.events == len(evs)
+    assert list(store.packets(NS)) == build_packets(evs, NS)
+    assert list(store.packets(NS, reuse_gap_ns=10 * S)) == build_packets(evs, NS, 10 * S)
+
+
+def test_event_store_keeps_json_types_apart():
+    """Events alike but for 1 / 1.0 / true share no shape: the JSON would change."""
+    base = {"t_ns": 1, "id": 1, "hook": "h", "kind": "pass", "cpu": 1, "encap": False,
+            "netns": 5}
+    evs = [base, dict(base, t_ns=2, cpu=1.0), dict(base, t_ns=3, cpu=True, encap=0),
+           dict(base, t_ns=4, host="b"), dict(base, t_ns=5, host=None),
+           dict(base, t_ns=6, kind="drop", stack=["f+0x1"], reason="R"),
+           {"t_ns": 7, "id": 1, "hook": ["odd"], "kind": "pass"}]
+    store = reconstruct.EventStore()
+    for e in evs:
+        store.add(e)
+    out = io.StringIO()
+    report.write_json(store.packets(), out)
+    ref = io.StringIO()
+    report.write_json(build_packets(evs), ref)
+    assert out.getvalue() == ref.getvalue()
+    assert '"cpu":1.0' in out.getvalue() and '"cpu":true' in out.getvalue()
+
+
+@pytest.mark.parametrize("lost_ids", [[], [1], [0, 1, 2, 3], {"2": 5, "9": 1}, [5, 6, 7]])
+def test_mark_incomplete_sorted_is_mark_incomplete(lost_ids):
+    evs = [{"t_ns": t, "id": pid, "hook": "h", "kind": "pass", "skb": t}
+           for pid, t in [(1, 10), (1, 5 * S), (3, 20), (4, 30), (6, 40)]]
+    packets = build_packets(evs)
+    for suspect in (False, True):
+        assert list(reconstruct.mark_incomplete_sorted(packets, lost_ids, suspect)) == \
+            mark_incomplete(list(reversed(packets)), lost_ids, suspect)
+
+
+def test_builder_without_packets_or_with_only_lost_ids():
+    text = report.ReportBuilder().render({}, {"lost": 2})
+    assert "no matching packets seen" in text and "2 events lost by the tracer" in text
+    builder = report.ReportBuilder(max_timeline_packets=1)
+    for p in mark_incomplete([], [3, 1]):
+        builder.add(p)
+    text = builder.render()
+    assert "== timeline (first 1 of 2 packets; see --timeline) ==" in text
+    assert "2 packets: 0 delivered, 0 dropped, 0 lost, 2 incomplete" in text
+
+
+def test_json_to_stdout_streams_without_the_report(tmp_path):
+    files = make_files(tmp_path, ["small"])
+    p = subprocess.run([sys.executable, "run.py", "report"] + files + ["--json", "-"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == list_path(files, 50)[1]
