@@ -83,6 +83,10 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #define PP_MATCH 0
 #define PP_NOMATCH 1
 #define PP_UNPARSED 2
+/* pp_handle's results, for the delivery scan */
+#define PP_H_CLOSED 1       /* an older datagram whose packet was delivered already */
+#define PP_H_DELIVERED 2    /* a delivery was recorded */
+
 #define PP_IN_FRAGS 3   /* matched, but the ID lies in the paged data (pp_paged_id) */
 
 struct pp_pkt {
@@ -411,7 +415,8 @@ static __always_inline void pp_where(u64 skb, u64 sk, u32 *netns, u32 *ifindex, 
 
 /* Append this sighting to the packet's path; on delivery or drop, emit the whole path. */
 static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
-                                      u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now)
+                                      u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
+                                      u64 head)
 {
     u32 id = p->id;
     struct pp_path *v = paths.lookup(&id);
@@ -436,6 +441,14 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         }
     }
     v->last_ts = now;
+    /* skb -> ID for the hooks that cannot parse the packet: written when the packet shows up
+     * on another skb or data buffer, not at every hop (an LRU update costs several lookups) */
+    if (head && (v->last_skb != skb || v->last_head != head)) {
+        struct pp_skbinfo info = {.head = head, .ts = now, .id = id};
+        skbids.update(&skb, &info);
+        v->last_skb = skb;
+        v->last_head = head;
+    }
     if (p->encap && !v->has_encap) {
         v->has_encap = 1;
         v->vni = p->vni;
@@ -498,7 +511,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
             pp_count(PP_CNT_RESCUED);
     }
     paths.delete(&id);
-    return 0;
+    return kind == PP_KIND_DELIVER ? PP_H_DELIVERED : 0;
 }
 #endif
 
@@ -569,6 +582,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     }
 
     u64 now = bpf_ktime_get_ns();
+#ifndef PP_SUMMARY
     if (rc == PP_MATCH && kind == PP_KIND_PASS) {
         /* an LRU update costs several times a lookup: refresh in place when unchanged */
         struct pp_skbinfo *cur = skbids.lookup(&skb);
@@ -578,19 +592,21 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
             struct pp_skbinfo info = {.head = head, .ts = now, .id = p.id};
             skbids.update(&skb, &info);
         }
-    } else if (kind == PP_KIND_DROP) {
-        skbids.delete(&skb);
     }
+#endif
+    if (kind == PP_KIND_DROP)
+        skbids.delete(&skb);
     u8 flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
     if (kind == PP_KIND_DELIVER_OLDER) {
         kind = PP_KIND_DELIVER;
 #ifdef PP_SUMMARY
         if (!paths.lookup(&p.id))
-            return 1;   /* already delivered (or never seen): so are the older ones, stop */
+            return PP_H_CLOSED;   /* already delivered (or never seen): so are older ones */
 #endif
     }
 #ifdef PP_SUMMARY
-    return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now);
+    return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
+                      rc == PP_MATCH && kind == PP_KIND_PASS ? head : 0);
 #else
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
     if (!e) {
@@ -660,18 +676,21 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
  * first of those already delivered (queues are in arrival order: so are the ones before it).
  * One loop, not unrolled, so that pp_handle is inlined once here. */
 #define PP_DELIVER_SCAN 3
-static __always_inline void pp_scan_queues(void *ctx, u64 sk, u16 hook)
+static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
 {
     u64 q = 0, skb = 0;
     u32 qlen = 0, j = 0;
+    int found = 0;
     #pragma clang loop unroll(disable)
     for (u32 i = 0; i < 2 * PP_DELIVER_SCAN; i++) {
         if (i == 0 || i == PP_DELIVER_SCAN) {
+            if (found)
+                break;  /* this callback's datagram was the tail: the reader has the older */
             q = sk + (i ? PP_OFF_UDP_READERQ : PP_OFF_SK_QHEAD);
-            qlen = 0;
-            bpf_probe_read_kernel(&qlen, sizeof(qlen), (void *)(q + PP_OFF_SKBHEAD_QLEN));
-            skb = 0;
-            bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(q + PP_OFF_SKBHEAD_PREV));
+            u64 qh[(PP_SKBHEAD_SPAN_LEN + 7) / 8] = {};
+            bpf_probe_read_kernel(qh, sizeof(qh), (void *)q);
+            skb = *(u64 *)((u8 *)qh + PP_OFF_SKBHEAD_PREV);
+            qlen = *(u32 *)((u8 *)qh + PP_OFF_SKBHEAD_QLEN);
             j = 0;
         }
         if (!pp_is_kptr(skb) || skb == q || j >= qlen) {
@@ -680,17 +699,21 @@ static __always_inline void pp_scan_queues(void *ctx, u64 sk, u16 hook)
             i = PP_DELIVER_SCAN - 1;  /* on to the reader queue */
             continue;
         }
-        int closed = pp_handle(ctx, skb,
-                               PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0, sk);
-        bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(skb + PP_OFF_SKB_PREV));
-        j++;
-        if (closed) {
+        int r = pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0,
+                          sk);
+        if (i == 0 && r == PP_H_DELIVERED)
+            found = 1;
+        if (r == PP_H_CLOSED) {
             /* a datagram queued before it was delivered already: so were those before it */
             if (i >= PP_DELIVER_SCAN)
                 break;
             i = PP_DELIVER_SCAN - 1;
+            continue;
         }
+        bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(skb + PP_OFF_SKB_PREV));
+        j++;
     }
+    return found;
 }
 
 /* A socket's data-ready callback: the datagram just queued is the receive queue's tail.
@@ -715,8 +738,10 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
     if (lport != PP_UDP_PORT)
         return 0;
 #endif
-    pp_scan_queues(ctx, sk, hook);
+    int found = pp_scan_queues(ctx, sk, hook);
 #ifdef PP_SUMMARY
+    if (found)
+        return 0;
     /* The reader may have taken the datagram already. It is then the packet this CPU saw last,
      * moments ago, in the socket's own namespace: deliver that one if its path is still open. */
     u32 zero = 0;
@@ -733,7 +758,7 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
     if (pp_netns_of_net(skn) != ls->netns)
         return 0;
     ls->ts = 0;
-    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now);
+    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0);
 #endif
     return 0;
 }

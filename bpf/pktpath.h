@@ -83,6 +83,8 @@ struct pp_path {
     __u8  has_encap;
     __u32 nhops;            /* hops recorded (may exceed PP_MAX_HOPS: the rest were not kept) */
     __s32 stack_id;
+    __u64 last_skb;         /* kernel side only: skb and data buffer of the last sighting */
+    __u64 last_head;
     struct pp_hop hops[PP_MAX_HOPS];
 };
 

@@ -156,6 +156,8 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     if d["PP_DEV_SPAN_LEN"] > 256:  # read on the BPF stack: keep it small
         raise UserError("net_device layout not supported (name/ifindex/nd_net %d bytes apart)"
                         % d["PP_DEV_SPAN_LEN"])
+    d["PP_SKBHEAD_SPAN_LEN"] = max(offsets["PP_OFF_SKBHEAD_PREV"] + 8,
+                                   offsets["PP_OFF_SKBHEAD_QLEN"] + 4)
     d["PP_WAKEUP_EVERY"] = 32
     d["PP_HDR_LEN"] = hdr_len(cfg.id_offset)
     d["PP_VXLAN_PORT"] = cfg.vxlan_port

@@ -148,11 +148,13 @@ class RawPath(ctypes.Structure):
         ("has_encap", ctypes.c_uint8),
         ("nhops", ctypes.c_uint32),
         ("stack_id", ctypes.c_int32),
+        ("last_skb", ctypes.c_uint64),
+        ("last_head", ctypes.c_uint64),
         ("hops", RawHop * MAX_HOPS),
     ]
 
 
-_PATH = struct.Struct("<QQQQ7I5HBBIi")
+_PATH = struct.Struct("<QQQQ7I5HBBIiQQ")
 _HOP = struct.Struct("<IHBBIIHH%ds" % DEV_LEN)
 assert _PATH.size == RawPath.hops.offset and _HOP.size == ctypes.sizeof(RawHop)
 PATH_SIZE = ctypes.sizeof(RawPath)
@@ -187,7 +189,7 @@ class PathDecoder(Decoder):
 
     def decode_path(self, data):
         (first_ts, _last, skb, location, pid, reason, vni, saddr, daddr, osaddr, odaddr,
-         sport, dport, osport, odport, port, final_kind, has_encap, nhops, stack_id) = \
+         sport, dport, osport, odport, port, final_kind, has_encap, nhops, stack_id, _ls, _lh) = \
             _PATH.unpack_from(data)
         if nhops > MAX_HOPS:
             self.truncated += nhops - MAX_HOPS
