@@ -158,7 +158,7 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
                         % d["PP_DEV_SPAN_LEN"])
     d["PP_SKBHEAD_SPAN_LEN"] = max(offsets["PP_OFF_SKBHEAD_PREV"] + 8,
                                    offsets["PP_OFF_SKBHEAD_QLEN"] + 4)
-    d["PP_WAKEUP_EVERY"] = 32
+    d["PP_WAKEUP_EVERY"] = 256
     d["PP_HDR_LEN"] = hdr_len(cfg.id_offset)
     d["PP_VXLAN_PORT"] = cfg.vxlan_port
     d["PP_ID_OFFSET"] = cfg.id_offset

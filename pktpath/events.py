@@ -161,17 +161,18 @@ PATH_SIZE = ctypes.sizeof(RawPath)
 PATH_HDR, HOP_SIZE, NHOPS_OFFSET = _PATH.size, _HOP.size, RawPath.nhops.offset
 
 
-# id ... final_kind, has_encap, nhops: what a live trace needs of a record before decoding it
-_PATH_KEY = struct.Struct("<7I5HBBI")
-_PATH_KEY_OFF = RawPath.id.offset
-assert _PATH_KEY_OFF + _PATH_KEY.size == RawPath.stack_id.offset
+# what a live trace needs of a record before decoding it (see path_key)
+_U32 = struct.Struct("<I").unpack_from
+_ID_OFF, _FINAL_OFF = RawPath.id.offset, RawPath.final_kind.offset
 KIND_DELIVER = KINDS.index("deliver")
 
 
 def path_key(data):
-    """(packet ID, hops recorded, final kind) of a pp_path record, without decoding it."""
-    k = _PATH_KEY.unpack_from(data, _PATH_KEY_OFF)
-    return k[0], min(k[14], MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE), k[12]
+    """(packet ID, hops carried, final kind) of a pp_path record, without decoding it. A record
+    carries the hops its emitter claimed; another CPU may have claimed more since (nhops)."""
+    nhops = _U32(data, NHOPS_OFFSET)[0]
+    carried = (len(data) - PATH_HDR) // HOP_SIZE
+    return _U32(data, _ID_OFF)[0], nhops if nhops < carried else carried, data[_FINAL_OFF]
 
 
 def path_used_bytes(data):

@@ -13,6 +13,7 @@ stay raw: a delivered packet past the quota is just counted, the others are kept
 ~60 us per packet in Python, counting ~1 us: that is what lets a live trace keep up with tens of
 thousands of packets per second on a busy machine.
 """
+import collections
 import time
 
 from pktpath import reconstruct, report
@@ -27,62 +28,90 @@ class PacketStream:
         self.settle_ns = settle_ns
         self.clock = clock
         self.pending = {}                   # id -> [events]
-        self.raw = {}                       # id -> [(record, hops, delivered)] (add_record)
+        self.arrived = {}                   # id -> clock of the last event, oldest first
+        # Raw records (add_record) come at tens of thousands per second, so they are kept
+        # cheaply: id -> the record itself when it is the ID's only one and a delivery (the
+        # common case), else [(record, delivered), ...]; arrivals are noted in buckets (the IDs
+        # that arrived between two flushes) instead of with a clock reading each.
+        self.raw = {}
+        self._ids = []                      # IDs that arrived since the last flush
+        self._buckets = collections.deque() # (clock when closed, number, [ids]), oldest first
+        self._nbucket = 0                   # number of the bucket being filled
+        self._again = {}                    # id -> bucket of its latest record, if several
         self.expand = expand                # record -> [events]
         self.fast = fast and json_out is None
-        self.arrived = {}                   # id -> clock of the last arrival, oldest first
         self.idle = idle                    # called between batches of a long flush
-        self.deferred = []                  # finished packets still as raw records
+        self.deferred = []                  # finished packets still raw: record or [records]
         self.packets = []                   # finished packets kept for the report
         self.kept_delivered = 0
         self.streamed = 0                   # delivered packets written out and dropped
         self.events = 0
 
-    def _touch(self, pid):
-        arrived = self.arrived
+    def add(self, ev):
+        arrived, pid = self.arrived, ev["id"]
+        self.pending.setdefault(pid, []).append(ev)
         if pid in arrived:
             del arrived[pid]                # keep `arrived` ordered by last arrival
         arrived[pid] = self.clock()
-
-    def add(self, ev):
-        self.pending.setdefault(ev["id"], []).append(ev)
-        self._touch(ev["id"])
         self.events += 1
 
     def add_record(self, pid, record, hops, delivered):
         """A raw per-packet record (summary mode) of packet `pid` with `hops` events, final
         verdict delivered or not; `expand(record)` gives its events when they are needed."""
-        self.raw.setdefault(pid, []).append((record, hops, delivered))
-        self._touch(pid)
         self.events += hops
+        prev = self.raw.get(pid)
+        if prev is None:
+            self.raw[pid] = record if delivered else [(record, False)]
+        else:
+            if prev.__class__ is not list:
+                prev = self.raw[pid] = [(prev, True)]
+            prev.append((record, delivered))
+            self._again[pid] = self._nbucket
+        self._ids.append(pid)
 
-    def flush(self, force=False):
-        """Finish the packets of IDs quiet for settle_ns (all of them with `force`)."""
-        limit = self.clock() - self.settle_ns
-        done = []
+    def _due(self, force):
+        """IDs quiet for settle_ns (all of them with `force`), oldest first."""
+        now = self.clock()
+        self._buckets.append((now, self._nbucket, self._ids))
+        self._nbucket += 1
+        self._ids = []
+        done, raw, again = [], self.raw, self._again
+        limit = now - self.settle_ns
+        while self._buckets and (force or self._buckets[0][0] <= limit):
+            _, n, ids = self._buckets.popleft()
+            done += [pid for pid in ids if pid in raw and again.get(pid, n) <= n]
         for pid, t in self.arrived.items():
             if not force and t >= limit:
                 break                       # ordered by arrival: the rest are newer
             done.append(pid)
+        return done
+
+    def flush(self, force=False):
+        """Finish the packets of IDs quiet for settle_ns (all of them with `force`)."""
+        done = self._due(force)
         if not done:
             return
         names = self.netns_names()
         evs, batch = [], 0
         for pid in done:
-            self.arrived.pop(pid, None)
-            mine = self.pending.pop(pid, None)
             raw = self.raw.pop(pid, None)
-            if raw and mine is None and self.fast:
+            mine = self.pending.pop(pid, None)
+            if raw is None and mine is None:
+                continue                    # listed twice (two records in one bucket)
+            self.arrived.pop(pid, None)
+            self._again.pop(pid, None)
+            if raw is not None and mine is None and self.fast:
                 # nothing needs its events now: keep the compact record, expand at the end
-                if any(delivered for _r, _h, delivered in raw):
+                if raw.__class__ is not list or any(d for _r, d in raw):
                     if self.kept_delivered >= self.keep_delivered:
                         self.streamed += 1  # delivered, nothing else to say: count it
                         continue
                     self.kept_delivered += 1
                 self.deferred.append(raw)
                 continue
-            for record, _hops, _d in raw or ():
-                evs.extend(self.expand(record))
+            if raw is not None:
+                for record in _records(raw):
+                    evs.extend(self.expand(record))
             if mine:
                 evs.extend(mine)
             batch += 1
@@ -98,7 +127,7 @@ class PacketStream:
         works, e.g. before the tracer that reads drop stacks is closed)."""
         self.flush(force=True)
         if self.deferred:
-            evs = [ev for raw in self.deferred for record, _h, _d in raw
+            evs = [ev for raw in self.deferred for record in _records(raw)
                    for ev in self.expand(record)]
             self.deferred = []
             self.packets.extend(reconstruct.build_packets(evs, self.netns_names()))
@@ -121,3 +150,8 @@ class PacketStream:
         self.settle()
         self.packets.sort(key=lambda p: (p["id"], p["first_ns"] or 0))
         return self.packets
+
+
+def _records(raw):
+    """The records of a raw entry (see PacketStream.raw)."""
+    return [raw] if raw.__class__ is not list else [r for r, _d in raw]

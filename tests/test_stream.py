@@ -21,7 +21,7 @@ def make(keep=1, fast=True, json_out=None):
 
     def expand(record):
         expanded.append(record)
-        return list(record)          # a "record" here is just its list of events
+        return list(record)          # a "record" here is a tuple of its events (bytes, live)
 
     s = stream.PacketStream(lambda: {}, json_out, keep_delivered=keep, settle_ns=10,
                             clock=clock, expand=expand, fast=fast)
@@ -57,7 +57,7 @@ def test_new_event_keeps_id_open():
 def test_delivered_records_past_the_quota_are_counted_without_expanding():
     s, clock, expanded = make(keep=1)
     for pid in (1, 2, 3):
-        rec = [ev(pid, 100), ev(pid, 110, kind="deliver")]
+        rec = (ev(pid, 100), ev(pid, 110, kind="deliver"))
         s.add_record(pid, rec, 2, True)
     clock.t = 100
     s.finish()
@@ -68,12 +68,15 @@ def test_delivered_records_past_the_quota_are_counted_without_expanding():
 
 def test_drops_and_lost_are_kept_raw_until_settle():
     s, clock, expanded = make(keep=0)
-    s.add_record(1, [ev(1, 100), ev(1, 110, kind="drop")], 2, False)
-    s.add_record(2, [ev(2, 100)], 1, False)                       # swept: lost
-    s.add_record(3, [ev(3, 100), ev(3, 110, kind="deliver")], 2, True)
-    s.add_record(3, [ev(3, 500, kind="drop")], 1, False)           # freed after delivery
+    s.add_record(1, tuple([ev(1, 100), ev(1, 110, kind="drop")]), 2, False)
+    s.add_record(2, tuple([ev(2, 100)]), 1, False)                       # swept: lost
+    s.add_record(3, tuple([ev(3, 100), ev(3, 110, kind="deliver")]), 2, True)
+    s.add_record(3, tuple([ev(3, 500, kind="drop")]), 1, False)           # freed after delivery
     clock.t = 100
-    s.flush()
+    s.flush()                        # closes the bucket these arrived in
+    assert s.deferred == [] and len(s.raw) == 3
+    clock.t = 200
+    s.flush()                        # that bucket is now quiet for settle_ns
     assert expanded == [] and s.packets == [] and len(s.deferred) == 2
     s.finish()
     verdicts = {p["id"]: p["verdict"] for p in s.packets}
@@ -83,8 +86,8 @@ def test_drops_and_lost_are_kept_raw_until_settle():
 
 def test_two_records_of_a_kept_packet_make_one_packet():
     s, clock, _ = make(keep=5)
-    s.add_record(3, [ev(3, 100), ev(3, 110, kind="deliver")], 2, True)
-    s.add_record(3, [ev(3, 500, kind="drop")], 1, False)
+    s.add_record(3, tuple([ev(3, 100), ev(3, 110, kind="deliver")]), 2, True)
+    s.add_record(3, tuple([ev(3, 500, kind="drop")]), 1, False)
     s.finish()
     assert len(s.packets) == 1
     p = s.packets[0]
@@ -93,6 +96,21 @@ def test_two_records_of_a_kept_packet_make_one_packet():
 
 def test_no_fast_path_when_events_are_needed():
     s, _, expanded = make(keep=0, fast=False)
-    s.add_record(1, [ev(1, 100, kind="deliver")], 1, True)
+    s.add_record(1, tuple([ev(1, 100, kind="deliver")]), 1, True)
     s.finish()
     assert s.streamed == 1 and len(expanded) == 1
+
+
+def test_a_later_record_keeps_its_id_open_across_buckets():
+    s, clock, _ = make(keep=5)
+    s.add_record(4, tuple([ev(4, 100), ev(4, 110, kind="deliver")]), 2, True)
+    clock.t = 100
+    s.flush()
+    s.add_record(4, tuple([ev(4, 900, kind="drop")]), 1, False)   # arrives in the next bucket
+    clock.t = 111
+    s.flush()                        # the first bucket is due, but 4 arrived again since
+    assert s.deferred == [] and 4 in s.raw
+    clock.t = 200
+    s.flush()
+    s.finish()
+    assert len(s.packets) == 1 and s.packets[0]["events"] == 3
