@@ -672,8 +672,9 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
 
 /* Look at up to PP_DELIVER_SCAN datagrams from the tail of the receive queue, then as many from
  * the tail of UDP's reader_queue. Only the receive queue's tail is the datagram this callback is
- * for (PP_KIND_DELIVER); the others are PP_KIND_DELIVER_OLDER, and a queue's scan stops at the
- * first of those already delivered (queues are in arrival order: so are the ones before it).
+ * for (PP_KIND_DELIVER): when it is delivered here, that is all. Otherwise the others are looked
+ * at as PP_KIND_DELIVER_OLDER, and a queue's scan stops at the first of those already delivered
+ * (queues are in arrival order: so are the ones before it).
  * One loop, not unrolled, so that pp_handle is inlined once here. */
 #define PP_DELIVER_SCAN 3
 static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
@@ -684,8 +685,6 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
     #pragma clang loop unroll(disable)
     for (u32 i = 0; i < 2 * PP_DELIVER_SCAN; i++) {
         if (i == 0 || i == PP_DELIVER_SCAN) {
-            if (found)
-                break;  /* this callback's datagram was the tail: the reader has the older */
             q = sk + (i ? PP_OFF_UDP_READERQ : PP_OFF_SK_QHEAD);
             u64 qh[(PP_SKBHEAD_SPAN_LEN + 7) / 8] = {};
             bpf_probe_read_kernel(qh, sizeof(qh), (void *)q);
@@ -701,8 +700,12 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
         }
         int r = pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0,
                           sk);
-        if (i == 0 && r == PP_H_DELIVERED)
+        if (i == 0 && r == PP_H_DELIVERED) {
+            /* the tail was this callback's datagram. Older ones still open (two CPUs queued
+             * at once) are left to the other callback, which finds this tail delivered */
             found = 1;
+            break;
+        }
         if (r == PP_H_CLOSED) {
             /* a datagram queued before it was delivered already: so were those before it */
             if (i >= PP_DELIVER_SCAN)
