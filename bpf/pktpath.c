@@ -37,7 +37,8 @@ BPF_RINGBUF_OUTPUT(events, PP_RINGBUF_PAGES);
  * record then goes here instead of being lost. */
 BPF_RINGBUF_OUTPUT(rescue, PP_RESCUE_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct pp_scratch, 1);
-BPF_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES);
+/* per-CPU LRU lists: no lock shared between CPUs on insert (an insert is on the hot path) */
+BPF_F_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES, BPF_F_NO_COMMON_LRU);
 /* counters, per CPU: 0 = events lost (ring buffer full), 1 = matched packets whose ID lay beyond
  * the linear data (paged/GRO payload), 2 = events attributed through skbids, 3 = records
  * submitted, 4 = of the lost events, those lost because the path table was full, 5 = records
@@ -384,7 +385,7 @@ static __always_inline u32 pp_netns_of_net(u64 net)
 
 /* Where the packet is: netns, device and (for a socket) local port. On a socket queue skb->dev
  * is not valid (UDP reuses it), so the socket's netns is used instead. */
-static __always_inline void pp_where(u64 skb, u64 sk, u32 *netns, u32 *ifindex, char *dev,
+static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, char *dev,
                                      u16 *port)
 {
     *netns = 0;
@@ -398,8 +399,6 @@ static __always_inline void pp_where(u64 skb, u64 sk, u32 *netns, u32 *ifindex, 
         *netns = pp_netns_of_net(skn);
         return;
     }
-    u64 d = 0;
-    bpf_probe_read_kernel(&d, sizeof(d), (void *)(skb + PP_OFF_SKB_DEV));
     if (!pp_is_kptr(d))
         return;
     /* name, ifindex and nd_net in one read of the net_device span */
@@ -416,7 +415,7 @@ static __always_inline void pp_where(u64 skb, u64 sk, u32 *netns, u32 *ifindex, 
 /* Append this sighting to the packet's path; on delivery or drop, emit the whole path. */
 static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
                                       u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
-                                      u64 head)
+                                      u64 head, u64 netdev)
 {
     u32 id = p->id;
     struct pp_path *v = paths.lookup(&id);
@@ -470,7 +469,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         h->kind = kind;
         h->flags = flags | PP_F_HOP_SET;
         h->cpu = bpf_get_smp_processor_id();
-        pp_where(skb, sk, &h->netns, &h->ifindex, h->dev, &port);
+        pp_where(netdev, sk, &h->netns, &h->ifindex, h->dev, &port);
         if (kind == PP_KIND_PASS) {
             u32 zero = 0;
             struct pp_lastseen *ls = lastseen.lookup(&zero);
@@ -483,7 +482,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     } else {
         u32 n = 0;
         char dev[PP_DEV_LEN];
-        pp_where(skb, sk, &n, &n, dev, &port);
+        pp_where(netdev, sk, &n, &n, dev, &port);
     }
     if (kind == PP_KIND_PASS)
         return 0;
@@ -606,7 +605,8 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     }
 #ifdef PP_SUMMARY
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
-                      rc == PP_MATCH && kind == PP_KIND_PASS ? head : 0);
+                      rc == PP_MATCH && kind == PP_KIND_PASS ? head : 0,
+                      SKBF(span, u64, PP_OFF_SKB_DEV));
 #else
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
     if (!e) {
@@ -640,7 +640,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     if (kind == PP_KIND_DROP)
         e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
 #endif
-    pp_where(skb, sk, &e->netns, &e->ifindex, e->dev, &e->port);
+    pp_where(SKBF(span, u64, PP_OFF_SKB_DEV), sk, &e->netns, &e->ifindex, e->dev, &e->port);
     events.ringbuf_submit(e, pp_wakeup());
     return 0;
 #endif
@@ -761,7 +761,7 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
     if (pp_netns_of_net(skn) != ls->netns)
         return 0;
     ls->ts = 0;
-    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0);
+    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0);
 #endif
     return 0;
 }
