@@ -163,9 +163,16 @@ def main():
            "c_events_per_s": med(res["c_events_per_s"]),
            "b_tracer_cpu": med(res["b_tracer_cpu"]), "c_tracer_cpu": med(res["c_tracer_cpu"]),
            "startup_s": max(res["startup_s"]), "rounds": args.rounds, "seconds": args.seconds,
-           "senders": args.senders}
+           "senders": args.senders,
+           "rounds_pps": {k: [round(x) for x in res[k + "_pps"]] for k in "abc"},
+           "startups_s": [round(x, 2) for x in res["startup_s"]]}
+    # ratios of the medians, and the median of each round's own ratio (b and c run right after
+    # their a: less exposed to the machine's drift)
     out["b_over_a"] = out["b_pps"] / out["a_pps"]
     out["c_over_a"] = out["c_pps"] / out["a_pps"]
+    for k in "bc":
+        out[k + "_over_a_paired"] = med([x / a for x, a in zip(res[k + "_pps"], res["a_pps"])])
+    out["startup_median_s"] = med(res["startup_s"])
     for k in ("report_1m_s", "report_1m_peak_mb"):
         if k in res:
             out[k] = res[k]
