@@ -8,7 +8,8 @@ Configurations, alternated round by round:
   r) a program doing one bpf_probe_read_kernel of the skb (pktpath's non-matching path does
      two: the skb's header offsets, then the packet's header bytes)
 So e/a is the best any raw-tracepoint tracer on these hooks can do here, and r/a the best one
-that reads anything from each skb.
+that reads anything from each skb. The machine drifts by a few percent between rounds: run
+several rounds and compare with bench.py's figures from the same session.
 
 Usage: sudo python3 bench/floor.py [--seconds S] [--rounds N] [--senders K] [--json]
 """
@@ -48,6 +49,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--senders", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--hooks", help="comma-separated tracepoints (default: pktpath's default "
+                                    "tracepoint hooks)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("floor: run as root")
@@ -55,7 +58,7 @@ def main():
     hdr = tracer.kernel_headers()
     if hdr:
         os.environ["BCC_KERNEL_SOURCE"] = hdr
-    tps = default_tracepoints()
+    tps = args.hooks.split(",") if args.hooks else default_tracepoints()
     lab.up()
     res = {"a": [], "e": [], "r": []}
     try:
