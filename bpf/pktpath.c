@@ -134,20 +134,21 @@ static __always_inline u64 pp_wakeup(void)
     return (*c % PP_WAKEUP_EVERY) == 0 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
+/* Loads from the header copy (a map value: unaligned loads are fine) in network byte order. */
 static __always_inline u16 rd16(u8 *h, u32 off)
 {
-    return ((u16)h[off] << 8) | h[off + 1];
+    return __builtin_bswap16(*(u16 *)(h + off));
 }
 
 static __always_inline u32 rd32(u8 *h, u32 off)
 {
-    return ((u32)h[off] << 24) | ((u32)h[off + 1] << 16) | ((u32)h[off + 2] << 8) | h[off + 3];
+    return __builtin_bswap32(*(u32 *)(h + off));
 }
 
-/* Same as rd32 but keeps network order, for addresses. */
+/* An address, kept in network order (compared with the PP_*IP constants as loaded on x86). */
 static __always_inline u32 rdaddr(u8 *h, u32 off)
 {
-    return ((u32)h[off + 3] << 24) | ((u32)h[off + 2] << 16) | ((u32)h[off + 1] << 8) | h[off];
+    return *(u32 *)(h + off);
 }
 
 /* Parse an IPv4 header at `off`; return the offset of its UDP header, or 0 if not IPv4/UDP. */
