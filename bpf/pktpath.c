@@ -283,7 +283,7 @@ static __always_inline void pp_learn_bases(u64 sk)
     /* this cache's node-0 partial list may be empty: walk on through the list of caches */
     u64 slab = 0;
     #pragma clang loop unroll(disable)
-    for (int i = 0; i < 64; i++) {
+    for (int i = 0; i < 256; i++) {
         node = 0;
         first = 0;
         bpf_probe_read_kernel(&node, sizeof(node), (void *)(cache + PP_OFF_CACHE_NODE));
