@@ -182,7 +182,8 @@ def run(args):
 
     stream = stream_mod.PacketStream(_names, json_out, keep_delivered=args.keep_delivered,
                                      expand=expand, fast=not (rec or only_netns),
-                                     idle=lambda: t.drain())
+                                     idle=lambda: t.drain(),
+                                     json_line=events.DeliveredJSON(decoder))
     path_key, deliver = events.path_key, events.KIND_DELIVER
 
     def on_event(data):

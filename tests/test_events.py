@@ -123,3 +123,52 @@ def test_path_record_shorter_than_nhops():
     assert events.path_key(data) == (9, 2, events.KIND_DELIVER)
     evs = events.PathDecoder(["a"]).decode_path(data)
     assert len(evs) == 2
+
+
+def _random_delivered(rng, pid):
+    p = events.RawPath(first_ts=rng.randrange(1, 10 ** 12), id=pid, final_kind=2,
+                       saddr=rng.randrange(2 ** 32), daddr=rng.randrange(2 ** 32),
+                       sport=rng.randrange(65536), dport=5000, port=5000, stack_id=-1,
+                       has_encap=rng.choice([0, 1]), vni=rng.choice([0, 42]),
+                       osaddr=rng.randrange(2 ** 32), odaddr=rng.randrange(2 ** 32),
+                       osport=rng.randrange(65536), odport=4789)
+    n = rng.randrange(1, 12)
+    p.nhops = n
+    dt = 0
+    for i in range(n):
+        h = p.hops[i]
+        dt += rng.choice([0, 1, 700, 12345])
+        h.dt, h.hook, h.kind = dt, rng.randrange(5), 2 if i == n - 1 else 0
+        h.flags = events.F_HOP_SET | (events.F_ENCAP if rng.random() < 0.3 else 0)
+        h.netns, h.ifindex, h.cpu = rng.choice([0, 4026531840, 4026532315]), i, rng.randrange(4)
+        h.dev = rng.choice([b"", b"eth0", b"pp-vx", b'we"ird\\\xc3\xa9'])
+    return bytes(p)[:events.PATH_HDR + n * events.HOP_SIZE]
+
+
+def test_delivered_json_is_the_general_path_to_the_byte():
+    """DeliveredJSON must write exactly what decode -> build_packets -> write_json writes."""
+    import io
+    import random
+    from pktpath import reconstruct, report
+    rng = random.Random(7)
+    dec = events.PathDecoder(["a", "b", "c"])           # hook 3, 4: names past the list
+    fast = events.DeliveredJSON(dec)
+    names = {4026531840: "root", 4026532315: 'pp-"ctrA"'}
+    for pid in range(400):
+        rec = _random_delivered(rng, pid)
+        ref = io.StringIO()
+        report.write_json(reconstruct.build_packets(dec.decode_path(rec), names), ref)
+        assert fast(rec, names) == ref.getvalue()
+
+
+def test_delivered_json_declines_what_it_does_not_cover():
+    dec = events.PathDecoder(["a"])
+    fast = events.DeliveredJSON(dec)
+    rng = __import__("random").Random(1)
+    rec = bytearray(_random_delivered(rng, 1))
+    rec[events.RawPath.final_kind.offset] = 1                    # a drop
+    assert fast(bytes(rec), {}) is None
+    p = events.RawPath(id=2, final_kind=2, nhops=2, stack_id=-1)
+    p.hops[0].flags = 0                                          # slot lost to a race
+    p.hops[1].flags, p.hops[1].kind = events.F_HOP_SET, 2
+    assert fast(bytes(p)[:events.PATH_HDR + 2 * events.HOP_SIZE], {}) is None

@@ -114,3 +114,27 @@ def test_a_later_record_keeps_its_id_open_across_buckets():
     s.flush()
     s.finish()
     assert len(s.packets) == 1 and s.packets[0]["events"] == 3
+
+
+def test_json_stream_writes_lone_deliveries_from_the_record_else_expands():
+    import io
+    out = io.StringIO()
+    clock = Clock()
+    expanded = []
+
+    def expand(record):
+        expanded.append(record)
+        return list(record)
+
+    def json_line(record, names):
+        return None if record[0]["id"] == 2 else "fast %d\n" % record[0]["id"]
+
+    s = stream.PacketStream(lambda: {}, out, keep_delivered=0, settle_ns=10, clock=clock,
+                            expand=expand, fast=True, json_line=json_line)
+    for pid in (1, 2):
+        s.add_record(pid, (ev(pid, 100), ev(pid, 110, kind="deliver")), 2, True)
+    s.finish()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "fast 1"                     # straight from the record
+    assert '"id": 2' in lines[1] or '"id":2' in lines[1]   # declined: the general path
+    assert s.streamed == 2 and len(expanded) == 1
