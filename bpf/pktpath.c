@@ -28,7 +28,7 @@ struct pp_skbinfo {
     u64 head;
     u64 ts;
     u32 id;
-    u32 _pad;
+    u32 tail;   /* end of the linear data: a recycled skb and buffer rarely has the same */
 };
 
 BPF_RINGBUF_OUTPUT(events, PP_RINGBUF_PAGES);
@@ -416,7 +416,7 @@ static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, ch
 /* Append this sighting to the packet's path; on delivery or drop, emit the whole path. */
 static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
                                       u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
-                                      u64 head, u64 netdev)
+                                      u64 head, u32 tail, u64 netdev)
 {
     u32 id = p->id;
     struct pp_path *v = paths.lookup(&id);
@@ -443,11 +443,12 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     v->last_ts = now;
     /* skb -> ID for the hooks that cannot parse the packet: written when the packet shows up
      * on another skb or data buffer, not at every hop (an LRU update costs several lookups) */
-    if (head && (v->last_skb != skb || v->last_head != head)) {
-        struct pp_skbinfo info = {.head = head, .ts = now, .id = id};
+    if (head && (v->last_skb != skb || v->last_head != head || v->last_tail != tail)) {
+        struct pp_skbinfo info = {.head = head, .ts = now, .id = id, .tail = tail};
         skbids.update(&skb, &info);
         v->last_skb = skb;
         v->last_head = head;
+        v->last_tail = tail;
     }
     if (p->encap && !v->has_encap) {
         v->has_encap = 1;
@@ -487,6 +488,11 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     }
     if (kind == PP_KIND_PASS)
         return 0;
+    /* the packet is done: its skb and buffer will be reused for other packets */
+    if (v->last_skb) {
+        u64 last = v->last_skb;
+        skbids.delete(&last);
+    }
     v->final_kind = kind;
     v->location = location;
     v->reason = reason;
@@ -575,7 +581,8 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     struct pp_skbinfo *known = 0;
     if (rc == PP_UNPARSED) {
         known = skbids.lookup(&skb);
-        if (!known || known->head != head || bpf_ktime_get_ns() - known->ts > PP_MAP_TTL_NS)
+        if (!known || known->head != head || known->tail != tail ||
+            bpf_ktime_get_ns() - known->ts > PP_MAP_TTL_NS)
             return 0;
         p.id = known->id;
         pp_count(PP_CNT_FROM_MAP);
@@ -586,16 +593,16 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     if (rc == PP_MATCH && kind == PP_KIND_PASS) {
         /* an LRU update costs several times a lookup: refresh in place when unchanged */
         struct pp_skbinfo *cur = skbids.lookup(&skb);
-        if (cur && cur->id == p.id && cur->head == head) {
+        if (cur && cur->id == p.id && cur->head == head && cur->tail == tail) {
             cur->ts = now;
         } else {
-            struct pp_skbinfo info = {.head = head, .ts = now, .id = p.id};
+            struct pp_skbinfo info = {.head = head, .ts = now, .id = p.id, .tail = tail};
             skbids.update(&skb, &info);
         }
     }
 #endif
-    if (kind == PP_KIND_DROP)
-        skbids.delete(&skb);
+    if (kind != PP_KIND_PASS)
+        skbids.delete(&skb);    /* dropped or delivered: the skb will carry other packets */
     u8 flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
     if (kind == PP_KIND_DELIVER_OLDER) {
         kind = PP_KIND_DELIVER;
@@ -606,7 +613,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     }
 #ifdef PP_SUMMARY
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
-                      rc == PP_MATCH && kind == PP_KIND_PASS ? head : 0,
+                      rc == PP_MATCH && kind == PP_KIND_PASS ? head : 0, tail,
                       SKBF(span, u64, PP_OFF_SKB_DEV));
 #else
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
@@ -762,7 +769,7 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
     if (pp_netns_of_net(skn) != ls->netns)
         return 0;
     ls->ts = 0;
-    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0);
+    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0);
 #endif
     return 0;
 }

@@ -85,6 +85,8 @@ struct pp_path {
     __s32 stack_id;
     __u64 last_skb;         /* kernel side only: skb and data buffer of the last sighting */
     __u64 last_head;
+    __u32 last_tail;
+    __u32 _pad2;
     struct pp_hop hops[PP_MAX_HOPS];
 };
 

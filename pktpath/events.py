@@ -151,11 +151,13 @@ class RawPath(ctypes.Structure):
         ("stack_id", ctypes.c_int32),
         ("last_skb", ctypes.c_uint64),
         ("last_head", ctypes.c_uint64),
+        ("last_tail", ctypes.c_uint32),
+        ("_pad2", ctypes.c_uint32),
         ("hops", RawHop * MAX_HOPS),
     ]
 
 
-_PATH = struct.Struct("<QQQQ7I5HBBIiQQ")
+_PATH = struct.Struct("<QQQQ7I5HBBIiQQII")
 _HOP = struct.Struct("<IHBBIIHH%ds" % DEV_LEN)
 assert _PATH.size == RawPath.hops.offset and _HOP.size == ctypes.sizeof(RawHop)
 PATH_SIZE = ctypes.sizeof(RawPath)
@@ -191,7 +193,7 @@ class PathDecoder(Decoder):
 
     def decode_path(self, data):
         (first_ts, _last, skb, location, pid, reason, vni, saddr, daddr, osaddr, odaddr,
-         sport, dport, osport, odport, port, final_kind, has_encap, nhops, stack_id, _ls, _lh) = \
+         sport, dport, osport, odport, port, final_kind, has_encap, nhops, stack_id, _ls, _lh, _lt, _p2) = \
             _PATH.unpack_from(data)
         if nhops > MAX_HOPS:
             self.truncated += nhops - MAX_HOPS
@@ -257,7 +259,7 @@ class DeliveredJSON:
 
     def __call__(self, data, names):
         (first_ts, _l, _skb, _loc, pid, _r, vni, saddr, daddr, osaddr, odaddr, sport, dport,
-         osport, odport, port, final_kind, has_encap, nhops, _st, _ls, _lh) = \
+         osport, odport, port, final_kind, has_encap, nhops, _st, _ls, _lh, _lt, _p2) = \
             _PATH.unpack_from(data)
         n = (len(data) - _PATH.size) // _HOP.size
         if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0:
