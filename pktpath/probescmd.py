@@ -56,4 +56,9 @@ def run(args):
         print("pktpath: %d hooks: compile+load %.2fs, attach %.3fs, detach %.3fs"
               % (len(plan), t.compile_s, t.attach_s, detach_s), file=sys.stderr)
     print(render(coverage))
+    if os.geteuid() == 0 and not args.plan_only:
+        # IDs in page fragments (GSO/paged payloads): read, and how, or why not
+        print("\npacket IDs in page fragments: %s" % (
+            "read (%s)" % t.paged_why if not t.paged_why.startswith("IDs in page") else
+            t.paged_why.split(": ", 1)[1]))
     return 0

@@ -49,6 +49,7 @@ def test_probes_reports_fallbacks_and_skips():
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert "kfree_skb" in out and "attached" in out
+    assert "packet IDs in page fragments: read (page bases" in out
     if not os.path.exists("/sys/bus/event_source/devices/kprobe/type"):
         # ip_rcv falls back to its tracepoint; vxlan_rcv has no fallback: skipped, with why
         assert "fallback for ip_rcv" in out
