@@ -528,7 +528,8 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
  * netns/port are taken from the socket: skb->dev is not valid on a socket queue).
  * (bcc loads each entry point on its own, so this is inlined into each: call sites are kept
  * few, and loops are not unrolled, to keep compile and load fast.) */
-static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u64 aux)
+static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u64 aux,
+                                     int direct)
 {
     u16 hook = hk >> 8;
     u8 kind = hk & 0xff;
@@ -536,13 +537,28 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     u64 sk = kind == PP_KIND_DROP || kind == PP_KIND_PASS ? 0 : aux;
     if (!pp_is_kptr(skb))
         return 0;
-    u64 span[(PP_SKB_SPAN_LEN + 7) / 8];
-    if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + PP_SKB_SPAN_START)))
-        return 0;
-    u64 head = SKBF(span, u64, PP_OFF_SKB_HEAD);
-    u16 mac = SKBF(span, u16, PP_OFF_SKB_MAC);
-    u16 net = SKBF(span, u16, PP_OFF_SKB_NET);
-    u32 tail = SKBF(span, u32, PP_OFF_SKB_TAIL);
+    u64 head, netdev;
+    u32 tail, end;
+    u16 mac, net;
+    if (direct) {
+        /* tp_btf: skb is a BTF-typed pointer, its fields are plain loads (no helper call) */
+        head = *(u64 *)(skb + PP_OFF_SKB_HEAD);
+        netdev = *(u64 *)(skb + PP_OFF_SKB_DEV);
+        tail = *(u32 *)(skb + PP_OFF_SKB_TAIL);
+        end = *(u32 *)(skb + PP_OFF_SKB_END);
+        mac = *(u16 *)(skb + PP_OFF_SKB_MAC);
+        net = *(u16 *)(skb + PP_OFF_SKB_NET);
+    } else {
+        u64 span[(PP_SKB_SPAN_LEN + 7) / 8];
+        if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + PP_SKB_SPAN_START)))
+            return 0;
+        head = SKBF(span, u64, PP_OFF_SKB_HEAD);
+        netdev = SKBF(span, u64, PP_OFF_SKB_DEV);
+        tail = SKBF(span, u32, PP_OFF_SKB_TAIL);
+        end = SKBF(span, u32, PP_OFF_SKB_END);
+        mac = SKBF(span, u16, PP_OFF_SKB_MAC);
+        net = SKBF(span, u16, PP_OFF_SKB_NET);
+    }
     int l2 = mac != 0xffff && mac != net;
     u32 start = l2 ? mac : net;
     if (start == 0xffff || start >= tail)
@@ -569,7 +585,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #ifdef PP_PAGED
     if (rc == PP_IN_FRAGS) {
         rc = PP_UNPARSED;
-        if (pp_paged_id(head, SKBF(span, u32, PP_OFF_SKB_END), p.id, &p.id) == 0) {
+        if (pp_paged_id(head, end, p.id, &p.id) == 0) {
             rc = PP_MATCH;
             pp_count(PP_CNT_FROM_FRAGS);
         } else {
@@ -614,7 +630,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #ifdef PP_SUMMARY
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                       rc == PP_MATCH && kind == PP_KIND_PASS ? head : 0, tail,
-                      SKBF(span, u64, PP_OFF_SKB_DEV));
+                      netdev);
 #else
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
     if (!e) {
@@ -648,20 +664,21 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     if (kind == PP_KIND_DROP)
         e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
 #endif
-    pp_where(SKBF(span, u64, PP_OFF_SKB_DEV), sk, &e->netns, &e->ifindex, e->dev, &e->port);
+    pp_where(netdev, sk, &e->netns, &e->ifindex, e->dev, &e->port);
     events.ringbuf_submit(e, pp_wakeup());
     return 0;
 #endif
 }
 
 /* A hook that sees the skb pass. */
-static __always_inline int pp_pass(void *ctx, u64 skb, u16 hook)
+static __always_inline int pp_pass(void *ctx, u64 skb, u16 hook, int direct)
 {
-    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_PASS), 0, 0);
+    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_PASS), 0, 0, direct);
 }
 
 /* kfree_skb: the skb is dropped at `location` for `reason`. */
-static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u32 reason)
+static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u32 reason,
+                                   int direct)
 {
 #ifdef PP_DROPS_ALL
     /* dropwatch mode: count every drop on the machine by location, reason and netns */
@@ -675,7 +692,7 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
     }
     dropcounts.increment(dk);
 #endif
-    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DROP), location, reason);
+    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DROP), location, reason, direct);
 }
 
 /* Look at up to PP_DELIVER_SCAN datagrams from the tail of the receive queue, then as many from
@@ -707,7 +724,7 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
             continue;
         }
         int r = pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0,
-                          sk);
+                          sk, 0);
         if (i == 0 && r == PP_H_DELIVERED) {
             /* the tail was this callback's datagram. Older ones still open (two CPUs queued
              * at once) are left to the other callback, which finds this tail delivered */
@@ -793,7 +810,7 @@ static __always_inline int pp_ret(void *ctx, u16 hook, long rc)
         return 0;
     u64 s = *skb;
     retstash.delete(&key);
-    return pp_handle(ctx, s, PP_HK(hook, PP_KIND_PASS), 0, 0);
+    return pp_handle(ctx, s, PP_HK(hook, PP_KIND_PASS), 0, 0, 0);
 }
 
 /* ---- generated entry points follow ---- */

@@ -182,6 +182,8 @@ def _arg(method, i):
         return "0"
     if method == "raw_tracepoint":
         return "ctx->args[%d]" % i
+    if method == "tp_btf":
+        return "ctx[%d]" % i
     if method == "fentry":
         return "a%d" % i
     return "PT_REGS_PARM%d(ctx)" % (i + 1)
@@ -189,11 +191,12 @@ def _arg(method, i):
 
 def _call(index, hook):
     a = [_arg(hook.method, i) for i in hook.args]
+    direct = 1 if hook.method == "tp_btf" else 0   # skb is a BTF pointer: direct loads
     if hook.kind == "drop":
-        return "pp_drop(ctx, %s, %d, %s, (u32)%s)" % (a[0], index, a[1], a[2])
+        return "pp_drop(ctx, %s, %d, %s, (u32)%s, %d)" % (a[0], index, a[1], a[2], direct)
     if hook.kind == "deliver":
         return "pp_deliver(ctx, %s, %d)" % (a[0], index)
-    return "pp_pass(ctx, %s, %d)" % (a[0], index)
+    return "pp_pass(ctx, %s, %d, %d)" % (a[0], index, direct)
 
 
 def entry_point(index, hook):
@@ -203,6 +206,8 @@ def entry_point(index, hook):
     if hook.method == "raw_tracepoint":
         return "int %s(struct bpf_raw_tracepoint_args *ctx)\n{\n    return %s;\n}\n" % (
             fn, _call(index, hook))
+    if hook.method == "tp_btf":   # loaded and attached by tracer.py (bcc 0.26 cannot)
+        return "int %s(u64 *ctx)\n{\n    return %s;\n}\n" % (fn, _call(index, hook))
     if hook.method == "fentry":
         params = ", ".join("u64 a%d" % i for i in range(max(hook.args) + 1))
         return "KFUNC_PROBE(%s, %s)\n{\n    return %s;\n}\n" % (

@@ -139,6 +139,11 @@ class BTF:
             raise UserError("BTF: struct %s not found in the running kernel" % struct_name)
         return self._type(tid)[4]
 
+    def trace_type_id(self, tp_name):
+        """BTF type id of the `btf_trace_<tp_name>` typedef (what a tp_btf program attaches to),
+        or 0."""
+        return self._find((TYPEDEF,), "btf_trace_" + tp_name)
+
     def has_struct(self, name):
         return bool(self._find((STRUCT, UNION), name))
 

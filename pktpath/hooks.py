@@ -47,6 +47,7 @@ class Capabilities:
     tracepoint_args: object
     kprobes: bool = False
     fentry: bool = False
+    tp_btf: bool = False        # BTF-typed raw tracepoints: skb fields by direct load
     symbols: set = field(default=None)
     kprobe_why: str = "kprobes are not available on this kernel"
     fentry_why: str = "fentry is not available on this kernel"
@@ -129,6 +130,8 @@ def _plan_one(entry, caps):
         args, why = _tp_args(entry, types)
         if args is None:
             return Hook(why="tracepoint %s: %s" % (target, why), **common)
+        if caps.tp_btf and kind != "deliver":
+            return Hook(method="tp_btf", args=args, why="tracepoint (BTF)", **common)
         return Hook(method="raw_tracepoint", args=args, why="tracepoint", **common)
     # a kernel function: fentry > kprobe > the catalog's tracepoint fallback
     skb_arg = entry.get("skb_arg", 0)

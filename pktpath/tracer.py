@@ -4,11 +4,13 @@ The flow is that of bcc's own tools: build the C text (bpfgen) -> load -> attach
 (skipping, with the reason, any that fails) -> poll the ring buffer -> detach everything.
 """
 import ctypes
+import dataclasses
 import glob
 import mmap
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -147,6 +149,68 @@ def probe_fentry():
         return False, "fentry refused by the kernel (%s)" % why
 
 
+# BTF-typed raw tracepoints (tp_btf): bcc 0.26 has no way to load them (it sets a tracing
+# program's attach_btf_id only for kfunc__/lsm__ names), so they are loaded here with bpf(2).
+_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
+_BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
+_PROG_TYPE_TRACING, _TRACE_RAW_TP = 26, 23
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _bpf(cmd, attr):
+    """bpf(cmd, attr): (result, errno)."""
+    if _NR_BPF is None:
+        return -1, 38   # ENOSYS: syscall number unknown for this architecture
+    ret = _libc.syscall(_NR_BPF, cmd, attr, len(attr))
+    return ret, ctypes.get_errno() if ret < 0 else 0
+
+
+def load_tp_btf(insns, insn_cnt, name, btf_id, log_size=1 << 20):
+    """Load `insn_cnt` instructions at address `insns` as a tp_btf program attached (at load) to
+    BTF type `btf_id`; returns the program fd, or raises OSError with the verifier's last line."""
+    lic = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(log_size) if log_size else None
+    attr = ctypes.create_string_buffer(144)
+    struct.pack_into("<IIQQIIQ", attr, 0, _PROG_TYPE_TRACING, insn_cnt, insns,
+                     ctypes.addressof(lic), 1 if log else 0, log_size if log else 0,
+                     ctypes.addressof(log) if log else 0)
+    struct.pack_into("<16s", attr, 48, name.encode()[:15])
+    struct.pack_into("<I", attr, 68, _TRACE_RAW_TP)      # expected_attach_type
+    struct.pack_into("<I", attr, 108, btf_id)            # attach_btf_id
+    fd, err = _bpf(_BPF_PROG_LOAD, attr)
+    if fd < 0:
+        lines = log.value.decode(errors="replace").strip().splitlines() if log else []
+        raise OSError(err, "%s%s" % (os.strerror(err), (": " + lines[-1]) if lines else ""))
+    return fd
+
+
+def attach_tp_btf(prog_fd):
+    """Attach a loaded tp_btf program (its target came with the load); returns the link fd."""
+    attr = ctypes.create_string_buffer(16)
+    struct.pack_into("<QI", attr, 0, 0, prog_fd)
+    fd, err = _bpf(_BPF_RAW_TRACEPOINT_OPEN, attr)
+    if fd < 0:
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def bcc_lib():
+    return import_bcc().lib
+
+
+def probe_tp_btf(btf):
+    """(works, why not): load a two-instruction tp_btf program (r0 = 0; exit)."""
+    btf_id = btf.trace_type_id("net_dev_queue")
+    if not btf_id:
+        return False, "no btf_trace_net_dev_queue in the kernel's BTF"
+    prog = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"))
+    try:
+        os.close(load_tp_btf(ctypes.addressof(prog), 2, "pp_probe", btf_id, log_size=0))
+        return True, ""
+    except OSError as e:
+        return False, "tp_btf refused by the kernel (%s)" % e.strerror
+
+
 def capabilities(btf, kallsyms=None, want_fentry=False):
     """What this kernel offers for attaching (see hooks.Capabilities). fentry is probed only
     when a function hook may use it (the probe costs a compile)."""
@@ -158,6 +222,7 @@ def capabilities(btf, kallsyms=None, want_fentry=False):
         kprobe_why="kprobes not available (no kprobe PMU: kernel built without CONFIG_KPROBES)",
         fentry=fentry,
         fentry_why=fentry_why,
+        tp_btf=probe_tp_btf(btf)[0] if os.geteuid() == 0 else False,
         symbols=set(kallsyms._names) if kallsyms is not None and kallsyms._names else None,
     )
 
@@ -171,6 +236,7 @@ class Tracer:
         self.plan = list(plan)
         self.bpf = None
         self.ring = None
+        self._fds = []
         self.coverage = []
         self.text = bpfgen.program(self.plan)
         paged, self.paged_why = bpfgen.paged_layout(btf) if frags else \
@@ -214,6 +280,17 @@ class Tracer:
                                   "requested": hook.requested, "method": hook.method,
                                   "status": status, "why": why})
         self.attach_s = time.monotonic() - t0
+        failed = [c for c in self.coverage if c["method"] == "tp_btf" and c["status"] != "attached"]
+        if failed:
+            # a kernel that loads tp_btf programs but refuses ours: all hooks back to raw
+            # tracepoints (one more compile), saying why
+            why = "tp_btf refused (%s): raw tracepoint" % failed[0]["why"]
+            self.close()
+            self.plan = [dataclasses.replace(h, method="raw_tracepoint", why=why)
+                         if h.method == "tp_btf" else h for h in self.plan]
+            self.text = bpfgen.program(self.plan)
+            self.coverage = []
+            return self.start(on_event)
 
         # records are read straight from the mapped ring buffer (see ringbuf.py); a summary
         # record is exactly the packet's header and its recorded hops
@@ -261,6 +338,20 @@ class Tracer:
             self.bpf.attach_kretprobe(event=hook.target, fn_name=fn)
         elif hook.method == "fentry":
             pass  # bcc attached KFUNC_PROBE programs when it loaded the object
+        elif hook.method == "tp_btf":
+            name = fn.encode()
+            module = self.bpf.module
+            btf_id = self.btf.trace_type_id(hook.tp_name)
+            if not btf_id:
+                raise RuntimeError("no btf_trace_%s in the kernel's BTF" % hook.tp_name)
+            start = ctypes.cast(bcc_lib().bpf_function_start(module, name), ctypes.c_void_p)
+            size = bcc_lib().bpf_function_size(module, name)
+            try:    # without a log first: logging slows the verifier down
+                prog = load_tp_btf(start.value, size // 8, fn, btf_id, log_size=0)
+            except OSError:
+                prog = load_tp_btf(start.value, size // 8, fn, btf_id)   # again, for the why
+            self._fds.append(prog)
+            self._fds.append(attach_tp_btf(prog))
         else:
             raise RuntimeError("method %s not supported" % hook.method)
 
@@ -330,6 +421,9 @@ class Tracer:
             self.ring.close()
             self.rescue.close()
             self.ring = None
+        for fd in reversed(self._fds):   # tp_btf links and programs (bcc does not know them)
+            os.close(fd)
+        self._fds = []
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

@@ -61,6 +61,19 @@ def test_real_catalog_loads_and_defaults_cover_the_path():
 def test_entry_points():
     plan = hooks.plan(None, caps(), CATALOG)
     text = "\n".join(bpfgen.entry_point(i, h) for i, h in enumerate(plan) if h.attached)
-    assert "pp_drop(ctx, ctx->args[0], 2, ctx->args[1], (u32)ctx->args[2])" in text
+    assert "pp_drop(ctx, ctx->args[0], 2, ctx->args[1], (u32)ctx->args[2], 0)" in text
     assert "pp_deliver(ctx, ctx->args[0], 3)" in text
     assert "pp_h1" not in text  # netif_rx skipped: no entry point
+
+
+def test_tp_btf_entry_points_when_the_kernel_has_them():
+    """With tp_btf, skb hooks read skb fields directly (direct = 1); delivery stays a raw
+    tracepoint (its skbs come from a socket queue, not from a BTF-typed argument)."""
+    c = caps()
+    c.tp_btf = True
+    plan = hooks.plan(None, c, CATALOG)
+    by_kind = {h.kind: h.method for h in plan if h.attached}
+    assert by_kind == {"pass": "tp_btf", "drop": "tp_btf", "deliver": "raw_tracepoint"}
+    text = "\n".join(bpfgen.entry_point(i, h) for i, h in enumerate(plan) if h.attached)
+    assert "int pp_h0(u64 *ctx)" in text and "pp_pass(ctx, ctx[0], 0, 1)" in text
+    assert "pp_drop(ctx, ctx[0], 2, ctx[1], (u32)ctx[2], 1)" in text
