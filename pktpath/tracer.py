@@ -149,8 +149,8 @@ def probe_fentry():
         return False, "fentry refused by the kernel (%s)" % why
 
 
-# BTF-typed raw tracepoints (tp_btf): bcc 0.26 has no way to load them (it sets a tracing
-# program's attach_btf_id only for kfunc__/lsm__ names), so they are loaded here with bpf(2).
+# BTF-typed raw tracepoints (tp_btf): bcc 0.26 does not load them (its load_func left the
+# program's attach_btf_id unset: EINVAL), so they are loaded here with bpf(2).
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
 _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
 _PROG_TYPE_TRACING, _TRACE_RAW_TP = 26, 23
