@@ -4,6 +4,7 @@ These machines have no kprobes and refuse fentry, but kprobe programs still load
 generated kprobe/kretprobe handler must pass the verifier here, and attach failure must be
 reported while tracing goes on with the rest.
 """
+import json
 import os
 import subprocess
 import sys
@@ -54,3 +55,33 @@ def test_probes_reports_fallbacks_and_skips():
         # ip_rcv falls back to its tracepoint; vxlan_rcv has no fallback: skipped, with why
         assert "fallback for ip_rcv" in out
         assert "vxlan_rcv" in out and "skipped" in out and "kprobes not available" in out
+
+
+REFUSE_TP_BTF = r"""
+import sys
+sys.path.insert(0, %r)
+from pktpath import tracer, cli
+real = tracer.load_tp_btf
+def refuse(insns, cnt, name, *a, **k):   # the kernel takes the probe, refuses our programs
+    if name.startswith("pp_h"):
+        raise OSError(13, "Permission denied")
+    return real(insns, cnt, name, *a, **k)
+tracer.load_tp_btf = refuse
+sys.exit(cli.main(["-c", %r, "--timeline", "0", "--json", %r, "--",
+                   sys.executable, %r, "send", "--netns", "pp-ctrA", "--dst", "198.51.100.2",
+                   "--port", "5000", "--count", "5", "--start-id", "600"]))
+"""
+
+
+def test_refused_tp_btf_falls_back_to_raw_tracepoints(lab_up, tmp_path):
+    """A kernel that loads the tp_btf probe but refuses pktpath's programs: every hook goes back
+    to a raw tracepoint, the coverage table says why, and packets are still traced."""
+    out = tmp_path / "v.jsonl"
+    script = REFUSE_TP_BTF % (ROOT, os.path.join(ROOT, "configs", "lab.yaml"), str(out),
+                              os.path.join(ROOT, "run.py"))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "tp_btf refused" in p.stdout and "tp_btf  " not in p.stdout
+    ids = sorted(json.loads(line)["id"] for line in out.read_text().splitlines())
+    assert ids == [600, 601, 602, 603, 604]
