@@ -360,14 +360,10 @@ static __always_inline int pp_paged_id(u64 head, u32 end, u32 poff, u32 *id)
         return -1;
     u64 pfn = (page - vmemmap) >> PP_PAGE_STRUCT_SHIFT;
     u64 addr = base + (pfn << PP_PAGE_SHIFT) + foff + poff;
-    u8 v[4];
-    if (bpf_probe_read_kernel(v, sizeof(v), (void *)addr))
+    u32 v = 0;
+    if (bpf_probe_read_kernel(&v, sizeof(v), (void *)addr))
         return -1;
-#if PP_ID_BIG
-    *id = ((u32)v[0] << 24) | ((u32)v[1] << 16) | ((u32)v[2] << 8) | v[3];
-#else
-    *id = ((u32)v[3] << 24) | ((u32)v[2] << 16) | ((u32)v[1] << 8) | v[0];
-#endif
+    *id = PP_ID_BIG ? rd32((u8 *)&v, 0) : v;   /* as pp_parse reads it */
     return 0;
 }
 #endif
@@ -488,11 +484,12 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     }
     if (kind == PP_KIND_PASS)
         return 0;
-    /* the packet is done: its skb and buffer will be reused for other packets */
-    if (v->last_skb) {
-        u64 last = v->last_skb;
+    /* the packet is done: its skbs and buffers will be reused for other packets */
+    u64 last = v->last_skb;
+    if (last)
         skbids.delete(&last);
-    }
+    if (skb && skb != last)
+        skbids.delete(&skb);
     v->final_kind = kind;
     v->location = location;
     v->reason = reason;
@@ -617,8 +614,10 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         }
     }
 #endif
+#ifndef PP_SUMMARY
     if (kind != PP_KIND_PASS)
         skbids.delete(&skb);    /* dropped or delivered: the skb will carry other packets */
+#endif
     u8 flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
     if (kind == PP_KIND_DELIVER_OLDER) {
         kind = PP_KIND_DELIVER;

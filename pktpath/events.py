@@ -49,6 +49,11 @@ assert _FMT.size == ctypes.sizeof(RawEvent)
 SIZE = _FMT.size
 
 
+def _dev(raw):
+    """A device name from its NUL-padded bytes."""
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
 def _ip(addr):
     return socket.inet_ntoa(struct.pack("<I", addr))
 
@@ -66,6 +71,9 @@ class Decoder:
         self.symbolize = symbolize or (lambda addr: "0x%x" % addr)
         self._ipcache = {}
 
+    def hook_name(self, hook):
+        return self.hook_names[hook] if hook < len(self.hook_names) else "hook%d" % hook
+
     def _ip(self, addr):
         s = self._ipcache.get(addr)
         if s is None:
@@ -82,12 +90,12 @@ class Decoder:
         ip = self._ip
         ev = {
             "t_ns": ts,
-            "hook": self.hook_names[hook] if hook < len(self.hook_names) else "hook%d" % hook,
+            "hook": self.hook_name(hook),
             "kind": kind_name,
             "id": pid,
             "skb": skb,
             "cpu": cpu,
-            "dev": dev.split(b"\0", 1)[0].decode(errors="replace"),
+            "dev": _dev(dev),
             "ifindex": ifindex,
             "netns": netns,
             "encap": encap,
@@ -201,7 +209,6 @@ class PathDecoder(Decoder):
         src, dst = "%s:%d" % (ip(saddr), sport), "%s:%d" % (ip(daddr), dport)
         osrc = "%s:%d" % (ip(osaddr), osport) if has_encap else None
         odst = "%s:%d" % (ip(odaddr), odport) if has_encap else None
-        names = self.hook_names
         out = []
         # a record carries the hops its emitter claimed; another CPU may have claimed more since
         for i in range(min(nhops, MAX_HOPS, (len(data) - _PATH.size) // _HOP.size)):
@@ -214,12 +221,12 @@ class PathDecoder(Decoder):
             final = kind_name != "pass" and kind == final_kind
             ev = {
                 "t_ns": first_ts + dt,
-                "hook": names[hook] if hook < len(names) else "hook%d" % hook,
+                "hook": self.hook_name(hook),
                 "kind": kind_name,
                 "id": pid,
                 "skb": skb,
                 "cpu": cpu,
-                "dev": dev.split(b"\0", 1)[0].decode(errors="replace"),
+                "dev": _dev(dev),
                 "ifindex": ifindex,
                 "netns": netns,
                 "encap": encap,
@@ -267,7 +274,7 @@ class DeliveredJSON:
         if names is not self._names:
             self._head.clear()      # netns names changed: re-render
             self._names = names
-        ip, dumps, hook_names = self.d._ip, json.dumps, self.d.hook_names
+        ip, dumps = self.d._ip, json.dumps
         src, dst = "%s:%d" % (ip(saddr), sport), "%s:%d" % (ip(daddr), dport)
         osrc = "%s:%d" % (ip(osaddr), osport) if has_encap else None
         odst = "%s:%d" % (ip(odaddr), odport) if has_encap else None
@@ -281,9 +288,9 @@ class DeliveredJSON:
             key = (hook, dev, netns)
             head = self._head.get(key)
             if head is None:
-                name = hook_names[hook] if hook < len(hook_names) else "hook%d" % hook
+                name = self.d.hook_name(hook)
                 head = self._head[key] = '"hook":%s,"dev":%s,"netns":%d,"netns_name":%s,' % (
-                    dumps(name), dumps(dev.split(b"\0", 1)[0].decode(errors="replace")), netns,
+                    dumps(name), dumps(_dev(dev)), netns,
                     dumps(names.get(netns)))
             encap = bool(flags & F_ENCAP)
             tkey = (encap, vni, src, dst, osrc, odst)
@@ -296,8 +303,8 @@ class DeliveredJSON:
                         dumps(encap), dumps(vni if encap else None), dumps(src), dumps(dst),
                         dumps(osrc if encap else None), dumps(odst if encap else None))
             parts.append('{"t_ns":%d,%s"cpu":%d,%s' % (first_ts + dt, head, cpu, tail))
-        name = hook_names[hook] if hook < len(hook_names) else "hook%d" % hook
-        devs = dumps(dev.split(b"\0", 1)[0].decode(errors="replace"))
+        name = self.d.hook_name(hook)
+        devs = dumps(_dev(dev))
         nsname = dumps(names.get(netns))
         first = first_ts + _HOP.unpack_from(data, _PATH.size)[0]
         return ('{"id":%d,"verdict":"delivered","events":%d,"first_ns":%d,"last_ns":%d,'

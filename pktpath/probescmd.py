@@ -59,6 +59,5 @@ def run(args):
     if os.geteuid() == 0 and not args.plan_only:
         # IDs in page fragments (GSO/paged payloads): read, and how, or why not
         print("\npacket IDs in page fragments: %s" % (
-            "read (%s)" % t.paged_why if not t.paged_why.startswith("IDs in page") else
-            t.paged_why.split(": ", 1)[1]))
+            "read (%s)" if t.frags else "not read: %s") % t.paged_why)
     return 0

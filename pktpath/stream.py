@@ -10,9 +10,9 @@ Summary mode hands over raw per-packet records instead of events (`add_record`).
 needs their events while tracing (`fast`: no recording or namespace filter), they stay raw: a
 delivered packet past the quota is just counted (or, with a JSON stream, written straight from
 its record by `json_line`), the others are kept as records (~0.5 KB instead of ~5 KB of dicts)
-and expanded once, at the end (`settle`). Expanding costs
-~60 us per packet in Python, counting ~1 us: that is what lets a live trace keep up with tens of
-thousands of packets per second on a busy machine.
+and expanded once, at the end (`settle`). Expanding costs ~60 us per packet in Python, counting
+~1 us: that is what lets a live trace keep up with tens of thousands of packets per second on a
+busy machine.
 """
 import collections
 import time

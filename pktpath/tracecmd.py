@@ -182,7 +182,7 @@ def run(args):
 
     stream = stream_mod.PacketStream(_names, json_out, keep_delivered=args.keep_delivered,
                                      expand=expand, fast=not (rec or only_netns),
-                                     idle=lambda: t.drain(),
+                                     idle=t.drain,
                                      json_line=events.DeliveredJSON(decoder))
     path_key, deliver = events.path_key, events.KIND_DELIVER
 
@@ -205,8 +205,8 @@ def run(args):
             info(args, describe_coverage(coverage))
             info(args, "loaded in %.2fs (compile %.2fs, attach %.2fs)"
                  % (time.monotonic() - t_start, t.compile_s, t.attach_s))
-            if t.paged_why.startswith("IDs in page fragments not read"):
-                info(args, t.paged_why)
+            if not t.frags:
+                info(args, "IDs in page fragments not read: %s" % t.paged_why)
             meta = {"version": 1, "host": host, "config": cfg.to_dict(), "coverage": coverage,
                     "hooks": [h.name for h in plan], "clock": _clock_pair(),
                     "netns_names": _names()}

@@ -239,10 +239,9 @@ class Tracer:
         self._fds = []
         self.coverage = []
         self.text = bpfgen.program(self.plan)
-        paged, self.paged_why = bpfgen.paged_layout(btf) if frags else \
-            ({}, "IDs in page fragments not read: --no-frags")
-        if not paged and not self.paged_why.startswith("IDs in page"):
-            self.paged_why = "IDs in page fragments not read: " + self.paged_why
+        # paged_why: how IDs in page fragments are read (frags True), or why not
+        paged, self.paged_why = bpfgen.paged_layout(btf) if frags else ({}, "--no-frags")
+        self.frags = bool(paged)
         self.cflags = bpfgen.cflags(cfg, bpfgen.resolve_offsets(btf), stacks=stacks,
                                     drops_all=drops_all, summary=summary, paged=paged)
         self.stacks, self.drops_all, self.summary = stacks, drops_all, summary
@@ -266,7 +265,7 @@ class Tracer:
         self.compile_s = time.monotonic() - t0
         t0 = time.monotonic()
         if "-DPP_LEARN_BASES=1" in self.cflags:
-            self.paged_why = self._learn_page_bases()
+            self.frags, self.paged_why = self._learn_page_bases()
         for i, hook in enumerate(self.plan):
             status, why = "skipped", hook.why
             if hook.attached:
@@ -306,13 +305,13 @@ class Tracer:
     def _learn_page_bases(self):
         """Let the kernel side learn the page bases (bpf/pktpath.c, pp_learn): attach pp_learn,
         send one datagram from a socket of our own (before any hook is attached, so it is never
-        traced), detach. Returns how IDs in page fragments will be read, or why not."""
+        traced), detach. Returns (learned, how IDs in page fragments are read or why not)."""
         table = self.bpf["pagebases"]
         try:
             with _QuietStderr(BPF_LOG):
                 self.bpf.attach_raw_tracepoint(tp=self.LEARN_TP, fn_name="pp_learn")
         except Exception as e:
-            return "IDs in page fragments not read: %s" % _first_line(e)
+            return False, _first_line(e)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for _ in range(20):
@@ -321,11 +320,11 @@ class Tracer:
                     except OSError:
                         pass
                     if table[ctypes.c_int(0)].value:
-                        return "page bases learned from a slab"
+                        return True, "page bases learned from a slab"
                     time.sleep(0.005)
         finally:
             self.bpf.detach_raw_tracepoint(tp=self.LEARN_TP)
-        return "IDs in page fragments not read: no partial slab found to learn page bases from"
+        return False, "no partial slab found to learn page bases from"
 
     def _attach(self, i, hook):
         fn = "pp_h%d" % i
