@@ -151,48 +151,85 @@ static __always_inline u32 rdaddr(u8 *h, u32 off)
     return *(u32 *)(h + off);
 }
 
-/* Parse an IPv4 header at `off`; return the offset of its UDP header, or 0 if not IPv4/UDP. */
-static __always_inline u32 pp_ipv4_udp(u8 *h, u32 off, u32 *saddr, u32 *daddr)
+#ifdef PP_DIRECT_PKT
+/* bpf_rdonly_cast(addr, PP_BYTES_BTF_ID). The loader (tracer.py) turns this call into the kfunc
+ * call; the verifier replaces it by a register move and types the result as an untrusted pointer
+ * to a struct that is one PP_BYTES_SIZE-byte array: loads through it are plain loads, which the
+ * kernel's exception table makes safe (no helper call, no copy). Only tp_btf programs use it. */
+static void *(*pp_cast)(u64 addr, u32 btf_id) = (void *)PP_CAST_CALL;
+#define PP_AT(h, addr, off, direct) \
+    ((direct) ? (u8 *)pp_cast((addr) + (off), PP_BYTES_BTF_ID) : (h) + (off))
+#else
+#define PP_AT(h, addr, off, direct) ((h) + (off))
+#endif
+
+/* Kernel memory reads. `direct` 2: a load through pp_cast (any address: the verifier needs no
+ * typed pointer); otherwise a bpf_probe_read_kernel (its result is 0 if it faults). */
+#ifdef PP_DIRECT_PKT
+#define PP_RD(type, addr, direct) \
+    ((direct) == 2 ? *(type *)pp_cast((u64)(addr), PP_BYTES_BTF_ID) : pp_rd_##type((u64)(addr)))
+#else
+#define PP_RD(type, addr, direct) pp_rd_##type((u64)(addr))
+#endif
+#define PP_RD_FN(type) \
+    static __always_inline type pp_rd_##type(u64 addr) \
+    { \
+        type v = 0; \
+        bpf_probe_read_kernel(&v, sizeof(v), (void *)addr); \
+        return v; \
+    }
+PP_RD_FN(u64)
+PP_RD_FN(u32)
+PP_RD_FN(u16)
+
+/* Parse an IPv4 header at `off`; return the offset of its UDP header, or 0 if not IPv4/UDP.
+ * The headers are read from `h` (a copy) or, `direct`, in place at `addr` (see pp_cast). */
+static __always_inline u32 pp_ipv4_udp(u8 *h, u64 addr, int direct, u32 off, u32 *saddr,
+                                       u32 *daddr)
 {
     if (off > PP_HDR_LEN - 20)
         return 0;
-    u8 vihl = h[off];
-    if ((vihl >> 4) != 4 || h[off + 9] != 17 /* IPPROTO_UDP */)
+    u8 *ip = PP_AT(h, addr, off, direct);
+    u8 vihl = ip[0];
+    if ((vihl >> 4) != 4 || ip[9] != 17 /* IPPROTO_UDP */)
         return 0;
     /* a non-first fragment has no UDP header */
-    if ((rd16(h, off + 6) & 0x1fff) != 0)
+    if ((rd16(ip, 6) & 0x1fff) != 0)
         return 0;
-    *saddr = rdaddr(h, off + 12);
-    *daddr = rdaddr(h, off + 16);
+    *saddr = rdaddr(ip, 12);
+    *daddr = rdaddr(ip, 16);
     u32 ihl = (vihl & 0xf) * 4;
     if (ihl < 20)
         return 0;
     return off + ihl;
 }
 
-/* Parse headers copied from `start` (l2: Ethernet first, else IPv4 first). `linear` is how many
- * bytes of the copy are real packet data (the rest may be beyond the skb's linear part). */
-static __always_inline int pp_parse(u8 *h, int l2, u32 linear, struct pp_pkt *p)
+/* Parse the headers at the start of `h` (a copy) or `addr` (`direct`: in place), l2: Ethernet
+ * first, else IPv4 first. `linear` is how many bytes from there are the skb's linear data. */
+static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 linear,
+                                    struct pp_pkt *p)
 {
     u32 off = 0;
     if (l2) {
-        u16 proto = rd16(h, 12);
+        u8 *eth = PP_AT(h, addr, 0, direct);
+        u16 proto = rd16(eth, 12);
         off = 14;
         if (proto == 0x8100) {
-            proto = rd16(h, 16);
+            proto = rd16(eth, 16);
             off = 18;
         }
         if (proto != 0x0800)
             return PP_UNPARSED;
     }
-    u32 l4 = pp_ipv4_udp(h, off, &p->saddr, &p->daddr);
+    u32 l4 = pp_ipv4_udp(h, addr, direct, off, &p->saddr, &p->daddr);
     if (!l4)
-        return (h[off] >> 4) == 4 ? PP_NOMATCH : PP_UNPARSED;
+        return (*PP_AT(h, addr, off & 0x1f, direct) >> 4) == 4 ? PP_NOMATCH : PP_UNPARSED;
     l4 &= 0xff;
     if (l4 > PP_HDR_LEN - 8)
         return PP_UNPARSED;
-    p->sport = rd16(h, l4);
-    p->dport = rd16(h, l4 + 2);
+    u8 *udp = PP_AT(h, addr, l4, direct);
+    p->sport = rd16(udp, 0);
+    p->dport = rd16(udp, 2);
 
     if (p->dport == PP_VXLAN_PORT) {
         /* outer = what we parsed; VXLAN header, then inner Ethernet + IPv4 + UDP */
@@ -209,22 +246,24 @@ static __always_inline int pp_parse(u8 *h, int l2, u32 linear, struct pp_pkt *p)
         if (p->odaddr != PP_DHOST)
             return PP_NOMATCH;
 #endif
-        u32 vx = l4 + 8;
-        if (vx > PP_HDR_LEN - 30)
+        u32 vxo = l4 + 8;
+        if (vxo > PP_HDR_LEN - 30)
             return PP_UNPARSED;
-        if (!(h[vx] & 0x08))        /* VNI-valid flag */
+        u8 *vx = PP_AT(h, addr, vxo, direct);
+        if (!(vx[0] & 0x08))        /* VNI-valid flag */
             return PP_NOMATCH;
-        p->vni = rd32(h, vx + 4) >> 8;
-        if (rd16(h, vx + 8 + 12) != 0x0800)
+        p->vni = rd32(vx, 4) >> 8;
+        if (rd16(vx, 8 + 12) != 0x0800)
             return PP_NOMATCH;
-        l4 = pp_ipv4_udp(h, vx + 8 + 14, &p->saddr, &p->daddr);
+        l4 = pp_ipv4_udp(h, addr, direct, vxo + 8 + 14, &p->saddr, &p->daddr);
         if (!l4)
             return PP_NOMATCH;
         l4 &= 0x1ff;
         if (l4 > PP_HDR_LEN - 8)
             return PP_UNPARSED;
-        p->sport = rd16(h, l4);
-        p->dport = rd16(h, l4 + 2);
+        udp = PP_AT(h, addr, l4, direct);
+        p->sport = rd16(udp, 0);
+        p->dport = rd16(udp, 2);
     }
 #ifdef PP_SIP
     if (p->saddr != PP_SIP)
@@ -251,10 +290,11 @@ static __always_inline int pp_parse(u8 *h, int l2, u32 linear, struct pp_pkt *p)
         pp_count(PP_CNT_UNREACHABLE);
         return PP_UNPARSED;
     }
+    u8 *id = PP_AT(h, addr, pay, direct);
 #if PP_ID_BIG
-    p->id = rd32(h, pay);
+    p->id = rd32(id, 0);
 #else
-    p->id = rdaddr(h, pay);
+    p->id = rdaddr(id, 0);
 #endif
     return PP_MATCH;
 }
@@ -372,39 +412,45 @@ static __always_inline int pp_paged_id(u64 head, u32 end, u32 poff, u32 *id)
 #define SKBF(buf, type, off) (*(type *)((u8 *)(buf) + (off) - PP_SKB_SPAN_START))
 #define SKBF_DEV(buf, type, off) (*(type *)((u8 *)(buf) + (off) - PP_DEV_SPAN_START))
 
-static __always_inline u32 pp_netns_of_net(u64 net)
+static __always_inline u32 pp_netns_of_net(u64 net, int direct)
 {
-    u32 inum = 0;
-    if (pp_is_kptr(net))
-        bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(net + PP_OFF_NET_INUM));
-    return inum;
+    return pp_is_kptr(net) ? PP_RD(u32, net + PP_OFF_NET_INUM, direct) : 0;
 }
 
 /* Where the packet is: netns, device and (for a socket) local port. On a socket queue skb->dev
  * is not valid (UDP reuses it), so the socket's netns is used instead. */
 static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, char *dev,
-                                     u16 *port)
+                                     u16 *port, int direct)
 {
     *netns = 0;
     *ifindex = 0;
     *port = 0;
     __builtin_memset(dev, 0, PP_DEV_LEN);
     if (sk) {
-        u64 skn = 0;
-        bpf_probe_read_kernel(&skn, sizeof(skn), (void *)(sk + PP_OFF_SK_NET));
-        bpf_probe_read_kernel(port, sizeof(*port), (void *)(sk + PP_OFF_SK_NUM));
-        *netns = pp_netns_of_net(skn);
+        *port = PP_RD(u16, sk + PP_OFF_SK_NUM, direct);
+        *netns = pp_netns_of_net(PP_RD(u64, sk + PP_OFF_SK_NET, direct), direct);
         return;
     }
     if (!pp_is_kptr(d))
         return;
+#ifdef PP_DIRECT_PKT
+    if (direct) {
+        /* d is a plain address here in every case: read through pp_cast */
+        u8 *dv = (u8 *)pp_cast(d + PP_OFF_DEV_NAME, PP_BYTES_BTF_ID);
+        *(u64 *)dev = *(u64 *)dv;
+        *(u64 *)(dev + 8) = *(u64 *)(dv + 8);
+        *ifindex = PP_RD(u32, d + PP_OFF_DEV_IFINDEX, 2);
+        *netns = pp_netns_of_net(PP_RD(u64, d + PP_OFF_DEV_NET, 2), 2);
+        return;
+    }
+#endif
     /* name, ifindex and nd_net in one read of the net_device span */
     u64 span[(PP_DEV_SPAN_LEN + 7) / 8];
     if (bpf_probe_read_kernel(span, sizeof(span), (void *)(d + PP_DEV_SPAN_START)))
         return;
     __builtin_memcpy(dev, (u8 *)span + PP_OFF_DEV_NAME - PP_DEV_SPAN_START, PP_DEV_LEN);
     *ifindex = SKBF_DEV(span, u32, PP_OFF_DEV_IFINDEX);
-    *netns = pp_netns_of_net(SKBF_DEV(span, u64, PP_OFF_DEV_NET));
+    *netns = pp_netns_of_net(SKBF_DEV(span, u64, PP_OFF_DEV_NET), 0);
 }
 
 #ifdef PP_SUMMARY
@@ -412,7 +458,7 @@ static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, ch
 /* Append this sighting to the packet's path; on delivery or drop, emit the whole path. */
 static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
                                       u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
-                                      u64 head, u32 tail, u64 netdev)
+                                      u64 head, u32 tail, u64 netdev, int direct)
 {
     u32 id = p->id;
     struct pp_path *v = paths.lookup(&id);
@@ -467,7 +513,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         h->kind = kind;
         h->flags = flags | PP_F_HOP_SET;
         h->cpu = bpf_get_smp_processor_id();
-        pp_where(netdev, sk, &h->netns, &h->ifindex, h->dev, &port);
+        pp_where(netdev, sk, &h->netns, &h->ifindex, h->dev, &port, direct);
         if (kind == PP_KIND_PASS) {
             u32 zero = 0;
             struct pp_lastseen *ls = lastseen.lookup(&zero);
@@ -480,7 +526,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     } else {
         u32 n = 0;
         char dev[PP_DEV_LEN];
-        pp_where(netdev, sk, &n, &n, dev, &port);
+        pp_where(netdev, sk, &n, &n, dev, &port, direct);
     }
     if (kind == PP_KIND_PASS)
         return 0;
@@ -537,7 +583,15 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     u64 head, netdev;
     u32 tail, end;
     u16 mac, net;
-    if (direct) {
+    if (direct == 2) {
+        /* an skb address taken from a queue: loads through pp_cast */
+        head = PP_RD(u64, skb + PP_OFF_SKB_HEAD, 2);
+        netdev = PP_RD(u64, skb + PP_OFF_SKB_DEV, 2);
+        tail = PP_RD(u32, skb + PP_OFF_SKB_TAIL, 2);
+        end = PP_RD(u32, skb + PP_OFF_SKB_END, 2);
+        mac = PP_RD(u16, skb + PP_OFF_SKB_MAC, 2);
+        net = PP_RD(u16, skb + PP_OFF_SKB_NET, 2);
+    } else if (direct) {
         /* tp_btf: skb is a BTF-typed pointer, its fields are plain loads (no helper call) */
         head = *(u64 *)(skb + PP_OFF_SKB_HEAD);
         netdev = *(u64 *)(skb + PP_OFF_SKB_DEV);
@@ -561,22 +615,31 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     if (start == 0xffff || start >= tail)
         return 0;
 
-    u32 zero = 0;
-    struct pp_scratch *s = scratch.lookup(&zero);
-    if (!s)
-        return 0;
     struct pp_pkt p = {};
     int rc = PP_UNPARSED;
     u32 linear = tail - start;
-    /* One bounded read; copying less than PP_HDR_LEN when the linear part is short keeps us
-     * from reading past the buffer. Bytes past `linear` are never used for a match. */
-    u64 want = linear;
-    if (want > PP_HDR_LEN)
-        want = PP_HDR_LEN;
-    asm volatile("" : "+r"(want));  /* re-check below on the register the call uses */
-    if (want >= 28 && want <= PP_HDR_LEN &&
-        bpf_probe_read_kernel(s->h, want, (void *)(head + start)) == 0)
-        rc = pp_parse(s->h, l2, linear, &p);
+#ifdef PP_DIRECT_PKT
+    if (direct) {
+        /* tp_btf: the headers are read in place (pp_cast), only the bytes the parse needs */
+        if (linear >= 28)
+            rc = pp_parse(0, head + start, 1, l2, linear, &p);
+    } else
+#endif
+    {
+        u32 zero = 0;
+        struct pp_scratch *s = scratch.lookup(&zero);
+        if (!s)
+            return 0;
+        /* One bounded read; copying less than PP_HDR_LEN when the linear part is short keeps
+         * us from reading past the buffer. Bytes past `linear` are never used for a match. */
+        u64 want = linear;
+        if (want > PP_HDR_LEN)
+            want = PP_HDR_LEN;
+        asm volatile("" : "+r"(want));  /* re-check below on the register the call uses */
+        if (want >= 28 && want <= PP_HDR_LEN &&
+            bpf_probe_read_kernel(s->h, want, (void *)(head + start)) == 0)
+            rc = pp_parse(s->h, 0, 0, l2, linear, &p);
+    }
     if (rc == PP_NOMATCH)
         return 0;
 #ifdef PP_PAGED
@@ -629,7 +692,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #ifdef PP_SUMMARY
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                       rc == PP_MATCH && kind == PP_KIND_PASS ? head : 0, tail,
-                      netdev);
+                      netdev, direct ? 2 : 0);
 #else
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
     if (!e) {
@@ -663,7 +726,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     if (kind == PP_KIND_DROP)
         e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
 #endif
-    pp_where(netdev, sk, &e->netns, &e->ifindex, e->dev, &e->port);
+    pp_where(netdev, sk, &e->netns, &e->ifindex, e->dev, &e->port, direct ? 2 : 0);
     events.ringbuf_submit(e, pp_wakeup());
     return 0;
 #endif
@@ -687,7 +750,7 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
     if (pp_is_kptr(dev)) {
         u64 net = 0;
         bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + PP_OFF_DEV_NET));
-        dk.netns = pp_netns_of_net(net);
+        dk.netns = pp_netns_of_net(net, 0);
     }
     dropcounts.increment(dk);
 #endif
@@ -701,7 +764,7 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
  * (queues are in arrival order: so are the ones before it).
  * One loop, not unrolled, so that pp_handle is inlined once here. */
 #define PP_DELIVER_SCAN 3
-static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
+static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct)
 {
     u64 q = 0, skb = 0;
     u32 qlen = 0, j = 0;
@@ -710,10 +773,15 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
     for (u32 i = 0; i < 2 * PP_DELIVER_SCAN; i++) {
         if (i == 0 || i == PP_DELIVER_SCAN) {
             q = sk + (i ? PP_OFF_UDP_READERQ : PP_OFF_SK_QHEAD);
-            u64 qh[(PP_SKBHEAD_SPAN_LEN + 7) / 8] = {};
-            bpf_probe_read_kernel(qh, sizeof(qh), (void *)q);
-            skb = *(u64 *)((u8 *)qh + PP_OFF_SKBHEAD_PREV);
-            qlen = *(u32 *)((u8 *)qh + PP_OFF_SKBHEAD_QLEN);
+            if (direct) {
+                skb = PP_RD(u64, q + PP_OFF_SKBHEAD_PREV, 2);
+                qlen = PP_RD(u32, q + PP_OFF_SKBHEAD_QLEN, 2);
+            } else {
+                u64 qh[(PP_SKBHEAD_SPAN_LEN + 7) / 8] = {};
+                bpf_probe_read_kernel(qh, sizeof(qh), (void *)q);
+                skb = *(u64 *)((u8 *)qh + PP_OFF_SKBHEAD_PREV);
+                qlen = *(u32 *)((u8 *)qh + PP_OFF_SKBHEAD_QLEN);
+            }
             j = 0;
         }
         if (!pp_is_kptr(skb) || skb == q || j >= qlen) {
@@ -723,7 +791,7 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
             continue;
         }
         int r = pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0,
-                          sk, 0);
+                          sk, direct);
         if (i == 0 && r == PP_H_DELIVERED) {
             /* the tail was this callback's datagram. Older ones still open (two CPUs queued
              * at once) are left to the other callback, which finds this tail delivered */
@@ -737,7 +805,7 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
             i = PP_DELIVER_SCAN - 1;
             continue;
         }
-        bpf_probe_read_kernel(&skb, sizeof(skb), (void *)(skb + PP_OFF_SKB_PREV));
+        skb = PP_RD(u64, skb + PP_OFF_SKB_PREV, direct);
         j++;
     }
     return found;
@@ -750,22 +818,18 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook)
  * In summary mode those extra datagrams only count while their path is still open (an ID is
  * not delivered twice). A reader that has already consumed the datagram leaves no trace: that
  * packet is reported lost at its last sighting. */
-static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
+static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
 {
     if (!pp_is_kptr(sk))
         return 0;
-    u16 proto = 0;
-    bpf_probe_read_kernel(&proto, sizeof(proto), (void *)(sk + PP_OFF_SK_PROTO));
-    if (proto != 17 /* IPPROTO_UDP */)
+    if (PP_RD(u16, sk + PP_OFF_SK_PROTO, direct) != 17 /* IPPROTO_UDP */)
         return 0;
 #ifdef PP_UDP_PORT
     /* cheapest test first: a socket on another port never receives a traced datagram */
-    u16 lport = 0;
-    bpf_probe_read_kernel(&lport, sizeof(lport), (void *)(sk + PP_OFF_SK_NUM));
-    if (lport != PP_UDP_PORT)
+    if (PP_RD(u16, sk + PP_OFF_SK_NUM, direct) != PP_UDP_PORT)
         return 0;
 #endif
-    int found = pp_scan_queues(ctx, sk, hook);
+    int found = pp_scan_queues(ctx, sk, hook, direct);
 #ifdef PP_SUMMARY
     if (found)
         return 0;
@@ -780,12 +844,11 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook)
     struct pp_path *v = paths.lookup(&p.id);
     if (!v || now - ls->ts > PP_LASTSEEN_NS)
         return 0;
-    u64 skn = 0;
-    bpf_probe_read_kernel(&skn, sizeof(skn), (void *)(sk + PP_OFF_SK_NET));
-    if (pp_netns_of_net(skn) != ls->netns)
+    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
+    if (pp_netns_of_net(skn, direct) != ls->netns)
         return 0;
     ls->ts = 0;
-    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0);
+    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, direct);
 #endif
     return 0;
 }

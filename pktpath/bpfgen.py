@@ -64,7 +64,7 @@ def paged_layout(btf, symbol=None, machine=None):
     ({}, why not) on this kernel. `symbol(name)` -> kernel address or None (default:
     /proc/kallsyms)."""
     from pktpath import kernel
-    symbol = symbol or kernel.symbol_address
+    symbol = symbol or kernel.Kallsyms().address
     if (machine or os.uname().machine) != "x86_64":
         return {}, "page addresses are only computed on x86_64"
     d = {}
@@ -132,13 +132,31 @@ def hdr_len(id_offset):
 
 RESCUE_PAGES = 64  # the fallback ring (bpf/pktpath.c)
 
+# The immediate of the placeholder call that tracer.py turns into a bpf_rdonly_cast kfunc call
+# in tp_btf programs (bpf/pktpath.c, pp_cast): not a helper number any kernel has.
+CAST_CALL = 0x70707070
+
+
+def direct_pkt(btf):
+    """(-D values for reading packet headers in place in tp_btf programs, "") or ({}, why not):
+    needs the bpf_rdonly_cast kfunc (Linux >= 6.2) and a struct that is an array of bytes."""
+    fid = btf.func_id("bpf_rdonly_cast")
+    if not fid:
+        return {}, "no bpf_rdonly_cast kfunc in this kernel"
+    tid, size = btf.byte_buffer(64)
+    if not tid:
+        return {}, "no byte-array struct in the kernel's BTF"
+    return {"PP_DIRECT_PKT": 1, "PP_CAST_CALL": "0x%x" % CAST_CALL, "PP_BYTES_BTF_ID": tid,
+            "PP_BYTES_SIZE": size, "PP_CAST_FUNC_ID": fid}, ""
+
 
 def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=False,
-           drops_all=False, summary=True, paths=65536, paged=None):
+           drops_all=False, summary=True, paths=65536, paged=None, direct=None):
     """-D flags for config `cfg` (pktpath.config.Config) and BTF `offsets`; `stacks` records the
     kernel stack at each drop of a traced packet, `drops_all` counts every drop (dropwatch)."""
     d = dict(offsets)
     d.update(paged or {})
+    d.update(direct or {})
     if stacks:
         d["PP_STACKS"] = 1
     if summary:
@@ -195,7 +213,8 @@ def _call(index, hook):
     if hook.kind == "drop":
         return "pp_drop(ctx, %s, %d, %s, (u32)%s, %d)" % (a[0], index, a[1], a[2], direct)
     if hook.kind == "deliver":
-        return "pp_deliver(ctx, %s, %d)" % (a[0], index)
+        # a tp_btf delivery hook exists only where pp_cast does (Capabilities.tp_btf_direct)
+        return "pp_deliver(ctx, %s, %d, %d)" % (a[0], index, 2 if direct else 0)
     return "pp_pass(ctx, %s, %d, %d)" % (a[0], index, direct)
 
 

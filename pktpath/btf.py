@@ -46,18 +46,24 @@ class BTF:
         self._types = [None]  # type id -> byte offset of its btf_type; id 0 is void
         self._by_name = {}    # (kind, name) -> type id (first one wins)
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-        unpack = struct.unpack_from
-        wanted = (STRUCT, UNION, ENUM, ENUM64, TYPEDEF)
-        by_name, types = self._by_name, self._types
+        # the hot loop of pktpath's start-up (~130k types): per-kind sizes from tables, names
+        # decoded only for the kinds looked up by name
+        unpack = struct.Struct("<II").unpack_from
+        fixed = [12 + _extra_len(k, 0) for k in range(32)]
+        per = [_extra_len(k, 1) - _extra_len(k, 0) for k in range(32)]
+        wanted = {STRUCT, UNION, ENUM, ENUM64, TYPEDEF}
+        by_name, types, append = self._by_name, self._types, self._types.append
+        strs, find = self._strs, data.index
         while pos < end:
-            name_off, info = unpack("<II", data, pos)
-            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            types.append(pos)
+            name_off, info = unpack(data, pos)
+            kind = (info >> 24) & 0x1F
+            append(pos)
             if name_off and kind in wanted:
-                key = (kind, self._str(name_off))
+                start = strs + name_off
+                key = (kind, data[start:find(b"\0", start)].decode())
                 if key not in by_name:
                     by_name[key] = len(types) - 1
-            pos += 12 + _extra_len(kind, vlen)
+            pos += fixed[kind] + per[kind] * (info & 0xFFFF)
 
     @classmethod
     def load(cls, path=VMLINUX):
@@ -143,6 +149,41 @@ class BTF:
         """BTF type id of the `btf_trace_<tp_name>` typedef (what a tp_btf program attaches to),
         or 0."""
         return self._find((TYPEDEF,), "btf_trace_" + tp_name)
+
+    def func_id(self, name):
+        """BTF type id of kernel function `name` (a FUNC: what a kfunc call names), or 0."""
+        key = b"\0" + name.encode() + b"\0"
+        at = self._data.find(key, self._strs - 1, self._str_end)
+        if at < 0:
+            return 0
+        name_off = at + 1 - self._strs
+        for tid in range(1, len(self._types)):   # FUNCs are not indexed: looked up rarely
+            pos = self._types[tid]
+            no, info = struct.unpack_from("<II", self._data, pos)
+            if no == name_off and (info >> 24) & 0x1F == FUNC:
+                return tid
+        return 0
+
+    def byte_buffer(self, min_size, prefer=("ustring_buffer", "kvm_lapic_state", "entry_stack")):
+        """(type id, size) of a struct that is one array of bytes of at least `min_size` (a type
+        to read arbitrary memory as), or (0, 0)."""
+        def bytes_struct(tid):
+            kind, vlen, _, _, size = self._type(tid)
+            if kind != STRUCT or vlen != 1 or size < min_size:
+                return 0
+            (_, mtype, off), = self._members(tid)
+            arr = self._skip_mods(mtype)
+            if off or self._type(arr)[0] != ARRAY:
+                return 0
+            elem, _, nelems = struct.unpack_from("<III", self._data, self._types[arr] + 12)
+            ekind, _, _, _, esize = self._type(self._skip_mods(elem))
+            return size if ekind == INT and esize == 1 and nelems == size else 0
+        names = [n for n in prefer] + sorted(n for k, n in self._by_name if k == STRUCT)
+        for name in names:
+            tid = self._by_name.get((STRUCT, name), 0)
+            if tid and bytes_struct(tid):
+                return tid, self._type(tid)[4]
+        return 0, 0
 
     def has_struct(self, name):
         return bool(self._find((STRUCT, UNION), name))

@@ -48,6 +48,7 @@ class Capabilities:
     kprobes: bool = False
     fentry: bool = False
     tp_btf: bool = False        # BTF-typed raw tracepoints: skb fields by direct load
+    tp_btf_direct: bool = False  # ... and any kernel memory by plain loads (bpf_rdonly_cast)
     symbols: set = field(default=None)
     kprobe_why: str = "kprobes are not available on this kernel"
     fentry_why: str = "fentry is not available on this kernel"
@@ -130,7 +131,8 @@ def _plan_one(entry, caps):
         args, why = _tp_args(entry, types)
         if args is None:
             return Hook(why="tracepoint %s: %s" % (target, why), **common)
-        if caps.tp_btf and kind != "deliver":
+        # a delivery hook walks socket queues: as tp_btf only where any address can be loaded
+        if caps.tp_btf and (kind != "deliver" or caps.tp_btf_direct):
             return Hook(method="tp_btf", args=args, why="tracepoint (BTF)", **common)
         return Hook(method="raw_tracepoint", args=args, why="tracepoint", **common)
     # a kernel function: fentry > kprobe > the catalog's tracepoint fallback

@@ -60,4 +60,8 @@ def run(args):
         # IDs in page fragments (GSO/paged payloads): read, and how, or why not
         print("\npacket IDs in page fragments: %s" % (
             "read (%s)" if t.frags else "not read: %s") % t.paged_why)
+        # how tp_btf programs read packet headers and socket queues
+        print("packet headers in tp_btf programs: %s" % (
+            "loaded in place (bpf_rdonly_cast)" if t.direct else
+            "copied with bpf_probe_read_kernel (%s)" % t.direct_why))
     return 0

@@ -149,7 +149,7 @@ def run(args):
     plan = build_plan(cfg, btf, kallsyms)
     summary = args.mode == "summary"
     t = tracer.Tracer(cfg, plan, btf, stacks=args.stack, drops_all=args.drops == "all",
-                      summary=summary, frags=not args.no_frags)
+                      summary=summary, frags=not args.no_frags, kallsyms=kallsyms)
     if args.ebpf:
         print("/* cflags: %s */" % " ".join(t.cflags))
         print(t.text)

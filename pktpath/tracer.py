@@ -184,6 +184,19 @@ def load_tp_btf(insns, insn_cnt, name, btf_id, log_size=1 << 20):
     return fd
 
 
+def patch_kfunc_calls(insns, placeholder, func_id):
+    """Turn every helper call `call placeholder` in the instruction buffer `insns` into a call
+    of the kernel function with BTF id `func_id` (BPF_PSEUDO_KFUNC_CALL: bcc 0.26's compiler
+    cannot emit one). Returns how many were patched."""
+    n = 0
+    for off in range(0, len(insns) - 7, 8):
+        code, regs, _, imm = struct.unpack_from("<BBhi", insns, off)
+        if code == 0x85 and regs == 0 and imm == placeholder:   # BPF_JMP | BPF_CALL
+            struct.pack_into("<BBhi", insns, off, code, 2 << 4, 0, func_id)
+            n += 1
+    return n
+
+
 def attach_tp_btf(prog_fd):
     """Attach a loaded tp_btf program (its target came with the load); returns the link fd."""
     attr = ctypes.create_string_buffer(16)
@@ -215,6 +228,7 @@ def capabilities(btf, kallsyms=None, want_fentry=False):
     """What this kernel offers for attaching (see hooks.Capabilities). fentry is probed only
     when a function hook may use it (the probe costs a compile)."""
     kprobe_pmu = os.path.exists("/sys/bus/event_source/devices/kprobe/type")
+    tp_btf = probe_tp_btf(btf)[0] if os.geteuid() == 0 else False
     fentry, fentry_why = probe_fentry() if want_fentry else (False, "fentry not needed")
     return hooksmod.Capabilities(
         tracepoint_args=btf.tracepoint_args,
@@ -222,8 +236,9 @@ def capabilities(btf, kallsyms=None, want_fentry=False):
         kprobe_why="kprobes not available (no kprobe PMU: kernel built without CONFIG_KPROBES)",
         fentry=fentry,
         fentry_why=fentry_why,
-        tp_btf=probe_tp_btf(btf)[0] if os.geteuid() == 0 else False,
-        symbols=set(kallsyms._names) if kallsyms is not None and kallsyms._names else None,
+        tp_btf=tp_btf,
+        tp_btf_direct=tp_btf and bool(bpfgen.direct_pkt(btf)[0]),
+        symbols=kallsyms,   # lazy: read only if a function hook asks
     )
 
 
@@ -231,7 +246,7 @@ class Tracer:
     """Loads the program for `plan` (list of hooks.Hook), attaches, and calls `on_event(bytes)`."""
 
     def __init__(self, cfg, plan, btf, stacks=False, drops_all=False, summary=True,
-                 frags=True):
+                 frags=True, kallsyms=None):
         self.cfg, self.btf = cfg, btf
         self.plan = list(plan)
         self.bpf = None
@@ -240,13 +255,23 @@ class Tracer:
         self.coverage = []
         self.text = bpfgen.program(self.plan)
         # paged_why: how IDs in page fragments are read (frags True), or why not
-        paged, self.paged_why = bpfgen.paged_layout(btf) if frags else ({}, "--no-frags")
+        paged, self.paged_why = bpfgen.paged_layout(
+            btf, symbol=kallsyms.address if kallsyms else None) if frags else ({}, "--no-frags")
         self.frags = bool(paged)
-        self.cflags = bpfgen.cflags(cfg, bpfgen.resolve_offsets(btf), stacks=stacks,
-                                    drops_all=drops_all, summary=summary, paged=paged)
+        # tp_btf programs read packet headers in place where the kernel allows (bpf_rdonly_cast)
+        self.direct, self.direct_why = ({}, "no tp_btf hook")
+        if any(h.method == "tp_btf" for h in self.plan):
+            self.direct, self.direct_why = bpfgen.direct_pkt(btf)
+        self._offsets, self._paged = bpfgen.resolve_offsets(btf), paged
+        self._cflags_kw = dict(stacks=stacks, drops_all=drops_all, summary=summary)
+        self.cflags = self._make_cflags()
         self.stacks, self.drops_all, self.summary = stacks, drops_all, summary
         self.attach_s = 0.0
         self.compile_s = 0.0
+
+    def _make_cflags(self):
+        return bpfgen.cflags(self.cfg, self._offsets, paged=self._paged, direct=self.direct,
+                             **self._cflags_kw)
 
     def start(self, on_event):
         """Compile, load and attach. Returns the coverage list (one dict per hook)."""
@@ -280,6 +305,18 @@ class Tracer:
                                   "status": status, "why": why})
         self.attach_s = time.monotonic() - t0
         failed = [c for c in self.coverage if c["method"] == "tp_btf" and c["status"] != "attached"]
+        if failed and self.direct:
+            # refused with headers read in place: tp_btf again, copying them (one more compile)
+            self.direct_why = "tp_btf refused it (%s)" % failed[0]["why"]
+            self.direct = {}
+            self.close()
+            self.plan = [dataclasses.replace(h, method="raw_tracepoint", why="tracepoint")
+                         if h.method == "tp_btf" and h.kind == "deliver" else h
+                         for h in self.plan]
+            self.text = bpfgen.program(self.plan)
+            self.cflags = self._make_cflags()
+            self.coverage = []
+            return self.start(on_event)
         if failed:
             # a kernel that loads tp_btf programs but refuses ours: all hooks back to raw
             # tracepoints (one more compile), saying why
@@ -345,10 +382,14 @@ class Tracer:
                 raise RuntimeError("no btf_trace_%s in the kernel's BTF" % hook.tp_name)
             start = ctypes.cast(bcc_lib().bpf_function_start(module, name), ctypes.c_void_p)
             size = bcc_lib().bpf_function_size(module, name)
+            insns = ctypes.create_string_buffer(ctypes.string_at(start.value, size), size)
+            if self.direct:
+                patch_kfunc_calls(insns, bpfgen.CAST_CALL, self.direct["PP_CAST_FUNC_ID"])
+            addr = ctypes.addressof(insns)
             try:    # without a log first: logging slows the verifier down
-                prog = load_tp_btf(start.value, size // 8, fn, btf_id, log_size=0)
+                prog = load_tp_btf(addr, size // 8, fn, btf_id, log_size=0)
             except OSError:
-                prog = load_tp_btf(start.value, size // 8, fn, btf_id)   # again, for the why
+                prog = load_tp_btf(addr, size // 8, fn, btf_id)   # again, for the why
             self._fds.append(prog)
             self._fds.append(attach_tp_btf(prog))
         else:

@@ -4,6 +4,7 @@ import struct
 
 import pytest
 
+from pktpath import btf as btf_mod
 from pktpath.btf import BTF, VMLINUX
 from pktpath.errors import UserError
 
@@ -71,6 +72,25 @@ def test_running_kernel():
 
 
 @pytest.mark.skipif(not os.path.exists(VMLINUX), reason="no kernel BTF")
+def test_kfunc_and_byte_buffer_lookups():
+    """What reading headers in place needs: the bpf_rdonly_cast FUNC and a struct that is one
+    byte array (checked against the BTF's own description of it)."""
+    from pktpath import bpfgen
+    btf = BTF.load()
+    fid = btf.func_id("bpf_rdonly_cast")
+    assert fid and btf._type(fid)[0] == btf_mod.FUNC
+    assert btf.func_id("no_such_function_pktpath") == 0
+    assert btf.func_id("rdonly_cast") == 0          # whole names only
+    tid, size = btf.byte_buffer(64)
+    assert tid and size >= 64
+    (_, mtype, off), = btf._members(tid)
+    assert off == 0 and btf._type(btf._skip_mods(mtype))[0] == btf_mod.ARRAY
+    assert btf.byte_buffer(1 << 30) == (0, 0)
+    d, why = bpfgen.direct_pkt(btf)
+    assert d["PP_CAST_FUNC_ID"] == fid and d["PP_BYTES_BTF_ID"] == tid and why == ""
+
+
+@pytest.mark.skipif(not os.path.exists(VMLINUX), reason="no kernel BTF")
 def test_paged_layout_from_symbols_or_learned():
     """Page bases come from /proc/kallsyms when it lists data symbols, else they are learned
     from a slab (every offset that needs resolved from BTF); other architectures: not read."""
@@ -84,3 +104,38 @@ def test_paged_layout_from_symbols_or_learned():
     assert d["PP_OFF_SLAB_FREELIST"] > 0 and d["PP_PAGE_STRUCT_SHIFT"] == 6
     assert d["PP_SHINFO_SPAN_LEN"] <= 128
     assert bpfgen.paged_layout(btf, machine="aarch64")[0] == {}
+
+
+KALLSYMS = """\
+ffffffff81000000 T _stext
+ffffffff81001000 t helper_a
+ffffffff81002000 T vxlan_rcv
+ffffffff82000000 D page_offset_base
+ffffffff82000008 d vmemmap_base_not
+ffffffff82000010 D vmemmap_base
+ffffffffc0000000 t mod_func\t[vxlan]
+"""
+
+
+def test_kallsyms_one_read_lazy_parse(tmp_path):
+    """Symbolizing uses text symbols only; `address` finds any symbol by its whole name without
+    parsing the file; an unreadable or address-hidden file symbolizes nothing and refuses no
+    function (unknown)."""
+    from pktpath import kernel
+    f = tmp_path / "kallsyms"
+    f.write_text(KALLSYMS)
+    k = kernel.Kallsyms(str(f))
+    assert k.address("page_offset_base") == 0xffffffff82000000
+    assert k.address("vmemmap_base") == 0xffffffff82000010
+    assert k.address("base") is None and k.address("nope") is None
+    assert k._loaded is None                      # not parsed for that
+    assert k(0xffffffff81002010) == "vxlan_rcv+0x10"
+    assert k(0xffffffff82000004) == "vxlan_rcv+0xffe004"   # data symbols are not functions
+    assert k(0xffffffffc0000004) == "mod_func+0x4"
+    assert "vxlan_rcv" in k and "mod_func" in k and "page_offset_base" not in k
+    hidden = tmp_path / "hidden"
+    hidden.write_text("".join("0" * 16 + line[16:] + "\n" for line in KALLSYMS.splitlines()))
+    h = kernel.Kallsyms(str(hidden))
+    assert h.address("page_offset_base") is None and "anything" in h
+    missing = kernel.Kallsyms(str(tmp_path / "absent"))
+    assert missing(0x1234) == "0x1234" and "anything" in missing

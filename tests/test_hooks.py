@@ -62,7 +62,7 @@ def test_entry_points():
     plan = hooks.plan(None, caps(), CATALOG)
     text = "\n".join(bpfgen.entry_point(i, h) for i, h in enumerate(plan) if h.attached)
     assert "pp_drop(ctx, ctx->args[0], 2, ctx->args[1], (u32)ctx->args[2], 0)" in text
-    assert "pp_deliver(ctx, ctx->args[0], 3)" in text
+    assert "pp_deliver(ctx, ctx->args[0], 3, 0)" in text
     assert "pp_h1" not in text  # netif_rx skipped: no entry point
 
 
@@ -77,3 +77,36 @@ def test_tp_btf_entry_points_when_the_kernel_has_them():
     text = "\n".join(bpfgen.entry_point(i, h) for i, h in enumerate(plan) if h.attached)
     assert "int pp_h0(u64 *ctx)" in text and "pp_pass(ctx, ctx[0], 0, 1)" in text
     assert "pp_drop(ctx, ctx[0], 2, ctx[1], (u32)ctx[2], 1)" in text
+    assert "pp_deliver(ctx, ctx->args[0], 3, 0)" in text
+
+
+def test_delivery_is_tp_btf_where_any_address_can_be_loaded():
+    """With bpf_rdonly_cast (tp_btf_direct), the delivery hook is tp_btf too and walks the
+    socket queues with plain loads (direct = 2)."""
+    c = caps()
+    c.tp_btf = c.tp_btf_direct = True
+    plan = hooks.plan(None, c, CATALOG)
+    assert {h.method for h in plan if h.attached} == {"tp_btf"}
+    text = "\n".join(bpfgen.entry_point(i, h) for i, h in enumerate(plan) if h.attached)
+    assert "int pp_h3(u64 *ctx)" in text and "pp_deliver(ctx, ctx[0], 3, 2)" in text
+
+
+def test_placeholder_calls_become_kfunc_calls():
+    """tracer.patch_kfunc_calls rewrites `call PLACEHOLDER` (a helper call bcc can compile)
+    into a kfunc call (src_reg BPF_PSEUDO_KFUNC_CALL, imm = the function's BTF id), and
+    nothing else: other helper calls, and other instructions with the same immediate, stay."""
+    import struct
+    from pktpath import tracer
+    ph = bpfgen.CAST_CALL
+    insns = [(0xb7, 0x02, 0, 13013),      # r2 = btf id
+             (0x85, 0x00, 0, ph),         # call placeholder     -> patched
+             (0x85, 0x00, 0, 113),        # call bpf_probe_read_kernel
+             (0xb7, 0x01, 0, ph),         # r1 = placeholder (not a call)
+             (0x85, 0x10, 0, ph),         # a call with src_reg 1 (BPF_PSEUDO_CALL): not ours
+             (0x85, 0x00, 0, ph),         # second placeholder call -> patched
+             (0x95, 0x00, 0, 0)]          # exit
+    buf = bytearray(b"".join(struct.pack("<BBhi", *i) for i in insns))
+    assert tracer.patch_kfunc_calls(buf, ph, 65486) == 2
+    out = [struct.unpack_from("<BBhi", buf, 8 * k) for k in range(len(insns))]
+    assert out[1] == (0x85, 0x20, 0, 65486) and out[5] == (0x85, 0x20, 0, 65486)
+    assert [out[k] for k in (0, 2, 3, 4, 6)] == [insns[k] for k in (0, 2, 3, 4, 6)]

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pktpath import config, hooks, tracer
+from pktpath import bpfgen, config, hooks, tracer
 from pktpath.btf import kernel_btf
 
 pytestmark = pytest.mark.root
@@ -51,6 +51,8 @@ def test_probes_reports_fallbacks_and_skips():
     out = p.stdout
     assert "kfree_skb" in out and "attached" in out
     assert "packet IDs in page fragments: read (page bases" in out
+    if bpfgen.direct_pkt(kernel_btf())[0]:
+        assert "packet headers in tp_btf programs: loaded in place (bpf_rdonly_cast)" in out
     if not os.path.exists("/sys/bus/event_source/devices/kprobe/type"):
         # ip_rcv falls back to its tracepoint; vxlan_rcv has no fallback: skipped, with why
         assert "fallback for ip_rcv" in out
@@ -85,3 +87,40 @@ def test_refused_tp_btf_falls_back_to_raw_tracepoints(lab_up, tmp_path):
     assert "tp_btf refused" in p.stdout and "tp_btf  " not in p.stdout
     ids = sorted(json.loads(line)["id"] for line in out.read_text().splitlines())
     assert ids == [600, 601, 602, 603, 604]
+
+
+REFUSE_KFUNC = r"""
+import ctypes, struct, sys
+sys.path.insert(0, %r)
+from pktpath import tracer, cli
+real = tracer.load_tp_btf
+def refuse(insns, cnt, name, *a, **k):   # a kernel without kfunc calls from tracing programs
+    code = ctypes.string_at(insns, cnt * 8)
+    if any(code[i] == 0x85 and code[i + 1] >> 4 == 2 for i in range(0, len(code), 8)):
+        raise OSError(22, "Invalid argument")
+    return real(insns, cnt, name, *a, **k)
+tracer.load_tp_btf = refuse
+sys.exit(cli.main(["-c", %r, "--timeline", "0", "--json", %r, "--",
+                   sys.executable, %r, "send", "--netns", "pp-ctrA", "--dst", "198.51.100.2",
+                   "--port", "5000", "--count", "5", "--start-id", "700"]))
+"""
+
+
+def test_refused_kfunc_keeps_tp_btf_and_copies_headers(lab_up, tmp_path):
+    """A kernel that takes tp_btf programs but not pktpath's in-place reads (bpf_rdonly_cast):
+    skb hooks stay tp_btf (headers copied), the delivery hook goes back to a raw tracepoint,
+    and packets are still traced end to end."""
+    if not bpfgen.direct_pkt(kernel_btf())[0]:
+        pytest.skip("no bpf_rdonly_cast here: nothing to refuse")
+    out = tmp_path / "v.jsonl"
+    script = REFUSE_KFUNC % (ROOT, os.path.join(ROOT, "configs", "lab.yaml"), str(out),
+                             os.path.join(ROOT, "run.py"))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split()[1] for line in p.stdout.splitlines()
+            if line.split() and line.split()[0] in ("net_dev_queue", "sk_data_ready")}
+    assert rows == {"net_dev_queue": "tp_btf", "sk_data_ready": "raw_tracepoint"}, p.stdout
+    verdicts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(v["id"] for v in verdicts) == [700, 701, 702, 703, 704]
+    assert {v["verdict"] for v in verdicts} == {"delivered"}
