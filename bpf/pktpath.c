@@ -21,14 +21,20 @@ struct pp_scratch {
     u8 h[PP_HDR_LEN];
 };
 
-/* skb address -> packet ID, for hooks where the headers can no longer be parsed. The skb's head
- * pointer and a time stamp are kept too: skb structs are recycled quickly and not every free is
- * visible, so an entry is only trusted for the same data buffer and for PP_MAP_TTL_NS. */
+/* skb address -> packet ID, for hooks where the headers can no longer be parsed: a direct-mapped
+ * cache (an array indexed by a hash of the skb address; a newer skb evicts an older one in its
+ * slot). An array lookup is a few inlined instructions, where an LRU hash insert cost ~200 ns on
+ * every traced packet. The skb's head pointer, end of linear data and a time stamp are kept too:
+ * skb structs are recycled quickly and not every free is visible, so an entry is only trusted
+ * for the same data buffer and for PP_MAP_TTL_NS. Slots are shared by CPUs without a lock:
+ * `check` (all fields xor-ed) rejects a slot two CPUs wrote at once. */
 struct pp_skbinfo {
+    u64 skb;
     u64 head;
     u64 ts;
     u32 id;
     u32 tail;   /* end of the linear data: a recycled skb and buffer rarely has the same */
+    u64 check;
 };
 
 BPF_RINGBUF_OUTPUT(events, PP_RINGBUF_PAGES);
@@ -37,8 +43,7 @@ BPF_RINGBUF_OUTPUT(events, PP_RINGBUF_PAGES);
  * record then goes here instead of being lost. */
 BPF_RINGBUF_OUTPUT(rescue, PP_RESCUE_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct pp_scratch, 1);
-/* per-CPU LRU lists: no lock shared between CPUs on insert (an insert is on the hot path) */
-BPF_F_TABLE("lru_hash", u64, struct pp_skbinfo, skbids, PP_MAP_ENTRIES, BPF_F_NO_COMMON_LRU);
+BPF_ARRAY(skbids, struct pp_skbinfo, PP_MAP_ENTRIES);   /* PP_MAP_ENTRIES: a power of two */
 /* counters, per CPU: 0 = events lost (ring buffer full), 1 = matched packets whose ID lay beyond
  * the linear data (paged/GRO payload), 2 = events attributed through skbids, 3 = records
  * submitted, 4 = of the lost events, those lost because the path table was full, 5 = records
@@ -106,6 +111,56 @@ static __always_inline void pp_count(u32 idx)
     u64 *c = counters.lookup(&idx);
     if (c)
         (*c)++;
+}
+
+/* The slot: a hash of the data buffer and its end (an entry is only valid for both anyway;
+ * the skb address itself may be a BTF pointer, which the verifier lets nobody multiply) */
+static __always_inline struct pp_skbinfo *pp_skbslot(u64 head, u32 tail)
+{
+    u32 idx = (u32)(((head + tail) * 0x9E3779B97F4A7C15ULL) >> 40) & (PP_MAP_ENTRIES - 1);
+    return skbids.lookup(&idx);
+}
+
+/* (the skb address is left out: it may be a BTF pointer, and a torn skb field only makes a
+ * lookup miss) */
+static __always_inline u64 pp_skbcheck(u64 head, u64 ts, u32 id, u32 tail)
+{
+    return head ^ ts ^ ((u64)id << 32 | tail) ^ 0x5bd1e9955bd1e995ULL;
+}
+
+/* The packet ID `skb` carried (same buffer, not too long ago), or -1 */
+static __always_inline s64 pp_skbmap_get(u64 skb, u64 head, u32 tail)
+{
+    struct pp_skbinfo *e = pp_skbslot(head, tail);
+    if (!e || e->skb != skb || e->head != head || e->tail != tail)
+        return -1;
+    u64 ts = e->ts;
+    u32 id = e->id;
+    if (e->check != pp_skbcheck(head, ts, id, tail) ||
+        bpf_ktime_get_ns() - ts > PP_MAP_TTL_NS)
+        return -1;
+    return id;
+}
+
+static __always_inline void pp_skbmap_put(u64 skb, u64 head, u32 tail, u32 id, u64 now)
+{
+    struct pp_skbinfo *e = pp_skbslot(head, tail);
+    if (!e)
+        return;
+    e->skb = skb;
+    e->head = head;
+    e->ts = now;
+    e->id = id;
+    e->tail = tail;
+    e->check = pp_skbcheck(head, now, id, tail);
+}
+
+/* the packet in `skb` is done (delivered, dropped): the skb will carry other packets */
+static __always_inline void pp_skbmap_del(u64 skb, u64 head, u32 tail)
+{
+    struct pp_skbinfo *e = pp_skbslot(head, tail);
+    if (e && e->skb == skb)
+        e->skb = 0;
 }
 
 /* The tracer lost a record of packet `id`: count it, and remember the ID (its verdict will be
@@ -458,7 +513,7 @@ static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, ch
 /* Append this sighting to the packet's path; on delivery or drop, emit the whole path. */
 static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
                                       u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
-                                      u64 head, u32 tail, u64 netdev, int direct)
+                                      u64 head, u32 tail, int map_it, u64 netdev, int direct)
 {
     u32 id = p->id;
     struct pp_path *v = paths.lookup(&id);
@@ -484,10 +539,9 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     }
     v->last_ts = now;
     /* skb -> ID for the hooks that cannot parse the packet: written when the packet shows up
-     * on another skb or data buffer, not at every hop (an LRU update costs several lookups) */
-    if (head && (v->last_skb != skb || v->last_head != head || v->last_tail != tail)) {
-        struct pp_skbinfo info = {.head = head, .ts = now, .id = id, .tail = tail};
-        skbids.update(&skb, &info);
+     * on another skb or data buffer, not at every hop */
+    if (map_it && (v->last_skb != skb || v->last_head != head || v->last_tail != tail)) {
+        pp_skbmap_put(skb, head, tail, id, now);
         v->last_skb = skb;
         v->last_head = head;
         v->last_tail = tail;
@@ -533,9 +587,9 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     /* the packet is done: its skbs and buffers will be reused for other packets */
     u64 last = v->last_skb;
     if (last)
-        skbids.delete(&last);
-    if (skb && skb != last)
-        skbids.delete(&skb);
+        pp_skbmap_del(last, v->last_head, v->last_tail);
+    if (skb && (skb != last || head != v->last_head || tail != v->last_tail))
+        pp_skbmap_del(skb, head, tail);
     v->final_kind = kind;
     v->location = location;
     v->reason = reason;
@@ -583,17 +637,22 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     u64 head, netdev;
     u32 tail, end;
     u16 mac, net;
-    if (direct == 2) {
-        /* an skb address taken from a queue: loads through pp_cast */
+#ifdef PP_DIRECT_PKT
+    if (direct) {
+        /* loads through pp_cast: also for a BTF-typed skb, whose head the verifier would type
+         * as a pointer (which pp_skbslot cannot hash) */
         head = PP_RD(u64, skb + PP_OFF_SKB_HEAD, 2);
         netdev = PP_RD(u64, skb + PP_OFF_SKB_DEV, 2);
         tail = PP_RD(u32, skb + PP_OFF_SKB_TAIL, 2);
         end = PP_RD(u32, skb + PP_OFF_SKB_END, 2);
         mac = PP_RD(u16, skb + PP_OFF_SKB_MAC, 2);
         net = PP_RD(u16, skb + PP_OFF_SKB_NET, 2);
-    } else if (direct) {
-        /* tp_btf: skb is a BTF-typed pointer, its fields are plain loads (no helper call) */
-        head = *(u64 *)(skb + PP_OFF_SKB_HEAD);
+    } else
+#endif
+    if (direct) {
+        /* tp_btf: skb is a BTF-typed pointer, its fields are plain loads (no helper call);
+         * head is read as a number (recent verifiers type a char pointer as memory) */
+        head = pp_rd_u64(skb + PP_OFF_SKB_HEAD);
         netdev = *(u64 *)(skb + PP_OFF_SKB_DEV);
         tail = *(u32 *)(skb + PP_OFF_SKB_TAIL);
         end = *(u32 *)(skb + PP_OFF_SKB_END);
@@ -654,32 +713,24 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     }
 #endif
 
-    struct pp_skbinfo *known = 0;
+    int known = 0;
     if (rc == PP_UNPARSED) {
-        known = skbids.lookup(&skb);
-        if (!known || known->head != head || known->tail != tail ||
-            bpf_ktime_get_ns() - known->ts > PP_MAP_TTL_NS)
+        s64 id = pp_skbmap_get(skb, head, tail);
+        if (id < 0)
             return 0;
-        p.id = known->id;
+        p.id = (u32)id;
+        known = 1;
         pp_count(PP_CNT_FROM_MAP);
     }
 
     u64 now = bpf_ktime_get_ns();
 #ifndef PP_SUMMARY
-    if (rc == PP_MATCH && kind == PP_KIND_PASS) {
-        /* an LRU update costs several times a lookup: refresh in place when unchanged */
-        struct pp_skbinfo *cur = skbids.lookup(&skb);
-        if (cur && cur->id == p.id && cur->head == head && cur->tail == tail) {
-            cur->ts = now;
-        } else {
-            struct pp_skbinfo info = {.head = head, .ts = now, .id = p.id, .tail = tail};
-            skbids.update(&skb, &info);
-        }
-    }
+    if (rc == PP_MATCH && kind == PP_KIND_PASS)
+        pp_skbmap_put(skb, head, tail, p.id, now);
 #endif
 #ifndef PP_SUMMARY
     if (kind != PP_KIND_PASS)
-        skbids.delete(&skb);    /* dropped or delivered: the skb will carry other packets */
+        pp_skbmap_del(skb, head, tail);   /* dropped or delivered: the skb carries others next */
 #endif
     u8 flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
     if (kind == PP_KIND_DELIVER_OLDER) {
@@ -691,8 +742,8 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     }
 #ifdef PP_SUMMARY
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
-                      rc == PP_MATCH && kind == PP_KIND_PASS ? head : 0, tail,
-                      netdev, direct ? 2 : 0);
+                      head, tail, rc == PP_MATCH && kind == PP_KIND_PASS, netdev,
+                      direct ? 2 : 0);
 #else
     struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
     if (!e) {
@@ -848,7 +899,7 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
     if (pp_netns_of_net(skn, direct) != ls->netns)
         return 0;
     ls->ts = 0;
-    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, direct);
+    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, 0, direct);
 #endif
     return 0;
 }

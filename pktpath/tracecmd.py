@@ -271,7 +271,10 @@ def run(args):
     if args.stats_file:
         with open(args.stats_file, "w") as f:
             json.dump(dict(counters, events=stream.events, startup_s=ready_s,
-                           compile_s=t.compile_s, attach_s=t.attach_s), f)
+                           compile_s=t.compile_s, attach_s=t.attach_s,
+                           methods={c["hook"]: c["method"] for c in t.coverage
+                                    if c["status"] == "attached"},
+                           headers="in place" if t.direct else "copied"), f)
 
     with _Stop():  # the report of a finished trace is printed whole, signals or not
         return _finish(args, t, rec, json_out, stream, counters, lost_ids, drop_counts, meta,

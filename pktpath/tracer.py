@@ -180,6 +180,11 @@ def load_tp_btf(insns, insn_cnt, name, btf_id, log_size=1 << 20):
     fd, err = _bpf(_BPF_PROG_LOAD, attr)
     if fd < 0:
         lines = log.value.decode(errors="replace").strip().splitlines() if log else []
+        # the verifier ends with a "processed N insns" summary: the error is the line before
+        lines = [ln for ln in lines if not ln.startswith(("processed ", "verification time"))]
+        if log and os.environ.get("PKTPATH_VERIFIER_LOG"):   # for developers
+            with open(os.environ["PKTPATH_VERIFIER_LOG"], "w") as f:
+                f.write(log.value.decode(errors="replace"))
         raise OSError(err, "%s%s" % (os.strerror(err), (": " + lines[-1]) if lines else ""))
     return fd
 
