@@ -6,6 +6,8 @@ is compared with the untraced ones just before and after it: the "paired" ratios
   a) no tracer
   b) tracer attached, traffic not matching its filter (other UDP port in the filter)
   c) tracer attached, every packet matching at the default hooks
+  e) (--floor) no tracer, an empty program on each default hook: what any tracer attached there
+     costs at least
 Reports pps, the ratios b/a and c/a, events consumed and lost, start-up time (command start to
 all hooks attached), and `report` time + peak memory on a 1,000,000-event recording.
 
@@ -13,6 +15,7 @@ Usage: sudo python3 bench/bench.py [--seconds S] [--rounds N] [--senders K] [--j
        python3 bench/bench.py --report-only [--json]    # only the report test: no root, no lab
 """
 import argparse
+import ctypes
 import json
 import multiprocessing
 import os
@@ -25,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pktpath import lab, sender  # noqa: E402
+from pktpath import hooks, lab, sender  # noqa: E402
 
 RUN = [sys.executable, os.path.join(ROOT, "run.py")]
 LAB_CFG = os.path.join(ROOT, "configs", "lab.yaml")
@@ -47,6 +50,13 @@ def load(seconds, senders, base_id):
     with multiprocessing.Pool(senders) as pool:
         counts = pool.map(_blast, [(base_id + i * 50_000_000, seconds) for i in range(senders)])
     return sum(counts) / (time.monotonic() - t0)
+
+
+def next_base(base, senders):
+    """The first packet ID of the next measurement: far from the last one's, wrapping before
+    the senders' IDs (50M apart) would leave 32 bits."""
+    base += 100_000_000
+    return 1 if base + senders * 50_000_000 >= 1 << 32 else base
 
 
 def start_tracer(extra, tmp):
@@ -78,6 +88,22 @@ def stop_tracer(proc, stats):
     proc.communicate(timeout=600)
     with open(stats) as f:
         return json.load(f)
+
+
+def attach_empty():
+    """The floor: an empty tp_btf program (r0 = 0; exit) on each of pktpath's default
+    tracepoints, attached the way pktpath attaches its own. Returns the fds (close = detach)."""
+    from pktpath import tracer
+    from pktpath.btf import kernel_btf
+    btf = kernel_btf()
+    prog = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"))
+    fds = []
+    for e in hooks.select(None, hooks.load_catalog()):
+        if ":" in e["target"]:
+            fd = tracer.load_tp_btf(ctypes.addressof(prog), 2, "pp_empty",
+                                    btf.trace_type_id(e["target"].split(":", 1)[1]), log_size=0)
+            fds += [fd, tracer.attach_tp_btf(fd)]
+    return fds
 
 
 def bench_report(tmp, n_events=1_000_000):
@@ -120,6 +146,9 @@ def main():
     ap.add_argument("--report-only", action="store_true",
                     help="only the 1M-event report test (no root, no lab)")
     ap.add_argument("--keep-lab", action="store_true")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure (e): an empty program on each default hook, no tracer "
+                         "(what any tracer attached there costs at least)")
     ap.add_argument("--tracer-args", default="", help="extra tracer arguments, e.g. "
                     "'--hooks net_dev_queue,netif_receive_skb,sk_data_ready,kfree_skb'")
     args = ap.parse_args()
@@ -128,12 +157,12 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root")
     lab.up()
-    res = {"a_pps": [], "b_pps": [], "c_pps": [], "events": 0, "lost": 0, "startup_s": [],
+    res = {"a_pps": [], "b_pps": [], "c_pps": [], "e_pps": [], "events": 0, "lost": 0, "startup_s": [],
            "c_events_per_s": [], "b_tracer_cpu": [], "c_tracer_cpu": []}
     # a, b, a, c, a, b, a, c, ..., a: every traced measurement has an untraced one just before
     # and just after it, and is compared with their mean (the machine drifts by several percent
     # within a minute: see README)
-    paired = {"b": [], "c": []}
+    paired = {"b": [], "c": [], "e": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             base = 1
@@ -141,7 +170,7 @@ def main():
             def untraced():
                 nonlocal base
                 res["a_pps"].append(load(args.seconds, args.senders, base))
-                base += 10 ** 9 // 8
+                base = next_base(base, args.senders)
 
             def traced(key, extra):
                 nonlocal base
@@ -149,7 +178,7 @@ def main():
                 res["startup_s"].append(startup)
                 cpu0, t0 = cpu_s(proc.pid), time.monotonic()
                 res[key + "_pps"].append(load(args.seconds, args.senders, base))
-                base += 10 ** 9 // 8
+                base = next_base(base, args.senders)
                 res[key + "_tracer_cpu"].append((cpu_s(proc.pid) - cpu0) /
                                                 (time.monotonic() - t0))
                 st = stop_tracer(proc, stats)
@@ -162,11 +191,23 @@ def main():
                     res["lost"] += st["lost"]
                     res["c_events_per_s"].append(st["events"] / (time.monotonic() - t0))
 
+            def floor(key, _):
+                nonlocal base
+                fds = attach_empty()
+                try:
+                    res["e_pps"].append(load(args.seconds, args.senders, base))
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                base = next_base(base, args.senders)
+
             extra = args.tracer_args.split()
+            configs = [("b", ["--udp-port", str(lab.PORT + 999)] + extra, traced),
+                       ("c", extra, traced)] + ([("e", None, floor)] if args.floor else [])
             untraced()
             for _ in range(args.rounds):
-                for key, flags in (("b", ["--udp-port", str(lab.PORT + 999)]), ("c", [])):
-                    traced(key, flags + extra)
+                for key, flags, measure in configs:
+                    measure(key, flags)
                     untraced()
                     before, after = res["a_pps"][-2:]
                     paired[key].append(res[key + "_pps"][-1] / ((before + after) / 2))
@@ -183,14 +224,14 @@ def main():
            "b_tracer_cpu": med(res["b_tracer_cpu"]), "c_tracer_cpu": med(res["c_tracer_cpu"]),
            "startup_s": max(res["startup_s"]), "rounds": args.rounds, "seconds": args.seconds,
            "senders": args.senders,
-           "rounds_pps": {k: [round(x) for x in res[k + "_pps"]] for k in "abc"},
+           "rounds_pps": {k: [round(x) for x in res[k + "_pps"]] for k in "abce" if res[k + "_pps"]},
            "startups_s": [round(x, 2) for x in res["startup_s"]],
            "methods": sorted(res.get("methods", ()))}
     # ratios of the medians, and the median of each measurement's ratio to the untraced
     # measurements right before and after it (less exposed to the machine's drift)
     out["b_over_a"] = out["b_pps"] / out["a_pps"]
     out["c_over_a"] = out["c_pps"] / out["a_pps"]
-    for k in "bc":
+    for k in "bce" if args.floor else "bc":
         out[k + "_over_a_paired"] = med(paired[k])
         out[k + "_over_a_paired_all"] = [round(x, 3) for x in paired[k]]
     out["startup_median_s"] = med(res["startup_s"])
