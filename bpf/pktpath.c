@@ -245,13 +245,15 @@ static __always_inline u32 pp_ipv4_udp(u8 *h, u64 addr, int direct, u32 off, u32
     if (off > PP_HDR_LEN - 20)
         return 0;
     u8 *ip = PP_AT(h, addr, off, direct);
-    u8 vihl = ip[0];
-    if ((vihl >> 4) != 4 || ip[9] != 17 /* IPPROTO_UDP */)
+    /* three loads (x86 is little-endian): [vihl tos len id frag] [ttl proto csum saddr] daddr */
+    u64 w0 = *(u64 *)ip, w1 = *(u64 *)(ip + 8);
+    u8 vihl = w0;
+    if ((vihl >> 4) != 4 || (u8)(w1 >> 8) != 17 /* IPPROTO_UDP */)
         return 0;
-    /* a non-first fragment has no UDP header */
-    if ((rd16(ip, 6) & 0x1fff) != 0)
+    /* a non-first fragment has no UDP header (offset: low 5 bits of byte 6, byte 7) */
+    if ((w0 >> 48) & 0xff1f)
         return 0;
-    *saddr = rdaddr(ip, 12);
+    *saddr = w1 >> 32;
     *daddr = rdaddr(ip, 16);
     u32 ihl = (vihl & 0xf) * 4;
     if (ihl < 20)
@@ -283,8 +285,9 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
     if (l4 > PP_HDR_LEN - 8)
         return PP_UNPARSED;
     u8 *udp = PP_AT(h, addr, l4, direct);
-    p->sport = rd16(udp, 0);
-    p->dport = rd16(udp, 2);
+    u32 ports = *(u32 *)udp;
+    p->sport = __builtin_bswap16(ports);
+    p->dport = __builtin_bswap16(ports >> 16);
 
     if (p->dport == PP_VXLAN_PORT) {
         /* outer = what we parsed; VXLAN header, then inner Ethernet + IPv4 + UDP */
@@ -317,8 +320,9 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
         if (l4 > PP_HDR_LEN - 8)
             return PP_UNPARSED;
         udp = PP_AT(h, addr, l4, direct);
-        p->sport = rd16(udp, 0);
-        p->dport = rd16(udp, 2);
+        ports = *(u32 *)udp;
+        p->sport = __builtin_bswap16(ports);
+        p->dport = __builtin_bswap16(ports >> 16);
     }
 #ifdef PP_SIP
     if (p->saddr != PP_SIP)
@@ -641,12 +645,19 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     if (direct) {
         /* loads through pp_cast: also for a BTF-typed skb, whose head the verifier would type
          * as a pointer (which pp_skbslot cannot hash) */
+        /* only what the filter needs now; dev and end once the packet matched */
         head = PP_RD(u64, skb + PP_OFF_SKB_HEAD, 2);
-        netdev = PP_RD(u64, skb + PP_OFF_SKB_DEV, 2);
         tail = PP_RD(u32, skb + PP_OFF_SKB_TAIL, 2);
-        end = PP_RD(u32, skb + PP_OFF_SKB_END, 2);
+#if PP_OFF_SKB_MAC == PP_OFF_SKB_NET + 2
+        u32 hdrs = PP_RD(u32, skb + PP_OFF_SKB_NET, 2);
+        net = hdrs;
+        mac = hdrs >> 16;
+#else
         mac = PP_RD(u16, skb + PP_OFF_SKB_MAC, 2);
         net = PP_RD(u16, skb + PP_OFF_SKB_NET, 2);
+#endif
+        netdev = 0;
+        end = 0;
     } else
 #endif
     if (direct) {
@@ -701,6 +712,12 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     }
     if (rc == PP_NOMATCH)
         return 0;
+#ifdef PP_DIRECT_PKT
+    if (direct) {
+        netdev = PP_RD(u64, skb + PP_OFF_SKB_DEV, 2);
+        end = PP_RD(u32, skb + PP_OFF_SKB_END, 2);
+    }
+#endif
 #ifdef PP_PAGED
     if (rc == PP_IN_FRAGS) {
         rc = PP_UNPARSED;
