@@ -152,6 +152,12 @@ class BTF:
 
     def func_id(self, name):
         """BTF type id of kernel function `name` (a FUNC: what a kfunc call names), or 0."""
+        memo = self.__dict__.setdefault("_func_ids", {})
+        if name not in memo:
+            memo[name] = self._func_id(name)
+        return memo[name]
+
+    def _func_id(self, name):
         key = b"\0" + name.encode() + b"\0"
         at = self._data.find(key, self._strs - 1, self._str_end)
         if at < 0:

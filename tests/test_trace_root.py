@@ -104,6 +104,40 @@ def test_unrelated_traffic_absent(lab_up, tmp_path):
     assert ids == [700, 701]
 
 
+FRAG_SENDER = r"""
+import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for pid in range(800, 805):
+    payload = bytearray(3000)
+    payload[0:4] = struct.pack(">I", pid)
+    # where the second fragment's data starts (1424 bytes of UDP datagram per fragment at MTU
+    # 1450): what would look like a UDP header to port 5000 and ID 900+, were it parsed as one
+    payload[1416:1428] = struct.pack(">HHHHI", 4242, 5000, 8, 0, 100 + pid)
+    s.sendto(bytes(payload), ("%s", %d))
+    time.sleep(0.002)
+"""
+
+
+def test_ip_fragments_followed_by_the_first(lab_up, tmp_path):
+    """A 3000-byte datagram leaves pp-ctrA (MTU 1450) as three IP fragments: the first carries
+    the UDP header and the ID and is followed hop by hop to the socket (after reassembly); the
+    others have no UDP header, even where their data looks like one (a port-5000 header with
+    ID 900+ here), and never count as packets or hops."""
+    out = tmp_path / "v.jsonl"
+    sender = ["ip", "netns", "exec", lab.SENDER_NS, sys.executable, "-c",
+              FRAG_SENDER % (lab.DST_IP, lab.PORT)]
+    p = subprocess.run(RUN + ["-c", os.path.join(ROOT, "configs", "lab.yaml"), "--json", str(out),
+                              "--timeline", "0", "--"] + sender,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    packets = {json.loads(line)["id"]: json.loads(line) for line in out.read_text().splitlines()}
+    assert sorted(packets) == list(range(800, 805))
+    for pkt in packets.values():
+        assert pkt["verdict"] == "delivered", pkt
+        assert pkt["events"] == 9, pkt           # one sighting per hop, as a small datagram
+        assert {h["dst"] for h in pkt["path"]} == {"%s:%d" % (lab.DST_IP, lab.PORT)}
+
+
 def test_record_then_report_matches(lab_up, tmp_path):
     packets, _, rec = trace(tmp_path, send_args(800, 3))
     p = subprocess.run(RUN + ["report", str(rec), "--json", str(tmp_path / "r.jsonl")],
