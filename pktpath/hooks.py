@@ -71,21 +71,38 @@ def _suggest(name, names):
     return " (did you mean '%s'?)" % close[0] if close else ""
 
 
+# named hook sets, flagged in the catalog (configs/hooks.yaml): usable in a `hooks:` list
+SETS = ("default", "light")
+
+
 def select(specs, catalog):
     """Resolve the config's hook list (None = default set) into catalog-like entries.
 
-    `specs` items are names (str) or objects with name/method/target/skb_arg/kind attributes.
+    `specs` items are names (str) or objects with name/method/target/skb_arg/kind attributes;
+    a name in SETS stands for the catalog's hooks flagged with it. A hook named twice counts
+    once.
     """
     if specs is None:
-        return [dict(catalog[n], name=n) for n, e in catalog.items() if e.get("default")]
-    out = []
+        specs = ["default"]
+    out, seen = [], set()
     for spec in specs:
         name = spec if isinstance(spec, str) else spec.name
         base = catalog.get(name)
-        if isinstance(spec, str):
+        plain = isinstance(spec, str) or all(getattr(spec, k, None) is None for k in
+                                             ("method", "target", "skb_arg", "kind"))
+        if plain and base is None and name in SETS:
+            # a named set: the catalog entries flagged with it, in catalog order
+            out += [dict(e, name=n) for n, e in catalog.items() if e.get(name) and n not in seen]
+            seen.update(e["name"] for e in out)
+            continue
+        if name in seen:
+            continue    # already in through a set
+        seen.add(name)
+        if plain:
             if base is None:
-                raise UserError("hooks: unknown hook '%s'%s; see configs/hooks.yaml"
-                                % (name, _suggest(name, list(catalog))))
+                raise UserError("hooks: unknown hook '%s'%s; see configs/hooks.yaml (a hook of "
+                                "your own needs a target)"
+                                % (name, _suggest(name, list(catalog) + list(SETS))))
             out.append(dict(base, name=name))
             continue
         entry = dict(base or {}, name=name)

@@ -34,7 +34,8 @@ def add_arguments(p):
     f.add_argument("--id-byteorder", choices=("big", "little"), help="packet ID byte order")
     f.add_argument("--netns", metavar="NS1,NS2",
                    help="only events in these namespaces (ip netns names or inodes)")
-    f.add_argument("--hooks", metavar="H1,H2", help="comma-separated hook names (configs/hooks.yaml)")
+    f.add_argument("--hooks", metavar="H1,H2", help="comma-separated hook names (configs/hooks.yaml), "
+                   "or the sets `default` and `light` (transmit, delivery and drops only: cheapest)")
     o = p.add_argument_group("run and output")
     o.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
     o.add_argument("--json", metavar="FILE", help="write per-packet verdicts as JSON Lines")

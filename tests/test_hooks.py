@@ -110,3 +110,28 @@ def test_placeholder_calls_become_kfunc_calls():
     out = [struct.unpack_from("<BBhi", buf, 8 * k) for k in range(len(insns))]
     assert out[1] == (0x85, 0x20, 0, 65486) and out[5] == (0x85, 0x20, 0, 65486)
     assert [out[k] for k in (0, 2, 3, 4, 6)] == [insns[k] for k in (0, 2, 3, 4, 6)]
+
+
+def test_named_sets_expand_in_catalog_order_once():
+    """`default` and `light` name sets of catalog hooks; a hook also named on its own (or
+    through both sets) counts once; `light` is transmit + delivery + drop only."""
+    cat = hooks.load_catalog()
+    names = lambda specs: [e["name"] for e in hooks.select(specs, cat)]  # noqa: E731
+    assert names(["default"]) == names(None)
+    assert names(["light"]) == ["net_dev_queue", "sk_data_ready", "kfree_skb"]
+    assert names(["light", "kfree_skb", "netif_rx"]) == \
+        ["net_dev_queue", "sk_data_ready", "kfree_skb", "netif_rx"]
+    assert names(["netif_rx", "light", "default"]) == \
+        ["netif_rx", "net_dev_queue", "sk_data_ready", "kfree_skb", "qdisc_enqueue",
+         "netif_receive_skb"]
+    kinds = {e["kind"] for e in hooks.select(["light"], cat)}
+    assert kinds == {"pass", "drop", "deliver"}
+
+
+def test_light_set_from_a_config_and_the_command_line():
+    from pktpath import config
+    cfg = config.load_config(None, {"hooks": ["light"]})
+    plan = hooks.plan(cfg.hooks, caps(), hooks.load_catalog())
+    assert [h.name for h in plan] == ["net_dev_queue", "sk_data_ready", "kfree_skb"]
+    with pytest.raises(UserError, match="unknown hook 'lite'.*did you mean 'light'"):
+        hooks.select(["lite"], hooks.load_catalog())

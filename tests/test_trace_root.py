@@ -74,6 +74,20 @@ def test_every_packet_dropped(lab_up, fault, tmp_path, name, reason, netns, loca
         assert pkt["drop"]["location"].startswith(location)
 
 
+def test_light_hooks_still_give_delivery_and_drop_verdicts(lab_up, fault, tmp_path):
+    """`--hooks light` (transmit, delivery, drops): one sighting per device transmit, and a
+    drop is still reported with the kernel's reason."""
+    packets, _, _ = trace(tmp_path, send_args(250, 3), extra=["--hooks", "light"])
+    assert sorted(packets) == [250, 251, 252]
+    for pkt in packets.values():
+        assert pkt["verdict"] == "delivered", pkt
+        assert [h["hook"] for h in pkt["path"]] == ["net_dev_queue"] * 4 + ["sk_data_ready"]
+    fault("vni-mismatch")
+    packets, _, _ = trace(tmp_path, send_args(260, 3), extra=["--hooks", "light"])
+    assert {p["verdict"] for p in packets.values()} == {"dropped"}
+    assert {p["drop"]["reason"] for p in packets.values()} == {"VXLAN_VNI_NOT_FOUND"}
+
+
 def test_iptables_drop_exact_ids(lab_up, fault, tmp_path):
     fault("iptables-drop")
     packets, _, _ = trace(tmp_path, send_args(300, 8))
