@@ -59,51 +59,44 @@ def test_probes_reports_fallbacks_and_skips():
         assert "vxlan_rcv" in out and "skipped" in out and "kprobes not available" in out
 
 
-REFUSE_TP_BTF = r"""
-import sys
+REFUSING = r"""
+import ctypes, sys
 sys.path.insert(0, %r)
 from pktpath import tracer, cli
 real = tracer.load_tp_btf
-def refuse(insns, cnt, name, *a, **k):   # the kernel takes the probe, refuses our programs
-    if name.startswith("pp_h"):
-        raise OSError(13, "Permission denied")
+def refuse(insns, cnt, name, *a, **k):
+    if refused(name, ctypes.string_at(insns, cnt * 8)):
+        raise OSError(22, "Invalid argument")
     return real(insns, cnt, name, *a, **k)
+%s
 tracer.load_tp_btf = refuse
 sys.exit(cli.main(["-c", %r, "--timeline", "0", "--json", %r, "--",
                    sys.executable, %r, "send", "--netns", "pp-ctrA", "--dst", "198.51.100.2",
-                   "--port", "5000", "--count", "5", "--start-id", "600"]))
+                   "--port", "5000", "--count", "5", "--start-id", "%d"]))
 """
+
+
+def trace_refusing(tmp_path, refused_src, start_id):
+    """Trace 5 packets with a kernel that refuses the tp_btf programs `refused(name, code)`
+    (Python source) picks; returns (completed process, verdicts)."""
+    out = tmp_path / "v.jsonl"
+    script = REFUSING % (ROOT, refused_src, os.path.join(ROOT, "configs", "lab.yaml"), str(out),
+                         os.path.join(ROOT, "run.py"), start_id)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    verdicts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(v["id"] for v in verdicts) == list(range(start_id, start_id + 5))
+    assert {v["verdict"] for v in verdicts} == {"delivered"}
+    return p, verdicts
 
 
 def test_refused_tp_btf_falls_back_to_raw_tracepoints(lab_up, tmp_path):
     """A kernel that loads the tp_btf probe but refuses pktpath's programs: every hook goes back
     to a raw tracepoint, the coverage table says why, and packets are still traced."""
-    out = tmp_path / "v.jsonl"
-    script = REFUSE_TP_BTF % (ROOT, os.path.join(ROOT, "configs", "lab.yaml"), str(out),
-                              os.path.join(ROOT, "run.py"))
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=120)
-    assert p.returncode == 0, p.stderr
+    p, _ = trace_refusing(tmp_path, "def refused(name, code):\n"
+                                    "    return name.startswith('pp_h')", 600)
     assert "tp_btf refused" in p.stdout and "tp_btf  " not in p.stdout
-    ids = sorted(json.loads(line)["id"] for line in out.read_text().splitlines())
-    assert ids == [600, 601, 602, 603, 604]
-
-
-REFUSE_KFUNC = r"""
-import ctypes, struct, sys
-sys.path.insert(0, %r)
-from pktpath import tracer, cli
-real = tracer.load_tp_btf
-def refuse(insns, cnt, name, *a, **k):   # a kernel without kfunc calls from tracing programs
-    code = ctypes.string_at(insns, cnt * 8)
-    if any(code[i] == 0x85 and code[i + 1] >> 4 == 2 for i in range(0, len(code), 8)):
-        raise OSError(22, "Invalid argument")
-    return real(insns, cnt, name, *a, **k)
-tracer.load_tp_btf = refuse
-sys.exit(cli.main(["-c", %r, "--timeline", "0", "--json", %r, "--",
-                   sys.executable, %r, "send", "--netns", "pp-ctrA", "--dst", "198.51.100.2",
-                   "--port", "5000", "--count", "5", "--start-id", "700"]))
-"""
 
 
 def test_refused_kfunc_keeps_tp_btf_and_copies_headers(lab_up, tmp_path):
@@ -112,15 +105,9 @@ def test_refused_kfunc_keeps_tp_btf_and_copies_headers(lab_up, tmp_path):
     and packets are still traced end to end."""
     if not bpfgen.direct_pkt(kernel_btf())[0]:
         pytest.skip("no bpf_rdonly_cast here: nothing to refuse")
-    out = tmp_path / "v.jsonl"
-    script = REFUSE_KFUNC % (ROOT, os.path.join(ROOT, "configs", "lab.yaml"), str(out),
-                             os.path.join(ROOT, "run.py"))
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=120)
-    assert p.returncode == 0, p.stderr
+    p, _ = trace_refusing(tmp_path, "def refused(name, code):  # any kfunc call\n"
+                                    "    return any(code[i] == 0x85 and code[i + 1] >> 4 == 2\n"
+                                    "               for i in range(0, len(code), 8))", 700)
     rows = {line.split()[0]: line.split()[1] for line in p.stdout.splitlines()
             if line.split() and line.split()[0] in ("net_dev_queue", "sk_data_ready")}
     assert rows == {"net_dev_queue": "tp_btf", "sk_data_ready": "raw_tracepoint"}, p.stdout
-    verdicts = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(v["id"] for v in verdicts) == [700, 701, 702, 703, 704]
-    assert {v["verdict"] for v in verdicts} == {"delivered"}
