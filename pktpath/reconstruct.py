@@ -37,9 +37,20 @@ def _packet(pid, evs, names):
     """The record of packet `pid` from its events `evs`, already in time order."""
     path = []
     delivers, drops = [], []
+    reported = set()    # (skb, netns, port) of the deliveries seen
+    kept = 0
     for ev in evs:
         get = ev.get
         netns = get("netns")
+        if get("kind") == "deliver":
+            # events mode reports a datagram again at each later callback of its socket while
+            # it waits unread (the kernel side keeps no state there): the same datagram on the
+            # same socket is one delivery
+            key = (get("skb"), netns, get("port"))
+            if key in reported:
+                continue
+            reported.add(key)
+        kept += 1
         hop = {"t_ns": ev["t_ns"], "hook": get("hook"), "dev": get("dev"), "netns": netns,
                "netns_name": names.get(netns), "cpu": get("cpu"), "encap": get("encap"),
                "vni": get("vni"), "src": get("src"), "dst": get("dst"),
@@ -53,7 +64,7 @@ def _packet(pid, evs, names):
         elif kind == "drop":
             drops.append(ev)
     last = evs[-1]
-    pkt = {"id": pid, "verdict": "lost", "events": len(evs), "first_ns": evs[0]["t_ns"],
+    pkt = {"id": pid, "verdict": "lost", "events": kept, "first_ns": evs[0]["t_ns"],
            "last_ns": last["t_ns"],
            "last": {"hook": last.get("hook"), "dev": last.get("dev"),
                     "ifindex": last.get("ifindex"), "netns": last.get("netns"),

@@ -172,3 +172,17 @@ def test_tracer_losses_are_incomplete_never_lost():
     assert v == {1: "incomplete", 2: "lost", 3: "delivered", 9: "incomplete"}
     suspect = mark_incomplete(pkts, {}, all_lost_suspect=True)
     assert {p["id"]: p["verdict"] for p in suspect}[2] == "incomplete"
+
+
+def test_a_datagram_reported_again_while_unread_is_one_delivery():
+    """Events mode: each later callback of the socket reports the datagrams still queued; the
+    same datagram (skb) on the same socket is one delivery, one hop. A delivery of another skb
+    (a clone to a second socket) stays."""
+    dup = [_ev(4, 0, 1), _ev(4, 10, 1, "deliver", "sk_data_ready"),
+           _ev(4, 40, 1, "deliver", "sk_data_ready"), _ev(4, 70, 1, "deliver", "sk_data_ready")]
+    (pkt,) = build_packets(dup)
+    assert pkt["verdict"] == "delivered" and pkt["events"] == 2
+    assert [h["t_ns"] for h in pkt["path"]] == [0, 10]
+    clone = dup[:2] + [_ev(4, 12, 9, "deliver", "sk_data_ready")]
+    (pkt,) = build_packets(clone)
+    assert pkt["events"] == 3

@@ -88,6 +88,37 @@ def test_light_hooks_still_give_delivery_and_drop_verdicts(lab_up, fault, tmp_pa
     assert {p["drop"]["reason"] for p in packets.values()} == {"VXLAN_VNI_NOT_FOUND"}
 
 
+def test_events_mode_same_verdicts_and_one_delivery_each(lab_up, fault, tmp_path):
+    """`--mode events` (one event per hook firing): the same paths and verdicts as summary
+    mode; a burst leaves datagrams queued while later ones arrive, and each is still delivered
+    once (one sighting per hop); drops keep the kernel's reason."""
+    burst = send_args(270, 30)
+    burst[burst.index("--rate") + 1] = "0"
+    packets, _, _ = trace(tmp_path, burst, extra=["--mode", "events"])
+    assert sorted(packets) == list(range(270, 300))
+    for pkt in packets.values():
+        assert pkt["verdict"] == "delivered" and pkt["events"] == 9, pkt
+    fault("no-listener")
+    packets, _, _ = trace(tmp_path, send_args(300, 3), extra=["--mode", "events"])
+    assert {(p["verdict"], p["drop"]["reason"]) for p in packets.values()} == \
+        {("dropped", "NO_SOCKET")}
+
+
+def test_drops_all_and_stacks(lab_up, fault, tmp_path):
+    """`--drops all` counts every drop on the machine by location and reason; `--stack` records
+    the kernel stack of each traced drop (shown by the report and kept in --json)."""
+    fault("no-listener")
+    packets, p, _ = trace(tmp_path, send_args(310, 3), extra=["--drops", "all", "--stack"])
+    assert {pk["verdict"] for pk in packets.values()} == {"dropped"}
+    for pk in packets.values():
+        stack = pk["drop"]["stack"]
+        assert any(f.startswith("__udp4_lib_rcv") for f in stack[:3]), stack
+        assert any(f.startswith("ip_local_deliver") for f in stack), stack
+    table = p.stdout[p.stdout.index("all drops on this machine"):]
+    row = [ln for ln in table.splitlines() if "NO_SOCKET" in ln]
+    assert row and int(row[0].split()[0]) >= 3 and "__udp4_lib_rcv" in row[0]
+
+
 def test_iptables_drop_exact_ids(lab_up, fault, tmp_path):
     fault("iptables-drop")
     packets, _, _ = trace(tmp_path, send_args(300, 8))
