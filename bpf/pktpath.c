@@ -1,9 +1,11 @@
 /* pktpath: the kernel side. One program, many hooks.
  *
  * Every hook hands an skb (or, for delivery, a socket) to one of three handlers below. A handler
- * reads the skb's header offsets in one bounded read, the packet headers in a second one, parses
- * outer IPv4/UDP, VXLAN and inner Ethernet/IPv4/UDP from that copy, applies the filter and reads
- * the packet ID from the payload. Only matching packets produce a ring-buffer event.
+ * reads the skb's header offsets, parses outer IPv4/UDP, VXLAN and inner Ethernet/IPv4/UDP,
+ * applies the filter and reads the packet ID from the payload. In tp_btf programs on kernels with
+ * bpf_rdonly_cast every read is a plain load in place (pp_cast, PP_AT, PP_RD); otherwise the skb
+ * fields and the headers are copied with one bounded bpf_probe_read_kernel each. Only matching
+ * packets are recorded.
  *
  * Nothing here uses a kernel header's struct layout: every field offset (PP_OFF_*) is resolved
  * from the running kernel's BTF by pktpath/bpfgen.py and passed as -D. Filter values (PP_*) come
