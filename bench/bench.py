@@ -233,6 +233,7 @@ def main():
     out["c_over_a"] = out["c_pps"] / out["a_pps"]
     for k in "bce" if args.floor else "bc":
         out[k + "_over_a_paired"] = med(paired[k])
+        out[k + "_over_a_paired_ci90"] = [round(x, 3) for x in median_ci(paired[k], med)]
         out[k + "_over_a_paired_all"] = [round(x, 3) for x in paired[k]]
     out["startup_median_s"] = med(res["startup_s"])
     for k in ("report_1m_s", "report_1m_peak_mb"):
@@ -263,6 +264,19 @@ def report_only(as_json):
         print("targets: report <= 10 s %s, peak < 1024 MB %s" % (ok(seconds <= 10),
                                                                  ok(peak_mb < 1024)))
     return 0
+
+
+def median_ci(xs, med, level=0.90, resamples=2000, seed=1):
+    """A bootstrap confidence interval of the median of `xs` (percentile method): how far the
+    reported ratio may be from the machine's true one, given the spread of the rounds."""
+    import random
+    if len(xs) < 2:
+        return (xs[0], xs[0]) if xs else (0.0, 0.0)
+    rnd = random.Random(seed)
+    meds = sorted(med([rnd.choice(xs) for _ in xs]) for _ in range(resamples))
+    lo = meds[int((1 - level) / 2 * resamples)]
+    hi = meds[min(resamples - 1, int((1 + level) / 2 * resamples))]
+    return lo, hi
 
 
 def ok(b):
