@@ -28,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pktpath import hooks, lab, sender  # noqa: E402
+from pktpath import hooks, lab, netns, sender  # noqa: E402
 
 RUN = [sys.executable, os.path.join(ROOT, "run.py")]
 LAB_CFG = os.path.join(ROOT, "configs", "lab.yaml")
@@ -37,10 +37,10 @@ LAB_CFG = os.path.join(ROOT, "configs", "lab.yaml")
 def _blast(args):
     """One sender process: as many datagrams as it can in `seconds`; returns the count."""
     start_id, seconds = args
+    netns.enter(lab.SENDER_NS)      # once per process, not per chunk
     n, chunk, deadline = 0, 2000, time.monotonic() + seconds
     while time.monotonic() < deadline:
-        n += sender.send(lab.DST_IP, lab.PORT, count=chunk, start_id=start_id + n,
-                         netns=lab.SENDER_NS)
+        n += sender.send(lab.DST_IP, lab.PORT, count=chunk, start_id=start_id + n)
     return n
 
 

@@ -7,6 +7,20 @@ from pktpath.errors import UserError
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
+_setns = None
+
+
+def _libc_setns():
+    """libc's setns, looked up once: in the symbols already loaded (ctypes.util.find_library
+    would run `ldconfig -p` in a child process at every call)."""
+    global _setns
+    if _setns is None:
+        try:
+            _setns = ctypes.CDLL(None, use_errno=True).setns
+        except AttributeError:
+            _setns = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                                 use_errno=True).setns
+    return _setns
 
 
 def enter(name):
@@ -19,8 +33,7 @@ def enter(name):
     except PermissionError:
         raise UserError("entering netns '%s' needs root" % name) from None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
+        if _libc_setns()(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise UserError("cannot enter netns '%s': %s" % (name, os.strerror(err)))
     finally:
