@@ -24,12 +24,13 @@ struct pp_scratch {
 };
 
 /* skb address -> packet ID, for hooks where the headers can no longer be parsed: a direct-mapped
- * cache (an array indexed by a hash of the skb address; a newer skb evicts an older one in its
- * slot). An array lookup is a few inlined instructions, where an LRU hash insert cost ~200 ns on
- * every traced packet. The skb's head pointer, end of linear data and a time stamp are kept too:
- * skb structs are recycled quickly and not every free is visible, so an entry is only trusted
- * for the same data buffer and for PP_MAP_TTL_NS. Slots are shared by CPUs without a lock:
- * `check` (all fields xor-ed) rejects a slot two CPUs wrote at once. */
+ * cache (an array indexed by a hash of the skb's data buffer and end of data, see pp_skbslot; a
+ * newer entry evicts an older one in its slot). An array lookup is a few inlined instructions,
+ * where an LRU hash insert cost ~200 ns on every traced packet. The skb's head pointer, end of
+ * linear data and a time stamp are kept too: skb structs are recycled quickly and not every free
+ * is visible, so an entry is only trusted for the same skb and data buffer and for
+ * PP_MAP_TTL_NS. Slots are shared by CPUs without a lock: `check` (the other fields but skb,
+ * xor-ed) rejects a slot two CPUs wrote at once. */
 struct pp_skbinfo {
     u64 skb;
     u64 head;
