@@ -178,12 +178,17 @@ _ID_OFF, _FINAL_OFF = RawPath.id.offset, RawPath.final_kind.offset
 KIND_DELIVER = KINDS.index("deliver")
 
 
+# id, final_kind and nhops in one unpack (they are 40 bytes apart in the header)
+_KEY = struct.Struct("<I%dxB%dxI" % (_FINAL_OFF - _ID_OFF - 4,
+                                     NHOPS_OFFSET - _FINAL_OFF - 1)).unpack_from
+
+
 def path_key(data):
     """(packet ID, hops carried, final kind) of a pp_path record, without decoding it. A record
     carries the hops its emitter claimed; another CPU may have claimed more since (nhops)."""
-    nhops = _U32(data, NHOPS_OFFSET)[0]
+    pid, final, nhops = _KEY(data, _ID_OFF)
     carried = (len(data) - PATH_HDR) // HOP_SIZE
-    return _U32(data, _ID_OFF)[0], nhops if nhops < carried else carried, data[_FINAL_OFF]
+    return pid, nhops if nhops < carried else carried, final
 
 
 def path_used_bytes(data):

@@ -46,18 +46,21 @@ class RingReader:
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(data, 0)[0]
         n = 0
+        stop = (1 << 62) if limit is None else limit
         unpack = _U32.unpack_from
         while cons < prod:
             off = page + (cons & mask)
             hdr = unpack(data, off)[0]
-            if hdr & BUSY:
-                break
-            length = hdr & ~(BUSY | DISCARD)
-            if not hdr & DISCARD:
-                handle(data[off + 8:off + 8 + length])
-                n += 1
-            cons += (length + 8 + 7) & ~7
-            if limit is not None and n >= limit:
+            if hdr >> 30:                   # busy or discarded (rare)
+                if hdr & BUSY:
+                    break
+                cons += ((hdr & ~DISCARD) + 15) & ~7
+                continue
+            off += 8
+            handle(data[off:off + hdr])
+            n += 1
+            cons += (hdr + 15) & ~7         # header + length, rounded up to 8
+            if n >= stop:
                 break
         if n or cons != _U64.unpack_from(self._cons, 0)[0]:
             _U64.pack_into(self._cons, 0, cons)

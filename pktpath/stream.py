@@ -71,6 +71,24 @@ class PacketStream:
             self._again[pid] = self._nbucket
         self._ids.append(pid)
 
+    def record_adder(self, key, deliver):
+        """A handler for raw records that does add_record(pid, record, hops, final == deliver)
+        with (pid, hops, final) = key(record), in one call: the live path of summary mode, run
+        for every packet (bench/records.py)."""
+        raw = self.raw
+        get = raw.get
+
+        def add(record):
+            pid, hops, final = key(record)
+            self.events += hops
+            if get(pid) is None:
+                raw[pid] = record if final == deliver else [(record, False)]
+                self._ids.append(pid)
+            else:
+                self.events -= hops
+                self.add_record(pid, record, hops, final == deliver)
+        return add
+
     def _due(self, force):
         """IDs quiet for settle_ns (all of them with `force`), oldest first."""
         now = self.clock()
@@ -96,13 +114,18 @@ class PacketStream:
         names = self.netns_names()
         int_names = reconstruct.ns_names(names)
         evs, batch = [], 0
+        # the per-ID work of a busy live trace (summary mode: `pending` and `arrived` are empty,
+        # `_again` nearly so): dictionaries looked up once, empty ones not touched
+        raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
         for pid in done:
-            raw = self.raw.pop(pid, None)
-            mine = self.pending.pop(pid, None)
+            raw = raw_pop(pid, None)
+            mine = pending.pop(pid, None) if pending else None
             if raw is None and mine is None:
                 continue                    # listed twice (two records in one bucket)
-            self.arrived.pop(pid, None)
-            self._again.pop(pid, None)
+            if arrived:
+                arrived.pop(pid, None)
+            if again:
+                again.pop(pid, None)
             if raw is not None and mine is None and self.fast:
                 # nothing needs its events now: keep the compact record, expand at the end
                 lone = raw.__class__ is not list

@@ -84,6 +84,13 @@ def info(args, msg):
         print("pktpath: %s" % msg, file=sys.stderr, flush=True)
 
 
+def summary_handler(stream):
+    """The live handler of summary records: each goes to `stream` raw (bench/records.py
+    measures what it costs per record)."""
+    from pktpath import events
+    return stream.record_adder(events.path_key, events.KIND_DELIVER)
+
+
 def build_plan(cfg, btf, kallsyms, root=True):
     """The attach plan for `cfg` on this kernel (fentry is probed only as root, when needed)."""
     from pktpath import tracer
@@ -185,13 +192,10 @@ def run(args):
                                      expand=expand, fast=not (rec or only_netns),
                                      idle=t.drain,
                                      json_line=events.DeliveredJSON(decoder))
-    path_key, deliver = events.path_key, events.KIND_DELIVER
-
-    def on_event(data):
-        if summary:
-            pid, hops, final = path_key(data)
-            stream.add_record(pid, data, hops, final == deliver)
-        else:
+    if summary:
+        on_event = summary_handler(stream)
+    else:
+        def on_event(data):
             ev = decoder.decode(data)
             if keep(ev):
                 stream.add(ev)

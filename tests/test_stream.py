@@ -138,3 +138,22 @@ def test_json_stream_writes_lone_deliveries_from_the_record_else_expands():
     assert lines[0] == "fast 1"                     # straight from the record
     assert '"id": 2' in lines[1] or '"id":2' in lines[1]   # declined: the general path
     assert s.streamed == 2 and len(expanded) == 1
+
+
+def test_record_adder_is_add_record_in_one_call():
+    """The live handler (record_adder) leaves the stream exactly as add_record does, including
+    a second record of an ID and a record that is not a delivery."""
+    recs = [(1, 3, "D"), (2, 2, "X"), (1, 1, "D"), (3, 4, "D"), (2, 5, "D")]
+    key = lambda rec: rec   # noqa: E731  (a "record" here is its own key)
+    a, clock_a, _ = make(keep=10)
+    b, clock_b, _ = make(keep=10)
+    add = b.record_adder(key, "D")
+    for i, rec in enumerate(recs):
+        clock_a.t = clock_b.t = i
+        a.add_record(rec[0], rec, rec[1], rec[2] == "D")
+        add(rec)
+        if i == 2:
+            a.flush()
+            b.flush()
+    assert b.raw == a.raw and b._ids == a._ids and b._again == a._again
+    assert b.events == a.events == 15
