@@ -1,5 +1,4 @@
 """`run.py bench [ARGS]`: runs bench/bench.py (the overhead benchmark) with ARGS."""
-import argparse
 import os
 import subprocess
 import sys
@@ -7,9 +6,7 @@ import sys
 from pktpath.errors import UserError
 from pktpath.paths import data_dir
 
-
-def add_arguments(p):
-    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to bench/bench.py (--help)")
+PASSTHROUGH = True   # `run.py bench --help` is bench.py's help
 
 
 def run(args):

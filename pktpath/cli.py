@@ -9,7 +9,8 @@ import sys
 
 from pktpath.errors import UserError
 
-# subcommand -> module; each module has add_arguments(parser) and run(args) -> int
+# subcommand -> module; each module has add_arguments(parser) and run(args) -> int, or is a
+# PASSTHROUGH module whose run(args) gets every argument as args.args
 SUBCOMMANDS = {
     "report": ("pktpath.reportcmd", "rebuild the report from a recording (no root needed)"),
     "send": ("pktpath.sender", "send UDP datagrams stamped with packet IDs"),
@@ -51,6 +52,9 @@ def main(argv=None):
         if argv and argv[0] in SUBCOMMANDS:
             modname, helptext = SUBCOMMANDS[argv[0]]
             mod = importlib.import_module(modname)
+            if getattr(mod, "PASSTHROUGH", False):
+                # it hands every argument (--help too) to a script of its own
+                return mod.run(argparse.Namespace(args=argv[1:]))
             parser = _Parser(prog="pktpath %s" % argv[0], description=helptext)
             mod.add_arguments(parser)
             args = parser.parse_args(argv[1:])

@@ -53,3 +53,16 @@ def test_little_endian_ids():
 def test_check_rejects_bad_rate():
     with pytest.raises(UserError):
         sender.check("127.0.0.1", 5000, 1, 1, -1, 64, 0)
+
+
+def test_bench_subcommand_hands_every_argument_to_the_script():
+    """`run.py bench --help` is bench/bench.py's own help (its options, e.g. --floor), not the
+    wrapper's; no root needed for that."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(root, "run.py"), "bench", "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "--floor" in p.stdout and "--rounds" in p.stdout
