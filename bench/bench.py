@@ -96,7 +96,7 @@ def attach_empty():
     from pktpath import tracer
     from pktpath.btf import kernel_btf
     btf = kernel_btf()
-    prog = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"))
+    prog = ctypes.create_string_buffer(tracer.RETURN_0)
     fds = []
     for e in hooks.select(None, hooks.load_catalog()):
         if ":" in e["target"]:

@@ -646,9 +646,9 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     u16 mac, net;
 #ifdef PP_DIRECT_PKT
     if (direct) {
-        /* loads through pp_cast: also for a BTF-typed skb, whose head the verifier would type
-         * as a pointer (which pp_skbslot cannot hash) */
-        /* only what the filter needs now; dev and end once the packet matched */
+        /* loads through pp_cast (also for a BTF-typed skb: the verifier would type its head as
+         * a pointer, which pp_skbslot cannot hash); only what the filter needs now, dev and
+         * end once the packet matched */
         head = PP_RD(u64, skb + PP_OFF_SKB_HEAD, 2);
         tail = PP_RD(u32, skb + PP_OFF_SKB_TAIL, 2);
 #if PP_OFF_SKB_MAC == PP_OFF_SKB_NET + 2
@@ -747,8 +747,6 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #ifndef PP_SUMMARY
     if (rc == PP_MATCH && kind == PP_KIND_PASS)
         pp_skbmap_put(skb, head, tail, p.id, now);
-#endif
-#ifndef PP_SUMMARY
     if (kind != PP_KIND_PASS)
         pp_skbmap_del(skb, head, tail);   /* dropped or delivered: the skb carries others next */
 #endif

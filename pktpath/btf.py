@@ -184,7 +184,7 @@ class BTF:
             elem, _, nelems = struct.unpack_from("<III", self._data, self._types[arr] + 12)
             ekind, _, _, _, esize = self._type(self._skip_mods(elem))
             return size if ekind == INT and esize == 1 and nelems == size else 0
-        names = [n for n in prefer] + sorted(n for k, n in self._by_name if k == STRUCT)
+        names = list(prefer) + sorted(n for k, n in self._by_name if k == STRUCT)
         for name in names:
             tid = self._by_name.get((STRUCT, name), 0)
             if tid and bytes_struct(tid):

@@ -173,7 +173,6 @@ PATH_HDR, HOP_SIZE, NHOPS_OFFSET = _PATH.size, _HOP.size, RawPath.nhops.offset
 
 
 # what a live trace needs of a record before decoding it (see path_key)
-_U32 = struct.Struct("<I").unpack_from
 _ID_OFF, _FINAL_OFF = RawPath.id.offset, RawPath.final_kind.offset
 KIND_DELIVER = KINDS.index("deliver")
 

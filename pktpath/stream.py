@@ -80,13 +80,11 @@ class PacketStream:
 
         def add(record):
             pid, hops, final = key(record)
+            if get(pid) is not None:        # a second record of the ID: the general path
+                return self.add_record(pid, record, hops, final == deliver)
             self.events += hops
-            if get(pid) is None:
-                raw[pid] = record if final == deliver else [(record, False)]
-                self._ids.append(pid)
-            else:
-                self.events -= hops
-                self.add_record(pid, record, hops, final == deliver)
+            raw[pid] = record if final == deliver else [(record, False)]
+            self._ids.append(pid)
         return add
 
     def _due(self, force):

@@ -216,12 +216,15 @@ def bcc_lib():
     return import_bcc().lib
 
 
+RETURN_0 = bytes.fromhex("b700000000000000" "9500000000000000")   # r0 = 0; exit
+
+
 def probe_tp_btf(btf):
     """(works, why not): load a two-instruction tp_btf program (r0 = 0; exit)."""
     btf_id = btf.trace_type_id("net_dev_queue")
     if not btf_id:
         return False, "no btf_trace_net_dev_queue in the kernel's BTF"
-    prog = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"))
+    prog = ctypes.create_string_buffer(RETURN_0)
     try:
         os.close(load_tp_btf(ctypes.addressof(prog), 2, "pp_probe", btf_id, log_size=0))
         return True, ""
@@ -311,27 +314,16 @@ class Tracer:
         self.attach_s = time.monotonic() - t0
         failed = [c for c in self.coverage if c["method"] == "tp_btf" and c["status"] != "attached"]
         if failed and self.direct:
-            # refused with headers read in place: tp_btf again, copying them (one more compile)
+            # refused with headers read in place: tp_btf again, copying them; the delivery hook
+            # (whose skbs need in-place reads to be tp_btf) goes back to a raw tracepoint
             self.direct_why = "tp_btf refused it (%s)" % failed[0]["why"]
             self.direct = {}
-            self.close()
-            self.plan = [dataclasses.replace(h, method="raw_tracepoint", why="tracepoint")
-                         if h.method == "tp_btf" and h.kind == "deliver" else h
-                         for h in self.plan]
-            self.text = bpfgen.program(self.plan)
-            self.cflags = self._make_cflags()
-            self.coverage = []
-            return self.start(on_event)
+            return self._restart(on_event, lambda h: h.kind == "deliver", "tracepoint")
         if failed:
             # a kernel that loads tp_btf programs but refuses ours: all hooks back to raw
-            # tracepoints (one more compile), saying why
-            why = "tp_btf refused (%s): raw tracepoint" % failed[0]["why"]
-            self.close()
-            self.plan = [dataclasses.replace(h, method="raw_tracepoint", why=why)
-                         if h.method == "tp_btf" else h for h in self.plan]
-            self.text = bpfgen.program(self.plan)
-            self.coverage = []
-            return self.start(on_event)
+            # tracepoints, saying why
+            return self._restart(on_event, lambda h: True,
+                                 "tp_btf refused (%s): raw tracepoint" % failed[0]["why"])
 
         # records are read straight from the mapped ring buffer (see ringbuf.py); a summary
         # record is exactly the packet's header and its recorded hops
@@ -341,6 +333,17 @@ class Tracer:
         self.rescue = ringbuf.RingReader(self.bpf["rescue"].map_fd,
                                          bpfgen.RESCUE_PAGES * mmap.PAGESIZE)
         return self.coverage
+
+    def _restart(self, on_event, which, why):
+        """Detach everything, make the tp_btf hooks `which(hook)` picks raw tracepoints (with
+        `why`), and start again (one more compile)."""
+        self.close()
+        self.plan = [dataclasses.replace(h, method="raw_tracepoint", why=why)
+                     if h.method == "tp_btf" and which(h) else h for h in self.plan]
+        self.text = bpfgen.program(self.plan)
+        self.cflags = self._make_cflags()
+        self.coverage = []
+        return self.start(on_event)
 
     LEARN_TP = "sock_send_length"   # fires in sendmsg, with the socket as first argument
 
