@@ -240,36 +240,40 @@ PP_RD_FN(u64)
 PP_RD_FN(u32)
 PP_RD_FN(u16)
 
-/* Parse an IPv4 header at `off`; return the offset of its UDP header, or 0 if not IPv4/UDP.
- * The headers are read from `h` (a copy) or, `direct`, in place at `addr` (see pp_cast). */
-static __always_inline u32 pp_ipv4_udp(u8 *h, u64 addr, int direct, u32 off, u32 *saddr,
+/* Parse an IPv4 header at `off`: the offset of its UDP header; 0 if it is IPv4 but not UDP (or
+ * a later fragment, which has no UDP header); -1 if it is not IPv4. The headers are read from `h`
+ * (a copy) or, `direct`, in place at `addr` (see pp_cast). */
+static __always_inline s32 pp_ipv4_udp(u8 *h, u64 addr, int direct, u32 off, u32 *saddr,
                                        u32 *daddr)
 {
     if (off > PP_HDR_LEN - 20)
-        return 0;
+        return -1;
     u8 *ip = PP_AT(h, addr, off, direct);
     /* three loads (x86 is little-endian): [vihl tos len id frag] [ttl proto csum saddr] daddr */
     u64 w0 = *(u64 *)ip, w1 = *(u64 *)(ip + 8);
     u8 vihl = w0;
-    if ((vihl >> 4) != 4 || (u8)(w1 >> 8) != 17 /* IPPROTO_UDP */)
-        return 0;
+    if ((vihl >> 4) != 4)
+        return -1;
     /* a non-first fragment has no UDP header (offset: low 5 bits of byte 6, byte 7) */
-    if ((w0 >> 48) & 0xff1f)
+    if ((u8)(w1 >> 8) != 17 /* IPPROTO_UDP */ || ((w0 >> 48) & 0xff1f) || (vihl & 0xf) < 5)
         return 0;
     *saddr = w1 >> 32;
     *daddr = rdaddr(ip, 16);
-    u32 ihl = (vihl & 0xf) * 4;
-    if (ihl < 20)
-        return 0;
-    return off + ihl;
+    return off + (vihl & 0xf) * 4;
 }
 
 /* Parse the headers at the start of `h` (a copy) or `addr` (`direct`: in place), l2: Ethernet
- * first, else IPv4 first. `linear` is how many bytes from there are the skb's linear data. */
+ * first, else IPv4 first. `linear` is how many bytes from there are the skb's linear data.
+ * Most packets a tracer sees are not traced, so the filter decides before anything is kept:
+ * *p is written only when the result is not PP_NOMATCH (then every field of it), and until then
+ * the parse lives in registers (a zeroed struct kept across the in-place reads cost ~40
+ * instructions of spills per hook). */
 static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 linear,
                                     struct pp_pkt *p)
 {
     u32 off = 0;
+    if (linear < 28)
+        goto unparsed;
     if (l2) {
         u8 *eth = PP_AT(h, addr, 0, direct);
         u16 proto = rd16(eth, 12);
@@ -279,66 +283,73 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
             off = 18;
         }
         if (proto != 0x0800)
-            return PP_UNPARSED;
+            goto unparsed;
     }
-    u32 l4 = pp_ipv4_udp(h, addr, direct, off, &p->saddr, &p->daddr);
-    if (!l4)
-        return (*PP_AT(h, addr, off & 0x1f, direct) >> 4) == 4 ? PP_NOMATCH : PP_UNPARSED;
+    u32 saddr, daddr;
+    s32 l4 = pp_ipv4_udp(h, addr, direct, off, &saddr, &daddr);
+    if (l4 <= 0) {
+        if (l4 < 0)
+            goto unparsed;
+        return PP_NOMATCH;
+    }
     l4 &= 0xff;
     if (l4 > PP_HDR_LEN - 8)
-        return PP_UNPARSED;
-    u8 *udp = PP_AT(h, addr, l4, direct);
-    u32 ports = *(u32 *)udp;
-    p->sport = __builtin_bswap16(ports);
-    p->dport = __builtin_bswap16(ports >> 16);
-
-    if (p->dport == PP_VXLAN_PORT) {
+        goto unparsed;
+    u32 ports = *(u32 *)PP_AT(h, addr, l4, direct);   /* sport, dport in network order */
+    u32 osaddr = 0, odaddr = 0, oports = 0, vni = 0;
+    if (__builtin_bswap16(ports >> 16) == PP_VXLAN_PORT) {
         /* outer = what we parsed; VXLAN header, then inner Ethernet + IPv4 + UDP */
-        p->encap = 1;
-        p->osaddr = p->saddr;
-        p->odaddr = p->daddr;
-        p->osport = p->sport;
-        p->odport = p->dport;
 #ifdef PP_SHOST
-        if (p->osaddr != PP_SHOST)
+        if (saddr != PP_SHOST)
             return PP_NOMATCH;
 #endif
 #ifdef PP_DHOST
-        if (p->odaddr != PP_DHOST)
+        if (daddr != PP_DHOST)
             return PP_NOMATCH;
 #endif
         u32 vxo = l4 + 8;
         if (vxo > PP_HDR_LEN - 30)
-            return PP_UNPARSED;
+            goto unparsed;
         u8 *vx = PP_AT(h, addr, vxo, direct);
-        if (!(vx[0] & 0x08))        /* VNI-valid flag */
+        u32 flags_vni = *(u32 *)(vx + 4);
+        if (!(vx[0] & 0x08) || rd16(vx, 8 + 12) != 0x0800)   /* VNI-valid flag; inner IPv4 */
             return PP_NOMATCH;
-        p->vni = rd32(vx, 4) >> 8;
-        if (rd16(vx, 8 + 12) != 0x0800)
-            return PP_NOMATCH;
-        l4 = pp_ipv4_udp(h, addr, direct, vxo + 8 + 14, &p->saddr, &p->daddr);
-        if (!l4)
+        osaddr = saddr;
+        odaddr = daddr;
+        oports = ports;
+        vni = __builtin_bswap32(flags_vni) >> 8;
+        l4 = pp_ipv4_udp(h, addr, direct, vxo + 8 + 14, &saddr, &daddr);
+        if (l4 <= 0)
             return PP_NOMATCH;
         l4 &= 0x1ff;
         if (l4 > PP_HDR_LEN - 8)
-            return PP_UNPARSED;
-        udp = PP_AT(h, addr, l4, direct);
-        ports = *(u32 *)udp;
-        p->sport = __builtin_bswap16(ports);
-        p->dport = __builtin_bswap16(ports >> 16);
+            goto unparsed;
+        ports = *(u32 *)PP_AT(h, addr, l4, direct);
     }
 #ifdef PP_SIP
-    if (p->saddr != PP_SIP)
+    if (saddr != PP_SIP)
         return PP_NOMATCH;
 #endif
 #ifdef PP_DIP
-    if (p->daddr != PP_DIP)
+    if (daddr != PP_DIP)
         return PP_NOMATCH;
 #endif
 #ifdef PP_UDP_PORT
-    if (p->dport != PP_UDP_PORT)
+    if (__builtin_bswap16(ports >> 16) != PP_UDP_PORT)
         return PP_NOMATCH;
 #endif
+    /* a packet of the traced flow: from here on every result fills *p */
+    p->saddr = saddr;
+    p->daddr = daddr;
+    p->sport = __builtin_bswap16(ports);
+    p->dport = __builtin_bswap16(ports >> 16);
+    p->osaddr = osaddr;
+    p->odaddr = odaddr;
+    p->osport = __builtin_bswap16(oports);
+    p->odport = __builtin_bswap16(oports >> 16);
+    p->vni = vni;
+    p->encap = oports != 0;
+    p->id = 0;
     u32 pay = l4 + 8 + PP_ID_OFFSET;
     if (pay > PP_HDR_LEN - 4)
         return PP_UNPARSED;
@@ -359,6 +370,9 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
     p->id = rdaddr(id, 0);
 #endif
     return PP_MATCH;
+unparsed:
+    __builtin_memset(p, 0, sizeof(*p));
+    return PP_UNPARSED;
 }
 
 #ifdef PP_PAGED
@@ -688,14 +702,16 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     if (start == 0xffff || start >= tail)
         return 0;
 
-    struct pp_pkt p = {};
-    int rc = PP_UNPARSED;
+    /* filled by pp_parse unless PP_NOMATCH. Kept in memory (the empty asm takes its address):
+     * split into registers, its fields' zeros were spilled on every path through the parse */
+    struct pp_pkt p;
+    asm volatile("" : : "r"(&p) : "memory");
+    int rc;
     u32 linear = tail - start;
 #ifdef PP_DIRECT_PKT
     if (direct) {
         /* tp_btf: the headers are read in place (pp_cast), only the bytes the parse needs */
-        if (linear >= 28)
-            rc = pp_parse(0, head + start, 1, l2, linear, &p);
+        rc = pp_parse(0, head + start, 1, l2, linear, &p);
     } else
 #endif
     {
@@ -712,6 +728,8 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         if (want >= 28 && want <= PP_HDR_LEN &&
             bpf_probe_read_kernel(s->h, want, (void *)(head + start)) == 0)
             rc = pp_parse(s->h, 0, 0, l2, linear, &p);
+        else
+            __builtin_memset(&p, 0, sizeof(p));
     }
     if (rc == PP_NOMATCH)
         return 0;
