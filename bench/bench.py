@@ -90,15 +90,26 @@ def stop_tracer(proc, stats):
         return json.load(f)
 
 
-def attach_empty():
-    """The floor: an empty tp_btf program (r0 = 0; exit) on each of pktpath's default
-    tracepoints, attached the way pktpath attaches its own. Returns the fds (close = detach)."""
+def hook_specs(tracer_args):
+    """The hook list a tracer run with `tracer_args` uses (None: the default set)."""
+    for i, a in enumerate(tracer_args):
+        if a == "--hooks" and i + 1 < len(tracer_args):
+            return tracer_args[i + 1].split(",")
+        if a.startswith("--hooks="):
+            return a.split("=", 1)[1].split(",")
+    return None
+
+
+def attach_empty(specs=None):
+    """The floor: an empty tp_btf program (r0 = 0; exit) on each tracepoint of the hook list
+    `specs` (None: the default set), attached the way pktpath attaches its own. Returns the fds
+    (close = detach)."""
     from pktpath import tracer
     from pktpath.btf import kernel_btf
     btf = kernel_btf()
     prog = ctypes.create_string_buffer(tracer.RETURN_0)
     fds = []
-    for e in hooks.select(None, hooks.load_catalog()):
+    for e in hooks.select(specs, hooks.load_catalog()):
         if ":" in e["target"]:
             fd = tracer.load_tp_btf(ctypes.addressof(prog), 2, "pp_empty",
                                     btf.trace_type_id(e["target"].split(":", 1)[1]), log_size=0)
@@ -147,8 +158,9 @@ def main():
                     help="only the 1M-event report test (no root, no lab)")
     ap.add_argument("--keep-lab", action="store_true")
     ap.add_argument("--floor", action="store_true",
-                    help="also measure (e): an empty program on each default hook, no tracer "
-                         "(what any tracer attached there costs at least)")
+                    help="also measure (e): an empty program on each hook the tracer uses (the "
+                         "default set, or --hooks in --tracer-args), no tracer (what any tracer "
+                         "attached there costs at least)")
     ap.add_argument("--tracer-args", default="", help="extra tracer arguments, e.g. "
                     "'--hooks net_dev_queue,netif_receive_skb,sk_data_ready,kfree_skb'")
     args = ap.parse_args()
@@ -193,7 +205,7 @@ def main():
 
             def floor(key, _):
                 nonlocal base
-                fds = attach_empty()
+                fds = attach_empty(hook_specs(extra))
                 try:
                     res["e_pps"].append(load(args.seconds, args.senders, base))
                 finally:

@@ -66,3 +66,19 @@ def test_bench_subcommand_hands_every_argument_to_the_script():
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "--floor" in p.stdout and "--rounds" in p.stdout
+
+
+@pytest.mark.parametrize("args,specs", [
+    ([], None),
+    (["--hooks", "light"], ["light"]),
+    (["-q", "--hooks=net_dev_queue,kfree_skb"], ["net_dev_queue", "kfree_skb"]),
+])
+def test_bench_floor_uses_the_tracers_hooks(args, specs):
+    """`bench --floor --tracer-args '--hooks light'` puts its empty programs on the light set's
+    hooks, not on the default set's (the floor must be of the hooks actually measured)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    assert bench.hook_specs(args) == specs
