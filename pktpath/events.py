@@ -190,6 +190,14 @@ def path_key(data):
     return pid, nhops if nhops < carried else carried, final
 
 
+def path_last_ts(data):
+    """A pp_path record's last sighting (kernel monotonic ns)."""
+    return struct.unpack_from("<Q", data, _LAST_TS_OFFSET)[0]
+
+
+_LAST_TS_OFFSET = RawPath.last_ts.offset
+
+
 def path_used_bytes(data):
     """How many leading bytes of a pp_path record carry data (header + recorded hops)."""
     nhops = struct.unpack_from("<I", data, NHOPS_OFFSET)[0]

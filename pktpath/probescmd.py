@@ -53,8 +53,9 @@ def run(args):
             t0 = time.monotonic()
             t.close()
             detach_s = time.monotonic() - t0
-        print("pktpath: %d hooks: compile+load %.2fs, attach %.3fs, detach %.3fs"
-              % (len(plan), t.compile_s, t.attach_s, detach_s), file=sys.stderr)
+        print("pktpath: %d hooks: %s %.2fs, attach %.3fs, detach %.3fs"
+              % (len(plan), "cached compile" if t.cached else "compile", t.compile_s,
+                 t.attach_s, detach_s), file=sys.stderr)
     print(render(coverage))
     if os.geteuid() == 0 and not args.plan_only:
         # IDs in page fragments (GSO/paged payloads): read, and how, or why not

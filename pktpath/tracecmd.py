@@ -64,6 +64,9 @@ def add_arguments(p):
     o.add_argument("--no-frags", action="store_true",
                    help="do not read packet IDs from page fragments (paged/GSO payloads are then "
                         "only counted as out of reach)")
+    o.add_argument("--no-cache", action="store_true",
+                   help="compile the BPF program even if this exact program was compiled before "
+                        "(compiled programs are kept in %s)" % "/var/cache/pktpath/images")
     o.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C, exit
     o.add_argument("--stats-file", metavar="FILE", help=argparse.SUPPRESS)  # for bench/
 
@@ -157,7 +160,8 @@ def run(args):
     plan = build_plan(cfg, btf, kallsyms)
     summary = args.mode == "summary"
     t = tracer.Tracer(cfg, plan, btf, stacks=args.stack, drops_all=args.drops == "all",
-                      summary=summary, frags=not args.no_frags, kallsyms=kallsyms)
+                      summary=summary, frags=not args.no_frags, kallsyms=kallsyms,
+                      cache=not args.no_cache)
     if args.ebpf:
         print("/* cflags: %s */" % " ".join(t.cflags))
         print(t.text)
@@ -208,8 +212,9 @@ def run(args):
             if not any(c["status"] == "attached" for c in coverage):
                 raise UserError("no hook could be attached: " + describe_coverage(coverage))
             info(args, describe_coverage(coverage))
-            info(args, "loaded in %.2fs (compile %.2fs, attach %.2fs)"
-                 % (time.monotonic() - t_start, t.compile_s, t.attach_s))
+            info(args, "loaded in %.2fs (%s %.2fs, attach %.2fs)"
+                 % (time.monotonic() - t_start, "cached compile" if t.cached else "compile",
+                    t.compile_s, t.attach_s))
             if not t.frags:
                 info(args, "IDs in page fragments not read: %s" % t.paged_why)
             meta = {"version": 1, "host": host, "config": cfg.to_dict(), "coverage": coverage,
@@ -276,7 +281,7 @@ def run(args):
     if args.stats_file:
         with open(args.stats_file, "w") as f:
             json.dump(dict(counters, events=stream.events, startup_s=ready_s,
-                           compile_s=t.compile_s, attach_s=t.attach_s,
+                           compile_s=t.compile_s, attach_s=t.attach_s, cached=t.cached,
                            methods={c["hook"]: c["method"] for c in t.coverage
                                     if c["status"] == "attached"},
                            headers="in place" if t.direct else "copied"), f)

@@ -15,10 +15,13 @@ import subprocess
 import sys
 import time
 
-from pktpath import bpfgen, events, hooks as hooksmod, ringbuf
+from pktpath import bpfgen, bpfsys, events, hooks as hooksmod, ringbuf
 from pktpath.errors import UserError
 
 HEADER_CACHE = "/var/cache/pktpath"
+# compiled programs (bpfsys.Image), by a hash of everything the compile depends on
+# (PKTPATH_IMAGE_CACHE: another directory, e.g. for tests)
+IMAGE_CACHE = os.environ.get("PKTPATH_IMAGE_CACHE") or os.path.join(HEADER_CACHE, "images")
 
 
 def import_bcc():
@@ -150,43 +153,13 @@ def probe_fentry():
 
 
 # BTF-typed raw tracepoints (tp_btf): bcc 0.26 does not load them (its load_func left the
-# program's attach_btf_id unset: EINVAL), so they are loaded here with bpf(2).
-_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
-_BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
-_PROG_TYPE_TRACING, _TRACE_RAW_TP = 26, 23
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _bpf(cmd, attr):
-    """bpf(cmd, attr): (result, errno)."""
-    if _NR_BPF is None:
-        return -1, 38   # ENOSYS: syscall number unknown for this architecture
-    ret = _libc.syscall(_NR_BPF, cmd, attr, len(attr))
-    return ret, ctypes.get_errno() if ret < 0 else 0
-
-
+# program's attach_btf_id unset: EINVAL), so they are loaded with bpf(2) (bpfsys.py); so are raw
+# tracepoint programs, which lets a cached compile (bpfsys.Image) be loaded without bcc.
 def load_tp_btf(insns, insn_cnt, name, btf_id, log_size=1 << 20):
     """Load `insn_cnt` instructions at address `insns` as a tp_btf program attached (at load) to
     BTF type `btf_id`; returns the program fd, or raises OSError with the verifier's last line."""
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(log_size) if log_size else None
-    attr = ctypes.create_string_buffer(144)
-    struct.pack_into("<IIQQIIQ", attr, 0, _PROG_TYPE_TRACING, insn_cnt, insns,
-                     ctypes.addressof(lic), 1 if log else 0, log_size if log else 0,
-                     ctypes.addressof(log) if log else 0)
-    struct.pack_into("<16s", attr, 48, name.encode()[:15])
-    struct.pack_into("<I", attr, 68, _TRACE_RAW_TP)      # expected_attach_type
-    struct.pack_into("<I", attr, 108, btf_id)            # attach_btf_id
-    fd, err = _bpf(_BPF_PROG_LOAD, attr)
-    if fd < 0:
-        lines = log.value.decode(errors="replace").strip().splitlines() if log else []
-        # the verifier ends with a "processed N insns" summary: the error is the line before
-        lines = [ln for ln in lines if not ln.startswith(("processed ", "verification time"))]
-        if log and os.environ.get("PKTPATH_VERIFIER_LOG"):   # for developers
-            with open(os.environ["PKTPATH_VERIFIER_LOG"], "w") as f:
-                f.write(log.value.decode(errors="replace"))
-        raise OSError(err, "%s%s" % (os.strerror(err), (": " + lines[-1]) if lines else ""))
-    return fd
+    return bpfsys.load(insns, insn_cnt, name, bpfsys.PROG_TRACING, bpfsys.TRACE_RAW_TP, btf_id,
+                       log_size=log_size)
 
 
 def patch_kfunc_calls(insns, placeholder, func_id):
@@ -204,12 +177,7 @@ def patch_kfunc_calls(insns, placeholder, func_id):
 
 def attach_tp_btf(prog_fd):
     """Attach a loaded tp_btf program (its target came with the load); returns the link fd."""
-    attr = ctypes.create_string_buffer(16)
-    struct.pack_into("<QI", attr, 0, 0, prog_fd)
-    fd, err = _bpf(_BPF_RAW_TRACEPOINT_OPEN, attr)
-    if fd < 0:
-        raise OSError(err, os.strerror(err))
-    return fd
+    return bpfsys.raw_tracepoint_open(prog_fd)
 
 
 def bcc_lib():
@@ -254,10 +222,14 @@ class Tracer:
     """Loads the program for `plan` (list of hooks.Hook), attaches, and calls `on_event(bytes)`."""
 
     def __init__(self, cfg, plan, btf, stacks=False, drops_all=False, summary=True,
-                 frags=True, kallsyms=None):
+                 frags=True, kallsyms=None, cache=True):
         self.cfg, self.btf = cfg, btf
         self.plan = list(plan)
-        self.bpf = None
+        self.bpf = None         # bcc's object, when this start compiled
+        self.maps = {}          # table name -> bpfsys.Map
+        self.code = {}          # function name -> instructions (with this process's map fds)
+        self.cache = cache      # load a cached compile when there is one (bpfsys.Image)
+        self.cached = False     # this start used one
         self.ring = None
         self._fds = []
         self.coverage = []
@@ -282,19 +254,29 @@ class Tracer:
                              **self._cflags_kw)
 
     def start(self, on_event):
-        """Compile, load and attach. Returns the coverage list (one dict per hook)."""
-        bcc = import_bcc()
-        hdr = kernel_headers()
-        if hdr:
-            os.environ["BCC_KERNEL_SOURCE"] = hdr
+        """Compile (or take the compile from the cache), load and attach. Returns the coverage
+        list (one dict per hook)."""
         ensure_tracefs()
         t0 = time.monotonic()
-        try:
-            with _QuietStderr(BPF_LOG):
-                self.bpf = bcc.BPF(text=self.text.encode(), cflags=self.cflags)
-        except Exception as e:
-            raise UserError("BPF program failed to load: %s (compiler/verifier log: %s; "
-                            "generated C: run with --ebpf)" % (_first_line(e), BPF_LOG)) from None
+        self.cached = False
+        funcs = ["pp_h%d" % i for i, h in enumerate(self.plan) if h.attached]
+        if "-DPP_LEARN_BASES=1" in self.cflags:
+            funcs.append("pp_learn")
+        path = self._image_path()
+        image = bpfsys.Image.read(path) if path else None
+        if image is not None and set(image.funcs) == set(funcs):
+            try:
+                self.maps, self.code = image.instantiate()
+                self.cached = True
+            except (OSError, KeyError):
+                image = None
+        if not self.cached:
+            self._compile(funcs)
+            if path:
+                try:
+                    bpfsys.Image.capture(self.maps, self.code).save(path)
+                except (OSError, KeyError):
+                    pass    # no cache then: the next start compiles again
         self.compile_s = time.monotonic() - t0
         t0 = time.monotonic()
         if "-DPP_LEARN_BASES=1" in self.cflags:
@@ -328,11 +310,51 @@ class Tracer:
         # records are read straight from the mapped ring buffer (see ringbuf.py); a summary
         # record is exactly the packet's header and its recorded hops
         self._on_event = on_event
-        self.ring = ringbuf.RingReader(self.bpf["events"].map_fd,
+        self.ring = ringbuf.RingReader(self.maps["events"].fd,
                                        self.cfg.ringbuf_pages * mmap.PAGESIZE)
-        self.rescue = ringbuf.RingReader(self.bpf["rescue"].map_fd,
+        self.rescue = ringbuf.RingReader(self.maps["rescue"].fd,
                                          bpfgen.RESCUE_PAGES * mmap.PAGESIZE)
         return self.coverage
+
+    def _image_path(self):
+        """Where this program's compile is cached, or None (not cacheable: hooks that bcc
+        attaches itself, kprobes and fentry, need bcc's object)."""
+        if not self.cache or any(h.attached and h.method not in ("raw_tracepoint", "tp_btf")
+                                 for h in self.plan):
+            return None
+        hdr = kernel_headers()
+        u = os.uname()
+        key = bpfsys.image_key(self.text, " ".join(self.cflags), _bcc_version(), hdr,
+                               u.release, u.version, u.machine)
+        return os.path.join(IMAGE_CACHE, key + ".json")
+
+    def _compile(self, funcs):
+        """bcc compiles the C text; its maps and the instructions of `funcs` are kept."""
+        bcc = import_bcc()
+        hdr = kernel_headers()
+        if hdr:
+            os.environ["BCC_KERNEL_SOURCE"] = hdr
+        try:
+            with _QuietStderr(BPF_LOG):
+                self.bpf = bcc.BPF(text=self.text.encode(), cflags=self.cflags)
+        except Exception as e:
+            raise UserError("BPF program failed to load: %s (compiler/verifier log: %s; "
+                            "generated C: run with --ebpf)" % (_first_line(e), BPF_LOG)) from None
+        lib, module = bcc_lib(), self.bpf.module
+        lib.bpf_num_tables.restype = ctypes.c_size_t
+        lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+        lib.bpf_table_name.restype = ctypes.c_char_p
+        lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.bpf_table_fd_id.restype = ctypes.c_int
+        lib.bpf_table_fd_id.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        for i in range(lib.bpf_num_tables(module)):
+            name = lib.bpf_table_name(module, i).decode()
+            self.maps[name] = bpfsys.Map.from_fd(lib.bpf_table_fd_id(module, i), name)
+        for fn in funcs:
+            start = lib.bpf_function_start(module, fn.encode())
+            size = lib.bpf_function_size(module, fn.encode())
+            if start and size:
+                self.code[fn] = ctypes.string_at(start, size)
 
     def _restart(self, on_event, which, why):
         """Detach everything, make the tp_btf hooks `which(hook)` picks raw tracepoints (with
@@ -351,11 +373,16 @@ class Tracer:
         """Let the kernel side learn the page bases (bpf/pktpath.c, pp_learn): attach pp_learn,
         send one datagram from a socket of our own (before any hook is attached, so it is never
         traced), detach. Returns (learned, how IDs in page fragments are read or why not)."""
-        table = self.bpf["pagebases"]
+        table = self.maps["pagebases"]
         try:
-            with _QuietStderr(BPF_LOG):
-                self.bpf.attach_raw_tracepoint(tp=self.LEARN_TP, fn_name="pp_learn")
-        except Exception as e:
+            prog = bpfsys.load_bytes(self.code["pp_learn"], "pp_learn",
+                                     bpfsys.PROG_RAW_TRACEPOINT)
+        except (OSError, KeyError) as e:
+            return False, _first_line(e)
+        try:
+            link = bpfsys.raw_tracepoint_open(prog, self.LEARN_TP)
+        except OSError as e:
+            os.close(prog)
             return False, _first_line(e)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -364,17 +391,20 @@ class Tracer:
                         s.sendto(b"pktpath", ("127.0.0.1", 9))
                     except OSError:
                         pass
-                    if table[ctypes.c_int(0)].value:
+                    if struct.unpack("<Q", table.lookup(struct.pack("<I", 0)))[0]:
                         return True, "page bases learned from a slab"
                     time.sleep(0.005)
         finally:
-            self.bpf.detach_raw_tracepoint(tp=self.LEARN_TP)
+            os.close(link)
+            os.close(prog)
         return False, "no partial slab found to learn page bases from"
 
     def _attach(self, i, hook):
         fn = "pp_h%d" % i
         if hook.method == "raw_tracepoint":
-            self.bpf.attach_raw_tracepoint(tp=hook.tp_name, fn_name=fn)
+            prog = bpfsys.load_bytes(self.code[fn], fn, bpfsys.PROG_RAW_TRACEPOINT)
+            self._fds.append(prog)
+            self._fds.append(bpfsys.raw_tracepoint_open(prog, hook.tp_name))
         elif hook.method == "kprobe":
             self.bpf.attach_kprobe(event=hook.target, fn_name=fn)
         elif hook.method == "kretprobe":
@@ -383,14 +413,11 @@ class Tracer:
         elif hook.method == "fentry":
             pass  # bcc attached KFUNC_PROBE programs when it loaded the object
         elif hook.method == "tp_btf":
-            name = fn.encode()
-            module = self.bpf.module
             btf_id = self.btf.trace_type_id(hook.tp_name)
             if not btf_id:
                 raise RuntimeError("no btf_trace_%s in the kernel's BTF" % hook.tp_name)
-            start = ctypes.cast(bcc_lib().bpf_function_start(module, name), ctypes.c_void_p)
-            size = bcc_lib().bpf_function_size(module, name)
-            insns = ctypes.create_string_buffer(ctypes.string_at(start.value, size), size)
+            size = len(self.code[fn])
+            insns = ctypes.create_string_buffer(self.code[fn], size)
             if self.direct:
                 patch_kfunc_calls(insns, bpfgen.CAST_CALL, self.direct["PP_CAST_FUNC_ID"])
             addr = ctypes.addressof(insns)
@@ -419,49 +446,54 @@ class Tracer:
         CPUs ("lost" includes "lost_paths_full")."""
         names = ("lost", "unreachable", "from_map", None, "lost_paths_full", "rescued",
                  "from_frags")
-        if self.bpf is None:
+        table = self.maps.get("counters")
+        if table is None:
             return {n: 0 for n in names if n}
-        table = self.bpf["counters"]
-        return {n: sum(table[ctypes.c_int(i)]) for i, n in enumerate(names) if n}
+        out = {}
+        for i, n in enumerate(names):
+            if n:
+                v = table.lookup(struct.pack("<I", i))
+                out[n] = sum(struct.unpack("<Q", c)[0] for c in table.per_cpu(v)) if v else 0
+        return out
 
     def sweep(self, older_than_ns=None):
         """Summary mode: remove and return (as pp_path bytes) the open paths whose last sighting
         is older than `older_than_ns` ago (all of them when None): packets that went quiet."""
-        if self.bpf is None or not self.summary:
+        table = self.maps.get("paths")
+        if table is None or not self.summary:
             return []
-        table = self.bpf["paths"]
         limit = None if older_than_ns is None else time.monotonic_ns() - older_than_ns
         out = []
-        for k, v in list(table.items()):
-            if limit is None or v.last_ts < limit:
-                out.append(bytes(v)[:events.path_used_bytes(bytes(v))])
-                try:
-                    del table[k]
-                except KeyError:
-                    pass
+        for k, v in table.items():
+            if limit is None or events.path_last_ts(v) < limit:
+                out.append(v[:events.path_used_bytes(v)])
+                table.delete(k)
         return out
 
     def stack(self, stack_id):
         """Kernel addresses of a stack recorded at a drop (innermost first)."""
-        if self.bpf is None or not self.stacks or stack_id < 0:
+        table = self.maps.get("stacks")
+        if table is None or not self.stacks or stack_id < 0:
             return []
-        try:
-            return list(self.bpf["stacks"].walk(stack_id))
-        except KeyError:
+        v = table.lookup(struct.pack("<I", stack_id))
+        if v is None:
             return []
+        ips = struct.unpack("<%dQ" % (len(v) // 8), v)
+        return list(ips[:ips.index(0)] if 0 in ips else ips)
 
     def drop_counts(self):
         """[(location, reason, netns, count)] of every drop counted in --drops all mode."""
-        if self.bpf is None or not self.drops_all:
+        table = self.maps.get("dropcounts")
+        if table is None or not self.drops_all:
             return []
-        return [(k.location, k.reason, k.netns, v.value)
-                for k, v in self.bpf["dropcounts"].items()]
+        return [struct.unpack("<QII", k) + struct.unpack("<Q", v) for k, v in table.items()]
 
     def lost_ids(self):
         """{packet ID: events lost} for packets that lost events to a full ring buffer."""
-        if self.bpf is None:
+        table = self.maps.get("lostids")
+        if table is None:
             return {}
-        return {k.value: v.value for k, v in self.bpf["lostids"].items()}
+        return {struct.unpack("<I", k)[0]: struct.unpack("<Q", v)[0] for k, v in table.items()}
 
     def close(self):
         """Detach everything and unload (idempotent)."""
@@ -469,14 +501,26 @@ class Tracer:
             self.ring.close()
             self.rescue.close()
             self.ring = None
-        for fd in reversed(self._fds):   # tp_btf links and programs (bcc does not know them)
+        for fd in reversed(self._fds):   # links and programs loaded here (bcc does not know them)
             os.close(fd)
         self._fds = []
+        for m in self.maps.values():    # maps created from a cached image (bcc closes its own)
+            m.close()
+        self.maps, self.code = {}, {}
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()
             finally:
                 self.bpf = None
+
+
+def _bcc_version():
+    """bcc's version: its compiler made the instructions a cached image holds."""
+    try:
+        with open(os.path.join(os.path.dirname(import_bcc().__file__), "version.py")) as f:
+            return f.read()
+    except OSError:
+        return "?"
 
 
 def _first_line(e):
