@@ -33,9 +33,15 @@ def _check(ret, err):
     return ret
 
 
-def load(insns, insn_cnt, name, prog_type, attach_type=0, btf_id=0, log_size=1 << 20):
+def load(insns, insn_cnt, name, prog_type, attach_type=0, btf_id=0, log_size=None):
     """Load `insn_cnt` instructions at address `insns`; returns the program fd, or raises OSError
-    with the verifier's last line."""
+    with the verifier's last line. `log_size` None: without a verifier log (logging slows the
+    verifier down), and only if that fails again with one, for the why; 0: never a log."""
+    if log_size is None:
+        try:
+            return load(insns, insn_cnt, name, prog_type, attach_type, btf_id, 0)
+        except OSError:
+            log_size = 1 << 20
     lic = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(log_size) if log_size else None
     attr = ctypes.create_string_buffer(144)
@@ -60,10 +66,7 @@ def load(insns, insn_cnt, name, prog_type, attach_type=0, btf_id=0, log_size=1 <
 def load_bytes(code, name, prog_type, **kw):
     """`load` for instructions held in a bytes-like object."""
     buf = ctypes.create_string_buffer(bytes(code), len(code))
-    try:    # without a log first: logging slows the verifier down
-        return load(ctypes.addressof(buf), len(code) // 8, name, prog_type, log_size=0, **kw)
-    except OSError:
-        return load(ctypes.addressof(buf), len(code) // 8, name, prog_type, **kw)  # for the why
+    return load(ctypes.addressof(buf), len(code) // 8, name, prog_type, **kw)
 
 
 def raw_tracepoint_open(prog_fd, tp_name=None):
@@ -93,8 +96,8 @@ class Map:
         self.max_entries, self.flags, self.name, self.owned = max_entries, flags, name, owned
         self.percpu = map_type in _PERCPU_TYPES
         # a per-CPU value is one 8-byte-aligned slot per possible CPU
-        self.buf_size = ((value_size + 7) // 8 * 8 * possible_cpus() if self.percpu
-                         else value_size)
+        self._slot = (value_size + 7) // 8 * 8
+        self.buf_size = self._slot * possible_cpus() if self.percpu else value_size
 
     def spec(self):
         return {"name": self.name, "type": self.type, "key_size": self.key_size,
@@ -170,8 +173,7 @@ class Map:
 
     def per_cpu(self, value):
         """A per-CPU value split into its CPUs' slots."""
-        step = (self.value_size + 7) // 8 * 8
-        return [value[i:i + self.value_size] for i in range(0, len(value), step)]
+        return [value[i:i + self.value_size] for i in range(0, len(value), self._slot)]
 
     def close(self):
         if self.owned and self.fd >= 0:
@@ -245,7 +247,6 @@ class Image:
                                  self.funcs.items()}}, f)
         os.replace(tmp, path)
         prune(os.path.dirname(path), KEEP_IMAGES)
-
 
     @classmethod
     def read(cls, path):

@@ -170,6 +170,7 @@ _HOP = struct.Struct("<IHBBIIHH%ds" % DEV_LEN)
 assert _PATH.size == RawPath.hops.offset and _HOP.size == ctypes.sizeof(RawHop)
 PATH_SIZE = ctypes.sizeof(RawPath)
 PATH_HDR, HOP_SIZE, NHOPS_OFFSET = _PATH.size, _HOP.size, RawPath.nhops.offset
+LAST_TS_OFFSET = RawPath.last_ts.offset
 
 
 # what a live trace needs of a record before decoding it (see path_key)
@@ -192,10 +193,7 @@ def path_key(data):
 
 def path_last_ts(data):
     """A pp_path record's last sighting (kernel monotonic ns)."""
-    return struct.unpack_from("<Q", data, _LAST_TS_OFFSET)[0]
-
-
-_LAST_TS_OFFSET = RawPath.last_ts.offset
+    return struct.unpack_from("<Q", data, LAST_TS_OFFSET)[0]
 
 
 def path_used_bytes(data):

@@ -155,9 +155,10 @@ def probe_fentry():
 # BTF-typed raw tracepoints (tp_btf): bcc 0.26 does not load them (its load_func left the
 # program's attach_btf_id unset: EINVAL), so they are loaded with bpf(2) (bpfsys.py); so are raw
 # tracepoint programs, which lets a cached compile (bpfsys.Image) be loaded without bcc.
-def load_tp_btf(insns, insn_cnt, name, btf_id, log_size=1 << 20):
+def load_tp_btf(insns, insn_cnt, name, btf_id, log_size=None):
     """Load `insn_cnt` instructions at address `insns` as a tp_btf program attached (at load) to
-    BTF type `btf_id`; returns the program fd, or raises OSError with the verifier's last line."""
+    BTF type `btf_id`; returns the program fd, or raises OSError with the verifier's last line
+    (`log_size`: see bpfsys.load)."""
     return bpfsys.load(insns, insn_cnt, name, bpfsys.PROG_TRACING, bpfsys.TRACE_RAW_TP, btf_id,
                        log_size=log_size)
 
@@ -420,11 +421,7 @@ class Tracer:
             insns = ctypes.create_string_buffer(self.code[fn], size)
             if self.direct:
                 patch_kfunc_calls(insns, bpfgen.CAST_CALL, self.direct["PP_CAST_FUNC_ID"])
-            addr = ctypes.addressof(insns)
-            try:    # without a log first: logging slows the verifier down
-                prog = load_tp_btf(addr, size // 8, fn, btf_id, log_size=0)
-            except OSError:
-                prog = load_tp_btf(addr, size // 8, fn, btf_id)   # again, for the why
+            prog = load_tp_btf(ctypes.addressof(insns), size // 8, fn, btf_id)
             self._fds.append(prog)
             self._fds.append(attach_tp_btf(prog))
         else:
