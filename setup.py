@@ -12,10 +12,11 @@ setup(
     name="pktpath",
     version=__version__,
     description="Follow every UDP/VXLAN packet by its payload ID through the Linux stack",
-    packages=["pktpath"],
+    packages=["pktpath"] + ["pktpath." + p for p in
+              ("kernel", "collect", "events", "process", "output", "commands", "lab")],
     python_requires=">=3.9",
     install_requires=["PyYAML", "tabulate"],
     data_files=[("share/pktpath/bpf", glob.glob("bpf/*")),
                 ("share/pktpath/configs", glob.glob("configs/*.yaml"))],
-    entry_points={"console_scripts": ["pktpath = pktpath.cli:main"]},
+    entry_points={"console_scripts": ["pktpath = pktpath.commands.cli:main"]},
 )

@@ -28,7 +28,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pktpath import hooks, lab, netns, sender  # noqa: E402
+from pktpath.collect import hooks
+from pktpath.lab import overlay
+from pktpath.kernel import netns
+from pktpath.lab import sender  # noqa: E402
 
 RUN = [sys.executable, os.path.join(ROOT, "run.py")]
 LAB_CFG = os.path.join(ROOT, "configs", "lab.yaml")
@@ -37,10 +40,10 @@ LAB_CFG = os.path.join(ROOT, "configs", "lab.yaml")
 def _blast(args):
     """One sender process: as many datagrams as it can in `seconds`; returns the count."""
     start_id, seconds = args
-    netns.enter(lab.SENDER_NS)      # once per process, not per chunk
+    netns.enter(overlay.SENDER_NS)      # once per process, not per chunk
     n, chunk, deadline = 0, 2000, time.monotonic() + seconds
     while time.monotonic() < deadline:
-        n += sender.send(lab.DST_IP, lab.PORT, count=chunk, start_id=start_id + n)
+        n += sender.send(overlay.DST_IP, overlay.PORT, count=chunk, start_id=start_id + n)
     return n
 
 
@@ -104,8 +107,8 @@ def attach_empty(specs=None):
     """The floor: an empty tp_btf program (r0 = 0; exit) on each tracepoint of the hook list
     `specs` (None: the default set), attached the way pktpath attaches its own. Returns the fds
     (close = detach)."""
-    from pktpath import tracer
-    from pktpath.btf import kernel_btf
+    from pktpath.collect import tracer
+    from pktpath.kernel.btf import kernel_btf
     btf = kernel_btf()
     prog = ctypes.create_string_buffer(tracer.RETURN_0)
     fds = []
@@ -168,7 +171,7 @@ def main():
         return report_only(args.json)
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root")
-    lab.up()
+    overlay.up()
     res = {"a_pps": [], "b_pps": [], "c_pps": [], "e_pps": [], "events": 0, "lost": 0, "startup_s": [],
            "startup_compile_s": [], "startup_cached_s": [], "compiled": set(),
            "c_events_per_s": [], "b_tracer_cpu": [], "c_tracer_cpu": []}
@@ -221,7 +224,7 @@ def main():
                 base = next_base(base, args.senders)
 
             extra = args.tracer_args.split()
-            configs = [("b", ["--udp-port", str(lab.PORT + 999)] + extra, traced),
+            configs = [("b", ["--udp-port", str(overlay.PORT + 999)] + extra, traced),
                        ("c", extra, traced)] + ([("e", None, floor)] if args.floor else [])
             untraced()
             for _ in range(args.rounds):
@@ -234,7 +237,7 @@ def main():
                 res["report_1m_s"], res["report_1m_peak_mb"] = bench_report(tmp)
     finally:
         if not args.keep_lab:
-            lab.down()
+            overlay.down()
     med = lambda xs: sorted(xs)[len(xs) // 2] if len(xs) % 2 else \
         sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2  # noqa: E731
     out = {"a_pps": med(res["a_pps"]), "b_pps": med(res["b_pps"]), "c_pps": med(res["c_pps"]),

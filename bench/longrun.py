@@ -14,7 +14,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from pktpath import lab  # noqa: E402
+from pktpath.lab import overlay  # noqa: E402
 
 RUN = [sys.executable, os.path.join(ROOT, "run.py")]
 
@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=600)
     ap.add_argument("--rate", type=int, default=5000)
     args = ap.parse_args()
-    lab.up()
+    overlay.up()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             ready = os.path.join(tmp, "ready")
@@ -43,8 +43,8 @@ def main():
             while not os.path.exists(ready):
                 time.sleep(0.05)
             count = int(args.seconds * args.rate)
-            sender = subprocess.Popen(RUN + ["send", "--netns", lab.SENDER_NS, "--dst",
-                                             lab.DST_IP, "--port", str(lab.PORT), "--count",
+            sender = subprocess.Popen(RUN + ["send", "--netns", overlay.SENDER_NS, "--dst",
+                                             overlay.DST_IP, "--port", str(overlay.PORT), "--count",
                                              str(count), "--rate", str(args.rate)],
                                       stdout=subprocess.DEVNULL)
             samples, t0 = [], time.monotonic()
@@ -57,7 +57,7 @@ def main():
             print("packets %d; RSS first %.1f MiB, last %.1f MiB, growth %.1f MiB"
                   % (count, samples[0][1], samples[-1][1], samples[-1][1] - samples[0][1]))
     finally:
-        lab.down()
+        overlay.down()
 
 
 if __name__ == "__main__":

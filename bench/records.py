@@ -17,18 +17,21 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pktpath import events, ringbuf, stream as stream_mod, tracecmd  # noqa: E402
+from pktpath.events import records
+from pktpath.collect import ringbuf
+from pktpath.process import stream as stream_mod
+from pktpath.commands import trace  # noqa: E402
 
 
 def record(pid, hops=9):
     """A delivered packet's pp_path record with `hops` hops, as the kernel emits it."""
-    p = events.RawPath(first_ts=10 ** 12 + pid, id=pid, final_kind=events.KIND_DELIVER,
+    p = records.RawPath(first_ts=10 ** 12 + pid, id=pid, final_kind=records.KIND_DELIVER,
                        saddr=0x016433c6, daddr=0x026433c6, sport=40000, dport=5000, port=5000,
                        nhops=hops, stack_id=-1)
     for i in range(hops):
         h = p.hops[i]
-        h.dt, h.hook, h.kind, h.flags, h.dev = i * 1000, i % 3, 0, events.F_HOP_SET, b"eth0"
-    return bytes(p)[:events.PATH_HDR + hops * events.HOP_SIZE]
+        h.dt, h.hook, h.kind, h.flags, h.dev = i * 1000, i % 3, 0, records.F_HOP_SET, b"eth0"
+    return bytes(p)[:records.PATH_HDR + hops * records.HOP_SIZE]
 
 
 def ring_file(path, n, size):
@@ -59,7 +62,7 @@ def main():
         path = os.path.join(tmp, "ring")
         n = ring_file(path, args.records, size)
         st = stream_mod.PacketStream(lambda: {}, keep_delivered=10000, expand=lambda r: [])
-        handle = tracecmd.summary_handler(st)
+        handle = trace.summary_handler(st)
         with open(path, "r+b") as fh:
             reader = ringbuf.RingReader(fh.fileno(), size, wait=False)
             t0 = time.perf_counter()

@@ -16,9 +16,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def _lab_session():
-    from pktpath import lab
-    yield lab
-    lab.down()
+    from pktpath.lab import overlay
+    yield overlay
+    overlay.down()
 
 
 @pytest.fixture

@@ -1,0 +1,222 @@
+"""Packet records (pktpath.process.reconstruct) -> text tables (tabulate) and JSON Lines (pure)."""
+import json
+
+from tabulate import tabulate
+
+from pktpath.process import analysis
+from pktpath.process.reconstruct import Summary, summarize
+
+MAX_VERDICT_ROWS = 1000
+
+
+def ns_label(netns, name=None):
+    """`name (inode)` when the name is known, else the inode ("" when unknown)."""
+    if netns is None:
+        return ""
+    return "%s (%s)" % (name, netns) if name else str(netns)
+
+
+def _where(p):
+    if p["verdict"] == "dropped":
+        return p["drop"]["location"] or p["last"]["hook"]
+    if p["verdict"] == "delivered":
+        d = p["delivered"]
+        return "%s:%s" % (d["netns_name"] or d["netns"], d["port"])
+    last = p["last"]
+    if not last["hook"]:
+        return "-"
+    return "%s@%s" % (last["hook"], last["dev"]) if last["dev"] else last["hook"]
+
+
+def _verdict_cell(p):
+    return "dropped (%s)" % p["drop"]["reason"] if p["verdict"] == "dropped" else p["verdict"]
+
+
+def _table(rows, headers):
+    return tabulate(rows, headers=headers, disable_numparse=True)
+
+
+def trace_start(packets):
+    """t_ns of the first event of the whole trace (None without packets)."""
+    return min((p["first_ns"] for p in packets if p["first_ns"] is not None), default=None)
+
+
+def render_timeline(packets, t0=None):
+    """Every event of `packets`, packet by packet; TIME is ms since `t0` (default: the first event
+    of these packets) and VERDICT is filled on each packet's last row."""
+    t0 = trace_start(packets) if t0 is None else t0
+    rows = []
+    for p in packets:
+        last = len(p["path"]) - 1
+        prev = first = p["path"][0]["t_ns"] if p["path"] else 0
+        for i, h in enumerate(p["path"]):
+            outer = "%s > %s" % (h["outer_src"], h["outer_dst"]) if h["encap"] else ""
+            rows.append(["%.3f" % ((h["t_ns"] - t0) / 1e6), "%.1f" % ((h["t_ns"] - prev) / 1e3),
+                         "%.1f" % ((h["t_ns"] - first) / 1e3), h["hook"], h["dev"] or "",
+                         ns_label(h["netns"], h.get("netns_name")), h["src"] or "", h["dst"] or "",
+                         outer, "" if h["vni"] is None else h["vni"], p["id"],
+                         _verdict_cell(p) if i == last else ""])
+            prev = h["t_ns"]
+    return _table(rows, ["TIME", "+PREV us", "+FIRST us", "EVENT", "DEVICE", "NAMESPACE", "SRC",
+                         "DST", "OUTER", "VNI", "PACKET ID", "VERDICT"])
+
+
+def _reason(p):
+    if p["verdict"] == "dropped":
+        reason = p["drop"]["reason"] or ""
+    elif p.get("incomplete"):
+        reason = "tracer lost events"
+    else:
+        reason = ""
+    if p.get("clone_drops"):
+        later = p.get("freed_after_delivery")
+        reason += (", " if reason else "") + (
+            "freed unread from the socket: " if later else "clone dropped: ") + ", ".join(
+            sorted({str(d["reason"]) for d in p["clone_drops"]}))
+    return reason
+
+
+def render_verdicts(packets):
+    """One row per packet: ID, VERDICT, HOPS, WHERE, REASON, NAMESPACE, DURATION (us)."""
+    return _verdict_table([_verdict_row(p) for p in packets])
+
+
+def _verdict_row(p):
+    at = p["drop"] or p["delivered"] or p["last"]
+    return [p["id"], p["verdict"], p["events"], _where(p), _reason(p),
+            ns_label(at["netns"], at["netns_name"]),
+            "%.1f" % (((p["last_ns"] or 0) - (p["first_ns"] or 0)) / 1e3)]
+
+
+def _verdict_table(rows):
+    return _table(rows, ["ID", "VERDICT", "HOPS", "WHERE", "REASON", "NAMESPACE", "DURATION us"])
+
+
+def render_coverage(coverage):
+    """Which hooks were attached (and by which method), which were skipped and why."""
+    multi = any(c.get("host") for c in coverage)
+    rows = [([c.get("host") or ""] if multi else []) +
+            [c["hook"], c.get("method") or "-", c["status"], c.get("why") or ""] for c in coverage]
+    return _table(rows, (["HOST"] if multi else []) + ["HOOK", "METHOD", "STATUS", "WHY"])
+
+
+def render_summary(packets, lost_events=0, coverage=None, streamed_delivered=0):
+    """Coverage (if given), counts by verdict, drops and lost packets grouped by place.
+    `streamed_delivered`: delivered packets not kept in `packets` (long live traces)."""
+    return _render_summary(summarize(packets), lost_events, coverage, streamed_delivered)
+
+
+def _render_summary(s, lost_events=0, coverage=None, streamed_delivered=0):
+    """render_summary() of a summarize() result (changed here)."""
+    v = s["verdicts"]
+    if streamed_delivered:
+        s["packets"] += streamed_delivered
+        v["delivered"] += streamed_delivered
+    parts = [render_coverage(coverage)] if coverage else []
+    parts.append("%d packet%s: %d delivered, %d dropped, %d lost" % (
+        s["packets"], "" if s["packets"] == 1 else "s", v["delivered"], v["dropped"], v["lost"])
+        + (", %d incomplete (the tracer lost their events)" % v["incomplete"]
+           if v.get("incomplete") else ""))
+    if s["drops"]:
+        parts.append(_table([[g["reason"], g["location"], ns_label(g["netns"], g["netns_name"]),
+                              g["count"], _ids(g)] for g in s["drops"]],
+                            ["DROP REASON", "LOCATION", "NAMESPACE", "PACKETS", "IDS"]))
+    if s["lost"]:
+        parts.append(_table([[g["hook"], g["dev"], ns_label(g["netns"], g["netns_name"]),
+                              g["count"], _ids(g)] for g in s["lost"]],
+                            ["LOST AFTER", "DEVICE", "NAMESPACE", "PACKETS", "IDS"]))
+    if lost_events:
+        parts.append("%d events lost by the tracer (ring buffer full: raise ringbuf_pages)"
+                     % lost_events)
+    return "\n\n".join(parts)
+
+
+def _ids(group):
+    ids = ", ".join(str(i) for i in group["ids"])
+    return ids + ", ..." if group["count"] > len(group["ids"]) else ids
+
+
+def render_report(packets, meta=None, end=None, max_timeline_packets=50):
+    """The whole report: coverage, timeline of the first N packets, verdicts, summary."""
+    builder = ReportBuilder(max_timeline_packets)
+    for p in packets:
+        builder.add(p)
+    return builder.render(meta, end)
+
+
+class ReportBuilder:
+    """render_report() fed one packet at a time, in the order render_report() takes them.
+
+    Only what the report shows is kept: the first N packets (timeline), the first rows of the
+    verdict table, latencies and stage counts (analysis.PathStats) and the summary counts; so
+    `report` on a recording of a million events never holds all its packets.
+    """
+
+    def __init__(self, max_timeline_packets=50):
+        n = max_timeline_packets
+        self._timeline_max = n if n and n > 0 else 0
+        self._timeline = []          # the first N packets
+        self._rows = []              # verdict rows of the first MAX_VERDICT_ROWS packets
+        self._problem_rows = []      # ... of the first MAX_VERDICT_ROWS not delivered
+        self._t0 = None              # trace_start() of all packets
+        self._paths = analysis.PathStats()
+        self._summary = Summary()
+
+    def add(self, p):
+        """Account for one packet record (reconstruct); it is kept only for the timeline."""
+        if len(self._timeline) < self._timeline_max:
+            self._timeline.append(p)
+        if p["first_ns"] is not None and (self._t0 is None or p["first_ns"] < self._t0):
+            self._t0 = p["first_ns"]
+        delivered = p["verdict"] == "delivered"
+        if len(self._rows) < MAX_VERDICT_ROWS or (
+                not delivered and len(self._problem_rows) < MAX_VERDICT_ROWS):
+            row = _verdict_row(p)
+            if len(self._rows) < MAX_VERDICT_ROWS:
+                self._rows.append(row)
+            if not delivered and len(self._problem_rows) < MAX_VERDICT_ROWS:
+                self._problem_rows.append(row)
+        self._paths.add(p)
+        self._summary.add(p)
+
+    def render(self, meta=None, end=None):
+        """The report text of the packets added (render_report's `meta` and `end`)."""
+        meta, end = meta or {}, end or {}
+        count = self._summary.packets
+        sections = []
+        if meta.get("coverage"):
+            sections.append(("coverage", render_coverage(meta["coverage"])))
+        if not count:
+            sections.append(("packets", "no matching packets seen"))
+        else:
+            n = self._timeline_max
+            if n:
+                title = "timeline" if count <= n else \
+                    "timeline (first %d of %d packets; see --timeline)" % (n, count)
+                sections.append((title, render_timeline(self._timeline, self._t0)))
+            if count <= MAX_VERDICT_ROWS:
+                title, shown = "verdicts", self._rows
+            else:
+                shown = self._problem_rows
+                title = "verdicts (%d of %d packets; all in --json)" % (len(shown), count)
+            sections.append((title, _verdict_table(shown)))
+            sections.append(("per-hop latency",
+                             analysis.format_segments(self._paths.segments())))
+            sections.append(("stage funnel", analysis.format_funnel(self._paths.funnel())))
+        sections.append(("summary", _render_summary(
+            self._summary.result(), end.get("lost", 0),
+            streamed_delivered=end.get("streamed_delivered", 0))))
+        notes = list(end.get("warnings", []))
+        if end.get("unreachable"):
+            notes.append("%d hook firings saw a matching packet whose ID was out of reach "
+                         "(not in the linear skb data)"
+                         % end["unreachable"])
+        if notes:
+            sections.append(("notes", "\n".join(notes)))
+        return "\n\n".join("== %s ==\n%s" % s for s in sections)
+
+
+def write_json(packets, fh):
+    """One JSON object per packet, one per line."""
+    for p in packets:
+        fh.write(json.dumps(p, separators=(",", ":")) + "\n")

@@ -1,0 +1,192 @@
+"""Live events -> finished packets with bounded memory (pure Python).
+
+A long trace cannot keep every event. Events are grouped by packet ID as they arrive; once an ID
+has been quiet for `settle_ns`, its packet is finished. The first `keep_delivered` delivered
+packets are kept for the report (timeline, verdict table); later delivered packets are written
+to the JSON output at once and only counted. Dropped, lost and incomplete packets are always
+kept: they are what the report is for.
+
+Summary mode hands over raw per-packet records instead of events (`add_record`). When nothing
+needs their events while tracing (`fast`: no recording or namespace filter), they stay raw: a
+delivered packet past the quota is just counted (or, with a JSON stream, written straight from
+its record by `json_line`), the others are kept as records (~0.5 KB instead of ~5 KB of dicts)
+and expanded once, at the end (`settle`). Expanding costs ~60 us per packet in Python, counting
+~1 us: that is what lets a live trace keep up with tens of thousands of packets per second on a
+busy machine.
+"""
+import collections
+import time
+
+from pktpath.process import reconstruct
+from pktpath.output import report
+
+
+class PacketStream:
+    def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
+                 clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None):
+        self.netns_names = netns_names      # callable -> {inode: name}
+        self.json_out = json_out
+        self.keep_delivered = keep_delivered
+        self.settle_ns = settle_ns
+        self.clock = clock
+        self.pending = {}                   # id -> [events]
+        self.arrived = {}                   # id -> clock of the last event, oldest first
+        # Raw records (add_record) come at tens of thousands per second, so they are kept
+        # cheaply: id -> the record itself when it is the ID's only one and a delivery (the
+        # common case), else [(record, delivered), ...]; arrivals are noted in buckets (the IDs
+        # that arrived between two flushes) instead of with a clock reading each.
+        self.raw = {}
+        self._ids = []                      # IDs that arrived since the last flush
+        self._buckets = collections.deque() # (clock when closed, number, [ids]), oldest first
+        self._nbucket = 0                   # number of the bucket being filled
+        self._again = {}                    # id -> bucket of its latest record, if several
+        self.expand = expand                # record -> [events]
+        self.fast = fast
+        self.json_line = json_line          # (record, names) -> JSON line, or None: see flush
+        self.idle = idle                    # called between batches of a long flush
+        self.deferred = []                  # finished packets still raw: record or [records]
+        self.packets = []                   # finished packets kept for the report
+        self.kept_delivered = 0
+        self.streamed = 0                   # delivered packets written out and dropped
+        self.events = 0
+
+    def add(self, ev):
+        arrived, pid = self.arrived, ev["id"]
+        self.pending.setdefault(pid, []).append(ev)
+        if pid in arrived:
+            del arrived[pid]                # keep `arrived` ordered by last arrival
+        arrived[pid] = self.clock()
+        self.events += 1
+
+    def add_record(self, pid, record, hops, delivered):
+        """A raw per-packet record (summary mode) of packet `pid` with `hops` events, final
+        verdict delivered or not; `expand(record)` gives its events when they are needed."""
+        self.events += hops
+        prev = self.raw.get(pid)
+        if prev is None:
+            self.raw[pid] = record if delivered else [(record, False)]
+        else:
+            if prev.__class__ is not list:
+                prev = self.raw[pid] = [(prev, True)]
+            prev.append((record, delivered))
+            self._again[pid] = self._nbucket
+        self._ids.append(pid)
+
+    def record_adder(self, key, deliver):
+        """A handler for raw records that does add_record(pid, record, hops, final == deliver)
+        with (pid, hops, final) = key(record), in one call: the live path of summary mode, run
+        for every packet (bench/records.py)."""
+        raw = self.raw
+        get = raw.get
+
+        def add(record):
+            pid, hops, final = key(record)
+            if get(pid) is not None:        # a second record of the ID: the general path
+                return self.add_record(pid, record, hops, final == deliver)
+            self.events += hops
+            raw[pid] = record if final == deliver else [(record, False)]
+            self._ids.append(pid)
+        return add
+
+    def _due(self, force):
+        """IDs quiet for settle_ns (all of them with `force`), oldest first."""
+        now = self.clock()
+        self._buckets.append((now, self._nbucket, self._ids))
+        self._nbucket += 1
+        self._ids = []
+        done, raw, again = [], self.raw, self._again
+        limit = now - self.settle_ns
+        while self._buckets and (force or self._buckets[0][0] <= limit):
+            _, n, ids = self._buckets.popleft()
+            done += [pid for pid in ids if pid in raw and again.get(pid, n) <= n]
+        for pid, t in self.arrived.items():
+            if not force and t >= limit:
+                break                       # ordered by arrival: the rest are newer
+            done.append(pid)
+        return done
+
+    def flush(self, force=False):
+        """Finish the packets of IDs quiet for settle_ns (all of them with `force`)."""
+        done = self._due(force)
+        if not done:
+            return
+        names = self.netns_names()
+        int_names = reconstruct.ns_names(names)
+        evs, batch = [], 0
+        # the per-ID work of a busy live trace (summary mode: `pending` and `arrived` are empty,
+        # `_again` nearly so): dictionaries looked up once, empty ones not touched
+        raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
+        for pid in done:
+            raw = raw_pop(pid, None)
+            mine = pending.pop(pid, None) if pending else None
+            if raw is None and mine is None:
+                continue                    # listed twice (two records in one bucket)
+            if arrived:
+                arrived.pop(pid, None)
+            if again:
+                again.pop(pid, None)
+            if raw is not None and mine is None and self.fast:
+                # nothing needs its events now: keep the compact record, expand at the end
+                lone = raw.__class__ is not list
+                if lone or any(d for _r, d in raw):
+                    if self.kept_delivered < self.keep_delivered:
+                        self.kept_delivered += 1
+                        self.deferred.append(raw)
+                        continue
+                    if self.json_out is None:
+                        self.streamed += 1  # delivered, nothing else to say: count it
+                        continue
+                    line = self.json_line(raw, int_names) if lone and self.json_line else None
+                    if line is not None:
+                        self.json_out.write(line)   # straight from the record
+                        self.streamed += 1
+                        continue
+                else:
+                    self.deferred.append(raw)
+                    continue
+            if raw is not None:
+                for record in _records(raw):
+                    evs.extend(self.expand(record))
+            if mine:
+                evs.extend(mine)
+            batch += 1
+            if batch == self.BATCH:
+                self._finish_packets(evs, names)
+                evs, batch = [], 0
+                if self.idle is not None:
+                    self.idle()             # e.g. drain the ring buffer: it keeps filling
+        self._finish_packets(evs, names)
+
+    def settle(self):
+        """Finish every packet now, expanding the deferred records (call while `expand` still
+        works, e.g. before the tracer that reads drop stacks is closed)."""
+        self.flush(force=True)
+        if self.deferred:
+            evs = [ev for raw in self.deferred for record in _records(raw)
+                   for ev in self.expand(record)]
+            self.deferred = []
+            self.packets.extend(reconstruct.build_packets(evs, self.netns_names()))
+
+    BATCH = 64
+
+    def _finish_packets(self, evs, names):
+        for pkt in reconstruct.build_packets(evs, names):
+            if pkt["verdict"] == "delivered":
+                if self.kept_delivered >= self.keep_delivered:
+                    if self.json_out is not None:
+                        report.write_json([pkt], self.json_out)
+                    self.streamed += 1
+                    continue
+                self.kept_delivered += 1
+            self.packets.append(pkt)
+
+    def finish(self):
+        """All packets kept, sorted by ID and time (call after the last add)."""
+        self.settle()
+        self.packets.sort(key=lambda p: (p["id"], p["first_ns"] or 0))
+        return self.packets
+
+
+def _records(raw):
+    """The records of a raw entry (see PacketStream.raw)."""
+    return [raw] if raw.__class__ is not list else [r for r, _d in raw]

@@ -1,0 +1,70 @@
+"""RingReader on a file laid out like a BPF ring buffer map (consumer page, producer page, data
+mapped twice): records in order, discarded ones skipped, a record still being written stops the
+pass, the consumer position advances, and a record that wraps around the end reads whole."""
+import mmap
+import struct
+
+from pktpath.collect import ringbuf
+
+PAGE = mmap.PAGESIZE
+SIZE = PAGE                           # the smallest ring: one data page
+
+
+def layout(tmp_path, records, cons=0, start=0):
+    """A file with `records` ([(payload, flags)]) written from position `start`; returns
+    (file, producer position)."""
+    data = bytearray(SIZE)
+    pos = start
+    for payload, flags in records:
+        hdr = struct.pack("<II", len(payload) | flags, 0)
+        for i, b in enumerate(hdr + payload):
+            data[(pos + i) % SIZE] = b
+        pos += (len(payload) + 8 + 7) & ~7
+    f = tmp_path / "ring"
+    f.write_bytes(struct.pack("<Q", cons).ljust(PAGE, b"\0") +
+                  struct.pack("<Q", pos).ljust(PAGE, b"\0") + bytes(data) * 2)
+    return f, pos
+
+
+def reader(f):
+    fh = open(f, "r+b")
+    return fh, ringbuf.RingReader(fh.fileno(), SIZE, wait=False)
+
+
+def cons_pos(f):
+    return struct.unpack_from("<Q", f.read_bytes(), 0)[0]
+
+
+def test_records_in_order_discarded_skipped(tmp_path):
+    f, prod = layout(tmp_path, [(b"one", 0), (b"two-discarded", ringbuf.DISCARD), (b"three", 0)])
+    fh, r = reader(f)
+    got = []
+    assert r.consume(got.append) == 2
+    assert got == [b"one", b"three"]
+    r.close()
+    fh.close()
+    assert cons_pos(f) == prod
+
+
+def test_busy_record_stops_the_pass(tmp_path):
+    f, _ = layout(tmp_path, [(b"done", 0), (b"busy", ringbuf.BUSY), (b"after", 0)])
+    fh, r = reader(f)
+    got = []
+    r.consume(got.append)
+    assert got == [b"done"]
+    r.close()
+    fh.close()
+    assert cons_pos(f) == 16          # past "done" only: the rest is read next time
+
+
+def test_wrapping_record_reads_whole(tmp_path):
+    start = SIZE - 16                 # header + 8 bytes fit before the end, the rest wraps
+    payload = bytes(range(40))
+    f, prod = layout(tmp_path, [(payload, 0)], cons=start, start=start)
+    fh, r = reader(f)
+    got = []
+    r.consume(got.append)
+    assert got == [payload]
+    r.close()
+    fh.close()
+    assert cons_pos(f) == prod
