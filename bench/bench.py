@@ -11,7 +11,12 @@ is compared with the untraced ones just before and after it: the "paired" ratios
 Reports pps, the ratios b/a and c/a, events consumed and lost, start-up time (command start to
 all hooks attached), and `report` time + peak memory on a 1,000,000-event recording.
 
+With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base HEAD~3`),
+b and c are also measured with that checkout's tracer (B, C) in the same run, alternated with the
+others: the side-by-side comparison of two commits that a change to the hot path needs.
+
 Usage: sudo python3 bench/bench.py [--seconds S] [--rounds N] [--senders K] [--json]
+                                   [--baseline DIR]
        python3 bench/bench.py --report-only [--json]    # only the report test: no root, no lab
 """
 import argparse
@@ -62,14 +67,15 @@ def next_base(base, senders):
     return 1 if base + senders * 50_000_000 >= 1 << 32 else base
 
 
-def start_tracer(extra, tmp):
+def start_tracer(extra, tmp, checkout=ROOT):
     ready = os.path.join(tmp, "ready")
     stats = os.path.join(tmp, "stats.json")
     for f in (ready, stats):
         if os.path.exists(f):
             os.unlink(f)
     t0 = time.monotonic()
-    proc = subprocess.Popen(RUN + ["-c", LAB_CFG, "--ready-file", ready, "--stats-file", stats,
+    run = [sys.executable, os.path.join(checkout, "run.py")]
+    proc = subprocess.Popen(run + ["-c", os.path.join(checkout, "configs", "lab.yaml"), "--ready-file", ready, "--stats-file", stats,
                                    "--timeline", "0", "-q"] + extra,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while not os.path.exists(ready):
@@ -164,6 +170,8 @@ def main():
                     help="also measure (e): an empty program on each hook the tracer uses (the "
                          "default set, or --hooks in --tracer-args), no tracer (what any tracer "
                          "attached there costs at least)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="a checkout of another commit: its tracer is measured too (B, C)")
     ap.add_argument("--tracer-args", default="", help="extra tracer arguments, e.g. "
                     "'--hooks net_dev_queue,netif_receive_skb,sk_data_ready,kfree_skb'")
     args = ap.parse_args()
@@ -178,7 +186,9 @@ def main():
     # a, b, a, c, a, b, a, c, ..., a: every traced measurement has an untraced one just before
     # and just after it, and is compared with their mean (the machine drifts by several percent
     # within a minute: see README)
-    paired = {"b": [], "c": [], "e": []}
+    paired = {"b": [], "c": [], "e": [], "B": [], "C": []}
+    for k in "BC":
+        res.update({k + "_pps": [], k + "_tracer_cpu": []})
     try:
         with tempfile.TemporaryDirectory() as tmp:
             base = 1
@@ -188,14 +198,14 @@ def main():
                 res["a_pps"].append(load(args.seconds, args.senders, base))
                 base = next_base(base, args.senders)
 
-            def traced(key, extra):
+            def traced(key, extra, checkout=ROOT):
                 nonlocal base
                 # each configuration's first start compiles (--no-cache); later ones load the
                 # compile from the cache, as a user's second run does
                 first = key not in res["compiled"]
                 res["compiled"].add(key)
                 proc, startup, stats = start_tracer(extra + (["--no-cache"] if first else []),
-                                                    tmp)
+                                                    tmp, checkout)
                 res["startup_s"].append(startup)
                 res["startup_compile_s" if first else "startup_cached_s"].append(startup)
                 cpu0, t0 = cpu_s(proc.pid), time.monotonic()
@@ -208,6 +218,9 @@ def main():
                 res.setdefault("methods", set()).add(
                     " ".join("%s=%s" % kv for kv in sorted(st.get("methods", {}).items())) +
                     " headers=%s" % st.get("headers"))
+                if key in "cC":
+                    res.setdefault(key + "_lost", 0)
+                    res[key + "_lost"] += st["lost"]
                 if key == "c":
                     res["events"] += st["events"]
                     res["lost"] += st["lost"]
@@ -226,6 +239,10 @@ def main():
             extra = args.tracer_args.split()
             configs = [("b", ["--udp-port", str(overlay.PORT + 999)] + extra, traced),
                        ("c", extra, traced)] + ([("e", None, floor)] if args.floor else [])
+            if args.baseline:
+                base_dir = os.path.abspath(args.baseline)
+                configs += [(k.upper(), f, lambda key, fl: traced(key, fl, base_dir))
+                            for k, f, _m in configs[:2]]
             untraced()
             for _ in range(args.rounds):
                 for key, flags, measure in configs:
@@ -246,17 +263,20 @@ def main():
            "b_tracer_cpu": med(res["b_tracer_cpu"]), "c_tracer_cpu": med(res["c_tracer_cpu"]),
            "startup_s": max(res["startup_s"]), "rounds": args.rounds, "seconds": args.seconds,
            "senders": args.senders,
-           "rounds_pps": {k: [round(x) for x in res[k + "_pps"]] for k in "abce" if res[k + "_pps"]},
+           "rounds_pps": {k: [round(x) for x in res[k + "_pps"]] for k in "abceBC" if res.get(k + "_pps")},
            "startups_s": [round(x, 2) for x in res["startup_s"]],
            "methods": sorted(res.get("methods", ()))}
     # ratios of the medians, and the median of each measurement's ratio to the untraced
     # measurements right before and after it (less exposed to the machine's drift)
     out["b_over_a"] = out["b_pps"] / out["a_pps"]
     out["c_over_a"] = out["c_pps"] / out["a_pps"]
-    for k in "bce" if args.floor else "bc":
+    for k in ("bce" if args.floor else "bc") + ("BC" if args.baseline else ""):
         out[k + "_over_a_paired"] = med(paired[k])
         out[k + "_over_a_paired_ci90"] = [round(x, 3) for x in median_ci(paired[k], med)]
         out[k + "_over_a_paired_all"] = [round(x, 3) for x in paired[k]]
+    if args.baseline:
+        out["baseline"] = os.path.abspath(args.baseline)
+        out["events_lost_C"] = res.get("C_lost", 0)
     out["startup_median_s"] = med(res["startup_s"])
     out["startup_compile_s"] = [round(x, 2) for x in res["startup_compile_s"]]
     if res["startup_cached_s"]:
