@@ -89,10 +89,3 @@ def run(args):
     print("sent %d datagrams (IDs %d..%d) to %s:%d" % (n, args.start_id, last, args.dst,
                                                        args.port))
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-    from pktpath.commands.cli import main
-    sys.exit(main(["send"] + sys.argv[1:]))
-
