@@ -118,15 +118,14 @@ class QuietStderr:
         os.close(self._saved)
 
 
-def _bpf_object(text, cflags=(), log=os.devnull):
-    """bcc.BPF for `text`: compiled against the kernel headers, loaded (fentry programs are
-    attached at load), its chatter to `log`. Raises what bcc raises."""
+def _compiler():
+    """bcc's module, with BCC_KERNEL_SOURCE set to the kernel headers (UserError if either is
+    missing)."""
     bcc = import_bcc()
     hdr = kernel_headers()
     if hdr:
         os.environ["BCC_KERNEL_SOURCE"] = hdr
-    with QuietStderr(log):
-        return bcc.BPF(text=text, cflags=list(cflags))
+    return bcc
 
 
 def kfunc_supported():
@@ -135,8 +134,12 @@ def kfunc_supported():
 
 
 def load_and_unload(text):
-    """Compile and load `text`, then unload it (a probe: raises what bcc raises)."""
-    _bpf_object(text).cleanup()
+    """Compile and load `text` (fentry programs are attached at load), then unload it: a probe
+    (raises what bcc raises)."""
+    bcc = _compiler()
+    with QuietStderr():
+        b = bcc.BPF(text=text)
+    b.cleanup()
 
 
 class Compiled:
@@ -145,13 +148,15 @@ class Compiled:
     object attaches the kprobes and kretprobes."""
 
     def __init__(self, text, cflags, funcs):
+        bcc = _compiler()
         try:
-            self._bpf = _bpf_object(text.encode(), cflags, BPF_LOG)
+            with QuietStderr(BPF_LOG):
+                self._bpf = bcc.BPF(text=text.encode(), cflags=cflags)
         except Exception as e:
             raise UserError("BPF program failed to load: %s (compiler/verifier log: %s; "
                             "generated C: run with --ebpf)" % (first_line(e), BPF_LOG)) from None
         self.maps, self.code = {}, {}
-        lib, module = import_bcc().lib, self._bpf.module
+        lib, module = bcc.lib, self._bpf.module
         lib.bpf_num_tables.restype = ctypes.c_size_t
         lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
         lib.bpf_table_name.restype = ctypes.c_char_p

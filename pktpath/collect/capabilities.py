@@ -39,6 +39,8 @@ def probe_fentry():
     try:
         bcc.load_and_unload(FENTRY_PROBE)
         return True, ""
+    except UserError:   # no bcc, no kernel headers: not the kernel's answer
+        raise
     except Exception as e:
         why = first_line(e)
         if "super-user" in why:  # bcc's wording for EPERM from BPF_PROG_LOAD
