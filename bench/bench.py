@@ -113,16 +113,16 @@ def attach_empty(specs=None):
     """The floor: an empty tp_btf program (r0 = 0; exit) on each tracepoint of the hook list
     `specs` (None: the default set), attached the way pktpath attaches its own. Returns the fds
     (close = detach)."""
-    from pktpath.collect import tracer
+    from pktpath.collect import bpfsys
     from pktpath.kernel.btf import kernel_btf
     btf = kernel_btf()
-    prog = ctypes.create_string_buffer(tracer.RETURN_0)
+    prog = ctypes.create_string_buffer(bpfsys.RETURN_0)
     fds = []
     for e in hooks.select(specs, hooks.load_catalog()):
         if ":" in e["target"]:
-            fd = tracer.load_tp_btf(ctypes.addressof(prog), 2, "pp_empty",
+            fd = bpfsys.load_tp_btf(ctypes.addressof(prog), 2, "pp_empty",
                                     btf.trace_type_id(e["target"].split(":", 1)[1]), log_size=0)
-            fds += [fd, tracer.attach_tp_btf(fd)]
+            fds += [fd, bpfsys.attach_tp_btf(fd)]
     return fds
 
 

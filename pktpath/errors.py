@@ -8,3 +8,9 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def first_line(e):
+    """An exception's message as one line (at most 300 characters), for a "why" column."""
+    text = str(e).strip() or e.__class__.__name__
+    return text.splitlines()[0][:300]

@@ -1,6 +1,6 @@
 """bpf(2) without bcc: load and attach programs, create and read maps.
 
-bcc compiles pktpath's C (tracer.py); everything after that goes through here, so that a program
+bcc compiles pktpath's C (bcc.py); everything after that goes through here, so that a program
 compiled once can be loaded again without compiling (`Image`, the compiled-program cache: bcc's
 clang compile is ~0.7 s of a ~1.1 s start-up). Pure ctypes on the bpf syscall, no bcc.
 """
@@ -76,6 +76,37 @@ def raw_tracepoint_open(prog_fd, tp_name=None):
     attr = ctypes.create_string_buffer(16)
     struct.pack_into("<QI", attr, 0, ctypes.addressof(name) if name else 0, prog_fd)
     return _check(*_bpf(_RAW_TRACEPOINT_OPEN, attr))
+
+
+# BTF-typed raw tracepoints (tp_btf): bcc 0.26 does not load them (its load_func left the
+# program's attach_btf_id unset: EINVAL), so they are loaded here; so are raw tracepoint
+# programs, which lets a cached compile (Image) be loaded without bcc.
+def load_tp_btf(insns, insn_cnt, name, btf_id, log_size=None):
+    """Load `insn_cnt` instructions at address `insns` as a tp_btf program attached (at load) to
+    BTF type `btf_id`; returns the program fd, or raises OSError with the verifier's last line
+    (`log_size`: see load)."""
+    return load(insns, insn_cnt, name, PROG_TRACING, TRACE_RAW_TP, btf_id, log_size=log_size)
+
+
+def attach_tp_btf(prog_fd):
+    """Attach a loaded tp_btf program (its target came with the load); returns the link fd."""
+    return raw_tracepoint_open(prog_fd)
+
+
+RETURN_0 = bytes.fromhex("b700000000000000" "9500000000000000")   # r0 = 0; exit
+
+
+def patch_kfunc_calls(insns, placeholder, func_id):
+    """Turn every helper call `call placeholder` in the instruction buffer `insns` into a call
+    of the kernel function with BTF id `func_id` (BPF_PSEUDO_KFUNC_CALL: bcc 0.26's compiler
+    cannot emit one). Returns how many were patched."""
+    n = 0
+    for off in range(0, len(insns) - 7, 8):
+        code, regs, _, imm = struct.unpack_from("<BBhi", insns, off)
+        if code == 0x85 and regs == 0 and imm == placeholder:   # BPF_JMP | BPF_CALL
+            struct.pack_into("<BBhi", insns, off, code, 2 << 4, 0, func_id)
+            n += 1
+    return n
 
 
 def possible_cpus(path="/sys/devices/system/cpu/possible"):

@@ -85,3 +85,28 @@ class RingReader:
             except (BufferError, ValueError):
                 pass
         self._ep.close()
+
+
+class Rings:
+    """The program's two ring buffers read as one: `events` (cfg.ringbuf_pages) and `rescue`
+    (the fallback ring a record goes to when `events` is full, program.RESCUE_PAGES)."""
+
+    def __init__(self, maps, pages, rescue_pages):
+        self.events = RingReader(maps["events"].fd, pages * mmap.PAGESIZE)
+        try:
+            self.rescue = RingReader(maps["rescue"].fd, rescue_pages * mmap.PAGESIZE)
+        except BaseException:
+            self.events.close()
+            raise
+
+    def poll(self, handle, timeout_ms):
+        """Wait for records (up to timeout_ms) and hand each to `handle`; returns how many."""
+        return self.events.poll(handle, timeout_ms) + self.rescue.consume(handle)
+
+    def consume(self, handle):
+        """Hand every waiting record to `handle`, without waiting; returns how many."""
+        return self.events.consume(handle) + self.rescue.consume(handle)
+
+    def close(self):
+        self.events.close()
+        self.rescue.close()

@@ -14,6 +14,7 @@ import pytest
 from pktpath.collect import program
 from pktpath import config
 from pktpath.collect import hooks
+from pktpath.collect import bcc as bccmod
 from pktpath.collect import tracer
 from pktpath.kernel.btf import kernel_btf
 
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_every_function_handler_passes_the_verifier():
-    bcc = tracer.import_bcc()
+    bcc = bccmod.import_bcc()
     btf = kernel_btf()
     catalog = hooks.load_catalog()
     names = [n for n, e in catalog.items() if ":" not in e["target"]]
@@ -30,7 +31,7 @@ def test_every_function_handler_passes_the_verifier():
     plan = hooks.plan(names, caps, catalog)
     assert all(h.method in ("kprobe", "kretprobe") for h in plan), plan
     t = tracer.Tracer(config.load_config(None, {}), plan, btf)
-    hdr = tracer.kernel_headers()
+    hdr = bccmod.kernel_headers()
     if hdr:
         os.environ["BCC_KERNEL_SOURCE"] = hdr
     b = bcc.BPF(text=t.text.encode(), cflags=t.cflags)
@@ -65,15 +66,15 @@ def test_probes_reports_fallbacks_and_skips():
 REFUSING = r"""
 import ctypes, sys
 sys.path.insert(0, %r)
-from pktpath.collect import tracer
+from pktpath.collect import bpfsys
 from pktpath.commands import cli
-real = tracer.load_tp_btf
+real = bpfsys.load_tp_btf
 def refuse(insns, cnt, name, *a, **k):
     if refused(name, ctypes.string_at(insns, cnt * 8)):
         raise OSError(22, "Invalid argument")
     return real(insns, cnt, name, *a, **k)
 %s
-tracer.load_tp_btf = refuse
+bpfsys.load_tp_btf = refuse
 sys.exit(cli.main(["-c", %r, "--timeline", "0", "--json", %r, "--",
                    sys.executable, %r, "send", "--netns", "pp-ctrA", "--dst", "198.51.100.2",
                    "--port", "5000", "--count", "5", "--start-id", "%d"]))

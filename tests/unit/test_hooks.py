@@ -93,11 +93,11 @@ def test_delivery_is_tp_btf_where_any_address_can_be_loaded():
 
 
 def test_placeholder_calls_become_kfunc_calls():
-    """tracer.patch_kfunc_calls rewrites `call PLACEHOLDER` (a helper call bcc can compile)
+    """bpfsys.patch_kfunc_calls rewrites `call PLACEHOLDER` (a helper call bcc can compile)
     into a kfunc call (src_reg BPF_PSEUDO_KFUNC_CALL, imm = the function's BTF id), and
     nothing else: other helper calls, and other instructions with the same immediate, stay."""
     import struct
-    from pktpath.collect import tracer
+    from pktpath.collect import bpfsys
     ph = program.CAST_CALL
     insns = [(0xb7, 0x02, 0, 13013),      # r2 = btf id
              (0x85, 0x00, 0, ph),         # call placeholder     -> patched
@@ -107,7 +107,7 @@ def test_placeholder_calls_become_kfunc_calls():
              (0x85, 0x00, 0, ph),         # second placeholder call -> patched
              (0x95, 0x00, 0, 0)]          # exit
     buf = bytearray(b"".join(struct.pack("<BBhi", *i) for i in insns))
-    assert tracer.patch_kfunc_calls(buf, ph, 65486) == 2
+    assert bpfsys.patch_kfunc_calls(buf, ph, 65486) == 2
     out = [struct.unpack_from("<BBhi", buf, 8 * k) for k in range(len(insns))]
     assert out[1] == (0x85, 0x20, 0, 65486) and out[5] == (0x85, 0x20, 0, 65486)
     assert [out[k] for k in (0, 2, 3, 4, 6)] == [insns[k] for k in (0, 2, 3, 4, 6)]
