@@ -194,7 +194,9 @@ def test_record_then_report_matches(lab_up, fault, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "r.jsonl").read_text() == (tmp_path / "v.jsonl").read_text()
-    assert p.stdout == live.stdout
+    sent, report = live.stdout.split("== coverage ==", 1)   # the COMMAND's output, the report
+    assert sent.startswith("sent 4 datagrams")
+    assert p.stdout == "== coverage ==" + report
     end = json.loads(rec.read_text().splitlines()[-1])
     assert end["type"] == "end" and isinstance(end["lost_ids"], dict)
 
