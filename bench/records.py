@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 from pktpath.events import records
 from pktpath.collect import ringbuf
 from pktpath.process import stream as stream_mod
-from pktpath.commands import trace  # noqa: E402
+from pktpath.process import pipeline  # noqa: E402
 
 
 def record(pid, hops=9):
@@ -62,7 +62,7 @@ def main():
         path = os.path.join(tmp, "ring")
         n = ring_file(path, args.records, size)
         st = stream_mod.PacketStream(lambda: {}, keep_delivered=10000, expand=lambda r: [])
-        handle = trace.summary_handler(st)
+        handle = pipeline.summary_handler(st)
         with open(path, "r+b") as fh:
             reader = ringbuf.RingReader(fh.fileno(), size, wait=False)
             t0 = time.perf_counter()

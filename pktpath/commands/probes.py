@@ -11,7 +11,7 @@ from tabulate import tabulate
 from pktpath import config as configmod
 from pktpath.kernel import symbols
 from pktpath.kernel.btf import kernel_btf
-from pktpath.commands.trace import build_plan
+from pktpath.collect.plan import build_plan
 
 
 def add_arguments(p):

@@ -39,3 +39,17 @@ def stacks_section(packets):
         parts.append("packets %s (%d):\n%s" % (shown, len(ids),
                                                "\n".join("    " + f for f in stack)))
     return "\n\n".join(parts)
+
+
+class IntervalTable:
+    """drop_table() of what changed since the last call (--drops all, every --interval)."""
+
+    def __init__(self, symbolize, reasons, netns_names):
+        self.symbolize, self.reasons, self.netns_names = symbolize, reasons, netns_names
+        self.previous = {}
+
+    def __call__(self, counts):
+        text = drop_table(counts, self.symbolize, self.reasons, self.netns_names(),
+                          self.previous)
+        self.previous = as_dict(counts)
+        return text

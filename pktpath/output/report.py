@@ -1,8 +1,7 @@
 """Packet records (pktpath.process.reconstruct) -> text tables (tabulate) and JSON Lines (pure)."""
-import json
-
 from tabulate import tabulate
 
+from pktpath.output import schema
 from pktpath.process import analysis
 from pktpath.process.reconstruct import Summary, summarize
 
@@ -217,6 +216,5 @@ class ReportBuilder:
 
 
 def write_json(packets, fh):
-    """One JSON object per packet, one per line."""
-    for p in packets:
-        fh.write(json.dumps(p, separators=(",", ":")) + "\n")
+    """One JSON object per packet, one per line (output/schema.py)."""
+    schema.write_packets(packets, fh)

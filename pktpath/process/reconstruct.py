@@ -1,5 +1,7 @@
 """Events -> one record per packet ID, with its path and verdict (pure functions).
 
+The record's fields and their order are declared in output/schema.py (tests/unit/test_schema.py).
+
 Verdict (docs/DESIGN.md): `delivered` if any event is a delivery (clones share the ID: one
 delivered copy wins, drops of other clones are kept as `clone_drops`); else `dropped` (the last
 drop); else `lost`, reported with its last sighting; `incomplete` instead of `lost` when the
@@ -226,11 +228,10 @@ def mark_incomplete_sorted(packets, lost_ids, all_lost_suspect=False):
 
 def _lost_record(pid, n_lost):
     """The record of a packet ID whose every event the tracer lost."""
-    return {"id": pid, "verdict": "incomplete", "incomplete": n_lost, "events": 0,
-            "first_ns": None, "last_ns": None,
+    return {"id": pid, "verdict": "incomplete", "events": 0, "first_ns": None, "last_ns": None,
             "last": {"hook": None, "dev": None, "ifindex": None, "netns": None,
                      "netns_name": None},
-            "drop": None, "delivered": None, "path": []}
+            "drop": None, "delivered": None, "path": [], "incomplete": n_lost}
 
 
 def summarize(packets):

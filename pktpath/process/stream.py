@@ -18,7 +18,7 @@ import collections
 import time
 
 from pktpath.process import reconstruct
-from pktpath.output import report
+from pktpath.output import schema
 
 
 class PacketStream:
@@ -174,7 +174,7 @@ class PacketStream:
             if pkt["verdict"] == "delivered":
                 if self.kept_delivered >= self.keep_delivered:
                     if self.json_out is not None:
-                        report.write_json([pkt], self.json_out)
+                        self.json_out.write(schema.packet_line(pkt))
                     self.streamed += 1
                     continue
                 self.kept_delivered += 1

@@ -183,15 +183,22 @@ def test_ip_fragments_followed_by_the_first(lab_up, tmp_path):
         assert {h["dst"] for h in pkt["path"]} == {"%s:%d" % (overlay.DST_IP, overlay.PORT)}
 
 
-def test_record_then_report_matches(lab_up, tmp_path):
-    packets, _, rec = trace(tmp_path, send_args(800, 3))
-    p = subprocess.run(RUN + ["report", str(rec), "--json", str(tmp_path / "r.jsonl")],
+def test_record_then_report_matches(lab_up, fault, tmp_path):
+    """The live report and JSON, and `report` on the recording of the same run: byte for byte
+    the same (one pipeline, one finishing policy: process/pipeline.py)."""
+    fault("iptables-drop")  # odd IDs dropped: two verdicts
+    packets, live, rec = trace(tmp_path, send_args(800, 4))
+    assert {p["verdict"] for p in packets.values()} == {"delivered", "dropped"}
+    p = subprocess.run(RUN + ["report", str(rec), "--timeline", "0", "--json",
+                              str(tmp_path / "r.jsonl")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    again = {json.loads(line)["id"]: json.loads(line)
-             for line in (tmp_path / "r.jsonl").read_text().splitlines()}
-    assert {k: v["verdict"] for k, v in again.items()} == \
-        {k: v["verdict"] for k, v in packets.items()}
+    assert (tmp_path / "r.jsonl").read_text() == (tmp_path / "v.jsonl").read_text()
+    sent, report = live.stdout.split("== coverage ==", 1)   # the COMMAND's output, the report
+    assert sent.startswith("sent 4 datagrams")
+    assert p.stdout == "== coverage ==" + report
+    end = json.loads(rec.read_text().splitlines()[-1])
+    assert end["type"] == "end" and isinstance(end["lost_ids"], dict)
 
 
 def test_ready_file_and_duration(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from pktpath.process import reconstruct
 from pktpath.output import report
-from pktpath.commands import report as reportcmd
+from pktpath.process import pipeline
 from pktpath.process.reconstruct import build_packets, mark_incomplete
 from pktpath.events.recording import read_recording
 
@@ -153,8 +153,10 @@ def make_files(tmp_path, recs):
 def list_path(files, timeline):
     """(text, JSON) the way `report` made them before the streaming path: every event dict and
     every packet record in memory at once."""
-    events, meta, end = reportcmd.load(files)
-    packets = mark_incomplete(build_packets(events, meta["netns_names"]), end["lost_ids"])
+    events, meta, end = pipeline.load(files)
+    packets = mark_incomplete(build_packets(events, meta["netns_names"]),
+                              pipeline.lost_counts(end["lost_ids"]),
+                              all_lost_suspect=pipeline.untied(end) > 0)
     out = io.StringIO()
     report.write_json(packets, out)
     return report.render_report(packets, meta, end, max_timeline_packets=timeline), out.getvalue()
@@ -181,9 +183,8 @@ def test_report_matches_golden(tmp_path, case):
 
 def streaming_path(files, timeline):
     """(text, JSON) of the streaming path, in process: what `run.py report` prints."""
-    store, meta, end = reportcmd.load_store(files)
-    packets = reconstruct.mark_incomplete_sorted(store.packets(meta["netns_names"]),
-                                                 end["lost_ids"])
+    store, meta, end = pipeline.load_store(files)
+    packets = pipeline.finish(store.packets(meta["netns_names"]), end)
     builder, out = report.ReportBuilder(timeline), io.StringIO()
     for p in packets:
         builder.add(p)

@@ -1,0 +1,232 @@
+"""One pipeline for a live trace and for `report`: the same packets and the same report both ways.
+
+    live:      kernel records -> decode -> netns filter -> record -> PacketStream ---+
+    recorded:  recording(s) -> (merge clocks) -> EventStore ------------------------+
+                                                                                     v
+               finish(packets, end): ONE finishing policy (settle_end + mark incomplete)
+                                                                                     v
+               emit(): sinks (--json lines, report builder, drop stacks)
+
+The finishing policy needs the tracer's loss counters and its per-ID losses; a live trace writes
+them to the recording's end line (`lost_ids` as {id: records lost}), so `report` on that
+recording applies the same policy to the same facts. Older recordings list the IDs only: each
+then counts for one lost record, the least it can have been (never blame the network for the
+tracer's losses: a doubt makes a `lost` verdict `incomplete`).
+"""
+from pktpath.events import records
+from pktpath.events.recording import NO_END, scan_recording
+from pktpath.output import report, schema
+from pktpath.process import merge, reconstruct
+from pktpath.process.stream import PacketStream
+
+# ---- the finishing policy (live and recorded) ----
+
+FRAGS_NOTE = ("%d hook firings read the packet ID from page fragments (payload not in the "
+              "linear skb data)")
+UNTIED_NOTE = ("%d lost records could not be tied to a packet ID: packets may be missing from "
+               "this report, and every `lost` verdict is reported as `incomplete`")
+
+
+def lost_counts(lost_ids):
+    """{id (int): records lost} from an end record's `lost_ids`: a mapping (JSON keys are
+    strings), or a list of IDs (older recordings: `true` each, counted as 1, the least it
+    can be)."""
+    if isinstance(lost_ids, dict):
+        return {int(k): v for k, v in lost_ids.items()}
+    return dict.fromkeys((int(k) for k in lost_ids or ()), True)
+
+
+def untied(end):
+    """How many records the tracer lost without knowing their packet ID (0 or more)."""
+    return max(0, (end.get("lost") or 0) - sum(lost_counts(end.get("lost_ids")).values()))
+
+
+def _note(end, template, n):
+    """Add the warning template % n to end["warnings"] unless one like it is there (a
+    recording's end line carries the notes of the live run that wrote it)."""
+    warnings = end.setdefault("warnings", [])
+    tail = template.split("%d", 1)[1]
+    if not any(w.endswith(tail) for w in warnings):
+        warnings.append(template % n)
+
+
+def settle_end(end):
+    """The finishing policy's notes on one trace's end record (in place; applying it twice
+    changes nothing): IDs read from page fragments, losses not tied to an ID."""
+    if end.get("from_frags"):
+        _note(end, FRAGS_NOTE, end["from_frags"])
+    if untied(end):
+        _note(end, UNTIED_NOTE, untied(end))
+    return end
+
+
+def finish(packets, end):
+    """Packets (sorted by ID, then first_ns) after the policy: IDs the tracer lost events of are
+    `incomplete` where they would be `lost` (and get a record when it lost them all); when it
+    lost records it could not tie to an ID, every `lost` verdict is `incomplete`."""
+    return reconstruct.mark_incomplete_sorted(packets, lost_counts(end.get("lost_ids")),
+                                              all_lost_suspect=untied(end) > 0)
+
+
+def live_end(counters, lost_ids, netns_names, events, streamed):
+    """The end record of a live trace (the recording's end line, the report's notes)."""
+    end = dict(counters, netns_names=netns_names, events=events,
+               lost_ids={str(k): v for k, v in sorted(lost_ids.items())})
+    settle_end(end)
+    if streamed:
+        end["streamed_delivered"] = streamed
+    return end
+
+
+# ---- the sinks ----
+
+def emit(packets, meta, end, json_out=None, timeline=50):
+    """Each packet (any iterable, consumed once) to `json_out` (if any) and to the report;
+    returns (report text, the packets with a drop stack, reduced to what the stacks section
+    reads)."""
+    builder, stacked = report.ReportBuilder(timeline), []
+    line = schema.packet_line
+    write = json_out.write if json_out is not None else None
+    for p in packets:
+        builder.add(p)
+        stack = (p.get("drop") or {}).get("stack")
+        if stack:
+            stacked.append({"id": p["id"], "drop": {"stack": stack}})
+        if write is not None:
+            write(line(p))
+    return builder.render(meta, end), stacked
+
+
+# ---- live: kernel records in ----
+
+def summary_handler(stream):
+    """The live handler of summary records: each goes to `stream` raw (bench/records.py
+    measures what it costs per record)."""
+    return stream.record_adder(records.path_key, records.KIND_DELIVER)
+
+
+class LivePipeline:
+    """decode -> netns filter -> record -> PacketStream, fed by the tracer's callbacks.
+
+    `decoder`: records.PathDecoder; `netns_names`: callable -> {inode: name}; `rec`: a
+    recording.RecordingWriter or None; `only_netns`: set of inodes (empty: all); `stack`:
+    stack_id -> [frames] (None: no stacks); `idle`: called between batches of a long flush.
+    """
+
+    def __init__(self, decoder, netns_names, summary=True, json_out=None, rec=None,
+                 only_netns=(), keep_delivered=10000, stack=None, idle=None):
+        self.decoder, self.netns_names = decoder, netns_names
+        self.json_out, self.rec = json_out, rec
+        self.only_netns, self.stack = only_netns, stack
+        self.stream = PacketStream(netns_names, json_out, keep_delivered=keep_delivered,
+                                   expand=self._expand, fast=not (rec or only_netns), idle=idle,
+                                   json_line=records.DeliveredJSON(decoder))
+        self.summary = summary
+        self.on_record = summary_handler(self.stream) if summary else self._on_event
+
+    def _keep(self, ev):
+        if self.only_netns and ev["netns"] not in self.only_netns:
+            return False
+        if "stack_id" in ev and self.stack is not None:
+            ev["stack"] = self.stack(ev["stack_id"])
+        if self.rec:
+            self.rec.event(ev)
+        return True
+
+    def _expand(self, data):
+        """A summary record's events (decoded only when needed, see stream.py)."""
+        return [ev for ev in self.decoder.decode_path(data) if self._keep(ev)]
+
+    def _on_event(self, data):
+        ev = self.decoder.decode(data)
+        if self._keep(ev):
+            self.stream.add(ev)
+
+    @property
+    def events(self):
+        return self.stream.events
+
+    def flush(self):
+        """Finish the packets quiet for a while (called once a second)."""
+        self.stream.flush()
+
+    def settle(self):
+        """Finish every packet (while drop stacks can still be read)."""
+        self.stream.settle()
+
+    def end(self, counters, lost_ids):
+        """(packets, end record) once the last record is in: the policy applied, the recording
+        (if any) ended and closed."""
+        end = live_end(counters, lost_ids, self.netns_names(), self.stream.events,
+                       self.stream.streamed)
+        packets = list(finish(self.stream.finish(), end))
+        if self.rec:
+            self.rec.end(end)
+            self.rec.close()
+        return packets, end
+
+    def report(self, counters, lost_ids, meta, timeline=50):
+        """(packets, report text) of the finished trace: end(), then the sinks (the packets go
+        to the --json output, which the caller closes)."""
+        packets, end = self.end(counters, lost_ids)
+        return packets, emit(packets, meta, end, self.json_out, timeline)[0]
+
+
+# ---- recorded: recordings in ----
+
+def load(paths):
+    """(events, meta, end) merged over the recordings `paths`, each end settled."""
+    events = []
+    meta, end = _load(paths, events.append)
+    if len(paths) > 1:
+        end["warnings"] += merge.correct_clocks(events)
+    return events, meta, end
+
+
+def load_store(paths):
+    """(store, meta, end): load() with the events in a reconstruct.EventStore, which holds a
+    million events in a few hundred MB where their dicts would take gigabytes."""
+    store = reconstruct.EventStore()
+    if len(paths) > 1:  # merging shifts times by causality, on dicts: small two-host recordings
+        events, meta, end = load(paths)
+        for ev in events:
+            store.add(ev)
+        return store, meta, end
+    meta, end = _load(paths, store.add)
+    return store, meta, end
+
+
+def _load(paths, on_event):
+    """(meta, end) merged over the recordings `paths`; `on_event` gets every event (placed on
+    its host's wall clock when there are several recordings)."""
+    names, coverage, lost = {}, [], {}
+    end = {"lost": 0, "unreachable": 0, "warnings": []}
+    for path in paths:
+        if len(paths) > 1:
+            evs = []
+            m, e = scan_recording(path, evs.append)
+            for ev in merge.to_wall(m, evs):
+                on_event(ev)
+        else:
+            m, e = scan_recording(path, on_event)
+        names.update(m.get("netns_names") or {})
+        if e is None:
+            e = {"warnings": [NO_END % path]}
+        settle_end(e)
+        names.update(e.get("netns_names") or {})
+        for key in ("lost", "unreachable"):
+            end[key] += e.get(key) or 0
+        end["warnings"] += e.get("warnings", [])
+        for pid, n in lost_counts(e.get("lost_ids")).items():
+            lost[pid] = n if pid not in lost else lost[pid] + n
+        host = m.get("host") if len(paths) > 1 else None
+        coverage += [dict(c, host=host) if host else c for c in m.get("coverage") or ()]
+    end.update(netns_names=names, lost_ids=dict(sorted(lost.items())))
+    return {"coverage": coverage, "netns_names": names}, end
+
+
+def recorded(paths):
+    """(packets, meta, end) of recordings: packets one at a time, in ID order, finished by the
+    policy (never all held at once)."""
+    store, meta, end = load_store(paths)
+    return finish(store.packets(meta["netns_names"]), end), meta, end

@@ -1,0 +1,219 @@
+"""Live and recorded give the same answer: kernel records fed through the live pipeline (the code
+commands/trace.py runs, without root or a tracer) and `run.py report` on the recording it wrote
+must print the same report and write the same JSON, byte for byte, whatever the tracer lost."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pktpath.events import records
+from pktpath.events.recording import RecordingWriter
+from pktpath.process import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HOOKS = ["net_dev_queue", "netif_receive_skb", "kfree_skb", "sk_data_ready"]
+NAMES = {"4026532301": "pp-ctrA", "4026532302": "pp-hostA", "4026532303": "pp-hostB",
+         "4026532304": "pp-ctrB"}
+REASONS = {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 6: "NETFILTER_DROP"}
+PASS, DROP, DELIVER = 0, 1, 2
+T0 = 7 * 10 ** 12
+
+
+def symbolize(addr):
+    return "nf_hook_slow+0x%x" % (addr & 0xfff)
+
+
+# (netns, hook, dev, encap): the hops of a packet from container A to container B
+ROUTE = [(4026532301, 0, b"eth0", False), (4026532302, 0, b"pp-ul", True),
+         (4026532303, 1, b"pp-ul", True), (4026532303, 1, b"pp-vx", False),
+         (4026532304, 1, b"eth0", False)]
+
+
+def path_record(pid, hops, final=PASS, reason=0, location=0, t=None):
+    """A summary-mode pp_path record of packet `pid`: the first `hops` hops of ROUTE, then the
+    final drop or delivery (if any)."""
+    p = records.RawPath(first_ts=t or T0 + pid * 50_000, id=pid, final_kind=final,
+                        skb=0xffff888000000000 + pid * 256 + (t is not None),
+                        saddr=0x0101000a, daddr=0x0201000a, sport=40000, dport=5000,
+                        osaddr=0x010200c0, odaddr=0x020200c0, osport=51000, odport=4789,
+                        vni=42, has_encap=1, port=5000 if final == DELIVER else 0,
+                        reason=reason, location=location, stack_id=-1)
+    steps = [(ns, hook, dev, encap, PASS) for ns, hook, dev, encap in ROUTE[:hops]]
+    if final == DROP:
+        steps.append((ROUTE[hops - 1][0], 2, b"", False, DROP))
+    elif final == DELIVER:
+        steps.append((4026532304, 3, b"", False, DELIVER))
+    for i, (ns, hook, dev, encap, kind) in enumerate(steps):
+        h = p.hops[i]
+        h.dt, h.hook, h.kind, h.netns, h.dev, h.cpu, h.ifindex = \
+            i * 3000 + pid % 7, hook, kind, ns, dev, pid % 2, 2 + i
+        h.flags = records.F_HOP_SET | (records.F_ENCAP if encap else 0)
+    p.nhops = len(steps)
+    return bytes(p)[:records.PATH_HDR + len(steps) * records.HOP_SIZE]
+
+
+def summary_records():
+    out = []
+    for pid in range(1, 13):
+        if pid % 4 == 1:
+            out.append(path_record(pid, 5, DROP, reason=6 if pid % 8 == 1 else 3,
+                                   location=0x9e + pid))
+        elif pid % 4 == 2:
+            out.append(path_record(pid, 2 + pid % 3))          # lost on the way
+        else:
+            out.append(path_record(pid, 5, DELIVER))
+    out.append(path_record(3, 2, t=T0 + 5 * 10 ** 9))          # ID 3 reused later, lost
+    return out
+
+
+def event_records():
+    """Events mode: one pp_event per hop, made from the summary records' hops."""
+    dec = records.PathDecoder(HOOKS, REASONS, symbolize)
+    out = []
+    for data in summary_records():
+        for ev in dec.decode_path(data):
+            e = records.RawEvent(ts=ev["t_ns"], skb=ev["skb"], id=ev["id"], netns=ev["netns"],
+                                 ifindex=ev["ifindex"], hook=HOOKS.index(ev["hook"]),
+                                 cpu=ev["cpu"], kind=records.KINDS.index(ev["kind"]),
+                                 flags=records.F_ENCAP if ev["encap"] else 0,
+                                 vni=ev["vni"] or 0, saddr=0x0101000a, daddr=0x0201000a,
+                                 sport=40000, dport=5000, osaddr=0x010200c0,
+                                 odaddr=0x020200c0, osport=51000, odport=4789,
+                                 port=ev["port"] or 0, dev=ev["dev"].encode(),
+                                 reason=ev["reason_code"] or 0, stack_id=-1,
+                                 location=int(ev["location"].split("+0x")[1], 16)
+                                 if ev["location"] else 0)
+            out.append(bytes(e))
+    out.sort(key=lambda b: records._FMT.unpack_from(b)[0])
+    return out
+
+
+META = {"version": 1, "host": "lab", "config": {}, "hooks": HOOKS, "netns_names": NAMES,
+        "clock": {"mono_ns": 0, "wall_ns": 0},
+        "coverage": [{"hook": h, "method": "tp_btf", "status": "attached", "why": ""}
+                     for h in HOOKS]}
+
+
+def live(tmp_path, counters, lost_ids, mode="summary", record=True, timeline=50,
+         keep_delivered=10000):
+    """(report text, JSON text, recording path) of a live trace that saw the records."""
+    rec_path = tmp_path / ("rec-%s.jsonl" % mode)
+    rec = RecordingWriter(str(rec_path)) if record else None
+    out = io.StringIO()
+    pipe = pipeline.LivePipeline(records.PathDecoder(HOOKS, REASONS, symbolize), lambda: NAMES,
+                                 summary=mode == "summary", json_out=out, rec=rec,
+                                 keep_delivered=keep_delivered)
+    if rec:
+        rec.meta(META)
+    for data in summary_records() if mode == "summary" else event_records():
+        pipe.on_record(data)
+    pipe.flush()
+    pipe.settle()
+    _packets, text = pipe.report(dict({"lost": 0, "unreachable": 0, "from_map": 0,
+                                       "lost_paths_full": 0, "rescued": 0, "from_frags": 0},
+                                      **counters), lost_ids, META, timeline)
+    return text, out.getvalue(), rec_path
+
+
+def report(path, timeline=50):
+    """(report text, JSON text) of `run.py report` on a recording."""
+    out = str(path) + ".out.jsonl"
+    p = subprocess.run([sys.executable, "run.py", "report", str(path), "--timeline",
+                        str(timeline), "--json", out], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and not p.stderr, p.stderr
+    with open(out) as f:
+        return p.stdout, f.read()
+
+
+LOSSES = {
+    "none": ({}, {}),
+    "untied": ({"lost": 5}, {}),                           # the end line "lost":5,"lost_ids":{}
+    "per_id": ({"lost": 4}, {3: 2, 6: 1, 99: 1}),          # every lost record tied to its ID
+    "per_id_and_untied": ({"lost": 9}, {3: 2, 99: 1}),
+    "frags": ({"from_frags": 7, "unreachable": 2}, {}),
+}
+
+
+@pytest.mark.parametrize("mode", ["summary", "events"])
+@pytest.mark.parametrize("case", sorted(LOSSES))
+def test_live_and_recorded_reports_are_the_same(tmp_path, case, mode):
+    counters, lost_ids = LOSSES[case]
+    text, js, rec = live(tmp_path, counters, lost_ids, mode)
+    assert report(rec) == (text + "\n", js)
+    # and without a recording (summary mode then keeps records raw, DeliveredJSON writes)
+    assert live(tmp_path, counters, lost_ids, mode, record=False)[:2] == (text, js)
+
+
+def verdicts(js):
+    return {(p["id"], p["first_ns"]): (p["verdict"], p.get("incomplete"))
+            for p in map(json.loads, js.splitlines())}
+
+
+def test_untied_losses_make_lost_incomplete_both_ways(tmp_path):
+    _text, js, rec = live(tmp_path, {"lost": 5}, {})
+    v = verdicts(js)
+    assert ("lost", None) not in v.values()
+    assert v[(2, T0 + 2 * 50_000 + 2)] == ("incomplete", True)
+    end = json.loads(rec.read_text().splitlines()[-1])
+    assert end["lost"] == 5 and end["lost_ids"] == {}
+    assert "5 lost records could not be tied" in end["warnings"][0]
+
+
+def test_per_id_losses_are_kept_in_the_recording(tmp_path):
+    _text, js, rec = live(tmp_path, {"lost": 4}, {3: 2, 6: 1, 99: 1})
+    end = json.loads(rec.read_text().splitlines()[-1])
+    assert end["lost_ids"] == {"3": 2, "6": 1, "99": 1}
+    v = verdicts(js)
+    assert v[(6, T0 + 6 * 50_000 + 6)] == ("incomplete", 1)
+    assert v[(99, None)] == ("incomplete", 1)
+    assert ("lost", None) in v.values()                   # not suspect: all losses tied
+
+
+def old_recording(path, rec, lost, lost_ids):
+    """`rec` rewritten with the end line an older pktpath wrote: lost_ids a sorted list, no
+    notes."""
+    lines = rec.read_text().splitlines()
+    end = {"type": "end", "lost": lost, "unreachable": 0, "from_map": 0,
+           "netns_names": NAMES, "events": 0, "lost_ids": sorted(lost_ids)}
+    path.write_text("\n".join(lines[:-1] + [json.dumps(end)]) + "\n")
+
+
+def test_an_old_recording_with_untied_losses_reports_what_the_live_run_did(tmp_path):
+    """An older recording ending "lost":5,"lost_ids":[] was reported `lost` by `report` and
+    `incomplete` live."""
+    text, js, rec = live(tmp_path, {"lost": 5}, {})
+    old = tmp_path / "old.jsonl"
+    old_recording(old, rec, 5, [])
+    assert report(old) == (text + "\n", js)
+
+
+def test_an_old_recording_lists_ids_each_counted_once(tmp_path):
+    _text, js, rec = live(tmp_path, {"lost": 2}, {3: 1, 6: 1})
+    old = tmp_path / "old.jsonl"
+    old_recording(old, rec, 2, [3, 6])          # every loss tied: `lost` stays lost
+    v = verdicts(report(old)[1])
+    assert v[(6, T0 + 6 * 50_000 + 6)] == ("incomplete", True)
+    assert ("lost", None) in v.values()
+    old_recording(old, rec, 3, [3, 6])          # one more than listed: suspect
+    assert ("lost", None) not in verdicts(report(old)[1]).values()
+
+
+def test_the_policy_is_idempotent():
+    end = {"lost": 3, "lost_ids": {"1": 1}, "from_frags": 2}
+    once = pipeline.settle_end(dict(end))
+    assert len(once["warnings"]) == 2
+    assert pipeline.settle_end(json.loads(json.dumps(once))) == once
+
+
+def test_delivered_past_the_quota_are_streamed_and_counted_both_ways(tmp_path):
+    """Past --keep-delivered the live report counts delivered packets it no longer holds; the
+    JSON has them all, as the recording's report does (in ID order there)."""
+    text, js, rec = live(tmp_path, {}, {}, keep_delivered=2)
+    rtext, rjs = report(rec)
+    assert sorted(js.splitlines()) == sorted(rjs.splitlines())
+    summary = [line for line in text.splitlines() if " packets: " in line]
+    assert summary and summary[0] in rtext
