@@ -445,8 +445,7 @@ class Tracer:
     def counters(self):
         """{"lost": n, "unreachable": n, "from_map": n, "lost_paths_full": n} summed over
         CPUs ("lost" includes "lost_paths_full")."""
-        names = ("lost", "unreachable", "from_map", None, "lost_paths_full", "rescued",
-                 "from_frags")
+        names = [None if n in records.INTERNAL_COUNTERS else n for n in records.COUNTERS]
         table = self.maps.get("counters")
         if table is None:
             return {n: 0 for n in names if n}
@@ -487,7 +486,9 @@ class Tracer:
         table = self.maps.get("dropcounts")
         if table is None or not self.drops_all:
             return []
-        return [struct.unpack("<QII", k) + struct.unpack("<Q", v) for k, v in table.items()]
+        key = records.DROPKEY
+        return [tuple(key.unpack(k)[f] for f in ("location", "reason", "netns")) +
+                struct.unpack("<Q", v) for k, v in table.items()]
 
     def lost_ids(self):
         """{packet ID: events lost} for packets that lost events to a full ring buffer."""
