@@ -9,6 +9,7 @@ tests/unit/test_events.py parses the header independently and checks both agree.
 """
 import json
 import os
+from operator import itemgetter
 import re
 import socket
 import struct
@@ -153,10 +154,13 @@ _P = {n: i for i, n in enumerate(PATH.names)}
 _H = {n: i for i, n in enumerate(HOP.names)}
 assert HOP.names == ("dt", "hook", "kind", "flags", "ifindex", "netns", "cpu", "dev")
 _FLOW = ("family", "saddr", "daddr", "sport", "dport")
-_EV_INNER = [_E["inner." + f] for f in _FLOW]
-_EV_OUTER = [_E["tun.outer." + f] for f in _FLOW]
-_PA_INNER = [_P["inner." + f] for f in _FLOW]
-_PA_OUTER = [_P["tun.outer." + f] for f in _FLOW]
+_EV_INNER = itemgetter(*[_E["inner." + f] for f in _FLOW])
+_EV_OUTER = itemgetter(*[_E["tun.outer." + f] for f in _FLOW])
+_EVENT_FIELDS = itemgetter(*[_E[n] for n in (
+    "ts", "skb", "location", "id", "netns", "ifindex", "reason", "hook", "cpu", "kind", "flags",
+    "port", "dev", "stack_id", "tun.vni")])
+_PA_INNER = itemgetter(*[_P["inner." + f] for f in _FLOW])
+_PA_OUTER = itemgetter(*[_P["tun.outer." + f] for f in _FLOW])
 
 
 def format_host(family, addr):
@@ -204,43 +208,45 @@ class Decoder:
 
     def _flows(self, t, inner, outer, encap):
         """(src, dst, outer_src, outer_dst) texts from an unpacked record `t`."""
-        host = self._host
-        fam, sa, da, sp, dp = [t[i] for i in inner]
-        src, dst = "%s:%d" % (host(fam, sa), sp), "%s:%d" % (host(fam, da), dp)
+        fam, sa, da, sp, dp = inner(t)
+        cache = self._hosts[fam == 6]
+        src = "%s:%d" % (cache.get(sa) or self._host(fam, sa), sp)
+        dst = "%s:%d" % (cache.get(da) or self._host(fam, da), dp)
         if not encap:
             return src, dst, None, None
-        fam, sa, da, sp, dp = [t[i] for i in outer]
-        return src, dst, "%s:%d" % (host(fam, sa), sp), "%s:%d" % (host(fam, da), dp)
+        fam, sa, da, sp, dp = outer(t)
+        cache = self._hosts[fam == 6]
+        return (src, dst, "%s:%d" % (cache.get(sa) or self._host(fam, sa), sp),
+                "%s:%d" % (cache.get(da) or self._host(fam, da), dp))
 
     def decode(self, data):
         t = _FMT.unpack_from(data)
-        E = _E
-        flags, kind = t[E["flags"]], t[E["kind"]]
+        (ts, skb, location, pid, netns, ifindex, reason, hook, cpu, kind, flags, port, dev,
+         stack_id, vni) = _EVENT_FIELDS(t)
         encap = bool(flags & F_ENCAP)
         kind_name = KINDS[kind] if kind < len(KINDS) else "pass"
         is_drop = kind_name == "drop"
-        reason, stack_id = t[E["reason"]], t[E["stack_id"]]
         src, dst, osrc, odst = self._flows(t, _EV_INNER, _EV_OUTER, encap)
         ev = {
-            "t_ns": t[E["ts"]],
-            "hook": self.hook_name(t[E["hook"]]),
+            "t_ns": ts,
+            "hook": self.hook_name(hook),
             "kind": kind_name,
-            "id": t[E["id"]],
-            "skb": t[E["skb"]],
-            "cpu": t[E["cpu"]],
-            "dev": _dev(t[E["dev"]]),
-            "ifindex": t[E["ifindex"]],
-            "netns": t[E["netns"]],
+            "id": pid,
+            "skb": skb,
+            "cpu": cpu,
+            "dev": _dev(dev),
+            "ifindex": ifindex,
+            "netns": netns,
             "encap": encap,
-            "vni": t[E["tun.vni"]] if encap else None,
+            "vni": vni if encap else None,
             "src": src,
             "dst": dst,
             "outer_src": osrc,
             "outer_dst": odst,
             "reason": self.reasons.get(reason, str(reason)) if is_drop else None,
             "reason_code": reason if is_drop else None,
-            "location": self.symbolize(t[E["location"]]) if is_drop else None,
-            "port": t[E["port"]] if kind_name == "deliver" else None,
+            "location": self.symbolize(location) if is_drop else None,
+            "port": port if kind_name == "deliver" else None,
             "from_map": bool(flags & F_FROM_MAP),
         }
         if stack_id >= 0 and is_drop:
@@ -277,8 +283,12 @@ def path_used_bytes(data):
     return PATH_HDR + min(nhops, MAX_HOPS) * HOP_SIZE
 
 
-_PI = {n: _P[n] for n in ("first_ts", "skb", "location", "id", "reason", "port", "final_kind",
-                          "nhops", "stack_id", "tun.type", "tun.vni")}
+# the header fields the decoders use, in one itemgetter each
+_PATH_FIELDS = itemgetter(*[_P[n] for n in (
+    "first_ts", "skb", "location", "id", "reason", "port", "final_kind", "nhops", "stack_id",
+    "tun.type", "tun.vni")])
+_JSON_FIELDS = itemgetter(*[_P[n] for n in (
+    "final_kind", "nhops", "first_ts", "tun.vni", "id", "port", "tun.type")])
 
 
 class PathDecoder(Decoder):
@@ -290,14 +300,11 @@ class PathDecoder(Decoder):
 
     def decode_path(self, data):
         t = _PATH.unpack_from(data)
-        P = _PI
-        first_ts, skb, location, pid = t[P["first_ts"]], t[P["skb"]], t[P["location"]], t[P["id"]]
-        reason, port, final_kind = t[P["reason"]], t[P["port"]], t[P["final_kind"]]
-        nhops, stack_id, vni = t[P["nhops"]], t[P["stack_id"]], t[P["tun.vni"]]
+        (first_ts, skb, location, pid, reason, port, final_kind, nhops, stack_id, tun,
+         vni) = _PATH_FIELDS(t)
         if nhops > MAX_HOPS:
             self.truncated += nhops - MAX_HOPS
-        src, dst, osrc, odst = self._flows(t, _PA_INNER, _PA_OUTER,
-                                           t[P["tun.type"]] != TUN_NONE)
+        src, dst, osrc, odst = self._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
         out = []
         # a record carries the hops its emitter claimed; another CPU may have claimed more since
         for i in range(min(nhops, MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE)):
@@ -355,18 +362,15 @@ class DeliveredJSON:
 
     def __call__(self, data, names):
         t = _PATH.unpack_from(data)
-        P = _PI
-        final_kind, nhops = t[P["final_kind"]], t[P["nhops"]]
+        final_kind, nhops, first_ts, vni, pid, port, tun = _JSON_FIELDS(t)
         n = (len(data) - PATH_HDR) // HOP_SIZE
         if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0:
             return None
         if names is not self._names:
             self._head.clear()      # netns names changed: re-render
             self._names = names
-        first_ts, vni, pid, port = t[P["first_ts"]], t[P["tun.vni"]], t[P["id"]], t[P["port"]]
         dumps = json.dumps
-        src, dst, osrc, odst = self.d._flows(t, _PA_INNER, _PA_OUTER,
-                                             t[P["tun.type"]] != TUN_NONE)
+        src, dst, osrc, odst = self.d._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
         parts, prev = [], -1
         for i in range(n):
             dt, hook, kind, flags, ifindex, netns, cpu, dev = \
