@@ -25,13 +25,15 @@ from pktpath.process import pipeline  # noqa: E402
 
 def record(pid, hops=9):
     """A delivered packet's pp_path record with `hops` hops, as the kernel emits it."""
-    p = records.RawPath(first_ts=10 ** 12 + pid, id=pid, final_kind=records.KIND_DELIVER,
-                       saddr=0x016433c6, daddr=0x026433c6, sport=40000, dport=5000, port=5000,
-                       nhops=hops, stack_id=-1)
-    for i in range(hops):
-        h = p.hops[i]
-        h.dt, h.hook, h.kind, h.flags, h.dev = i * 1000, i % 3, 0, records.F_HOP_SET, b"eth0"
-    return bytes(p)[:records.PATH_HDR + hops * records.HOP_SIZE]
+    head = records.PATH.pack({"inner.family": 4, "inner.protocol": 17,
+                              "inner.saddr": bytes([198, 51, 100, 1]) + bytes(12),
+                              "inner.daddr": bytes([198, 51, 100, 2]) + bytes(12),
+                              "inner.sport": 40000, "inner.dport": 5000},
+                             first_ts=10 ** 12 + pid, id=pid, final_kind=records.KIND_DELIVER,
+                             port=5000, nhops=hops, stack_id=-1)
+    return head + b"".join(records.HOP.pack(dt=i * 1000, hook=i % 3, kind=0,
+                                            flags=records.F_HOP_SET, dev=b"eth0")
+                           for i in range(hops))
 
 
 def ring_file(path, n, size):

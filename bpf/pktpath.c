@@ -1,19 +1,24 @@
 /* pktpath: the kernel side. One program, many hooks.
  *
  * Every hook hands an skb (or, for delivery, a socket) to one of three handlers below. A handler
- * reads the skb's header offsets, parses outer IPv4/UDP, VXLAN and inner Ethernet/IPv4/UDP,
- * applies the filter and reads the packet ID from the payload. In tp_btf programs on kernels with
- * bpf_rdonly_cast every read is a plain load in place (pp_cast, PP_AT, PP_RD); otherwise the skb
- * fields and the headers are copied with one bounded bpf_probe_read_kernel each. Only matching
- * packets are recorded.
+ * (pp_handle) works in steps: read the skb's fields (pp_skb_fields); parse its headers in layers
+ * (pp_parse: L2 -> L3 -> L4 -> a tunnel chosen by UDP destination port -> the inner L2/L3/L4),
+ * apply the filter to the flows (pp_match_outer, pp_match_inner) and take the packet key
+ * (pp_key_payload: the ID in the payload); find the ID elsewhere when the headers did not give
+ * it (pp_identify); record an event (pp_record_event) or a hop of the packet's path
+ * (pp_summary). The drop monitor of --drops all is pp_dropwatch. In tp_btf programs on kernels
+ * with bpf_rdonly_cast every read is a plain load in place (pp_cast, PP_AT, PP_RD); otherwise the
+ * skb fields and the headers are copied with one bounded bpf_probe_read_kernel each. Only
+ * matching packets are recorded.
  *
  * Nothing here uses a kernel header's struct layout: every field offset (PP_OFF_*) is resolved
- * from the running kernel's BTF by pktpath/bpfgen.py and passed as -D. Filter values (PP_*) come
- * from the config the same way. The per-hook entry points are generated (see bpfgen.py) and
- * appended after this file.
+ * from the running kernel's BTF by pktpath/collect/program.py and passed as -D. Filter values
+ * (PP_*) come from the config the same way. The per-hook entry points are generated (see
+ * program.py) and appended after this file. Every record, map key and counter user space reads
+ * is declared in pktpath.h.
  */
 
-/* pktpath.h is prepended by bpfgen.py. struct pt_regs (kprobe entry points) is the one layout
+/* pktpath.h is prepended by program.py. struct pt_regs (kprobe entry points) is the one layout
  * taken from headers: it is the architecture's stable register ABI, not a kernel struct. */
 #include <uapi/linux/ptrace.h>
 
@@ -47,11 +52,8 @@ BPF_RINGBUF_OUTPUT(events, PP_RINGBUF_PAGES);
 BPF_RINGBUF_OUTPUT(rescue, PP_RESCUE_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct pp_scratch, 1);
 BPF_ARRAY(skbids, struct pp_skbinfo, PP_MAP_ENTRIES);   /* PP_MAP_ENTRIES: a power of two */
-/* counters, per CPU: 0 = events lost (ring buffer full), 1 = matched packets whose ID lay beyond
- * the linear data (paged/GRO payload), 2 = events attributed through skbids, 3 = records
- * submitted, 4 = of the lost events, those lost because the path table was full, 5 = records
- * that went to the rescue ring, 6 = IDs read from page fragments */
-BPF_PERCPU_ARRAY(counters, u64, 7);
+/* counters, per CPU, indexed by enum pp_counter (pktpath.h) */
+BPF_PERCPU_ARRAY(counters, u64, PP_CNT_COUNT);
 /* packet IDs that lost at least one event (ring buffer full): their verdict is `incomplete` */
 BPF_TABLE("lru_hash", u32, u64, lostids, 65536);
 #ifdef PP_STACKS
@@ -70,21 +72,9 @@ struct pp_lastseen {
 BPF_PERCPU_ARRAY(lastseen, struct pp_lastseen, 1);
 #endif
 #ifdef PP_DROPS_ALL
-struct pp_dropkey {
-    u64 location;
-    u32 reason;
-    u32 netns;
-};
+/* struct pp_dropkey (pktpath.h) -> drops; both CPUs write it: see pp_dropwatch */
 BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #endif
-
-#define PP_CNT_LOST 0
-#define PP_CNT_UNREACHABLE 1
-#define PP_CNT_FROM_MAP 2
-#define PP_CNT_SUBMITTED 3
-#define PP_CNT_PATHS_FULL 4
-#define PP_CNT_RESCUED 5
-#define PP_CNT_FROM_FRAGS 6
 
 /* internal kind: a datagram found behind the queue tail at delivery (see pp_deliver) */
 #define PP_KIND_DELIVER_OLDER 3
@@ -98,10 +88,21 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 
 #define PP_IN_FRAGS 3   /* matched, but the ID lies in the paged data (pp_paged_id) */
 
+/* A flow as the parse holds it (IPv4 now): the addresses as loaded (network order) and both
+ * UDP ports in one load (network order; on x86 sport is the low half). It lives in registers
+ * until the filter decides; pp_flow_put widens it into a struct pp_flow record. */
+struct pp_flow4 {
+    u32 saddr, daddr, ports;
+};
+
+/* A packet of the traced flow, as the parse leaves it for the record. */
 struct pp_pkt {
-    u32 id, saddr, daddr, osaddr, odaddr, vni;
-    u16 sport, dport, osport, odport;
-    u8 encap;
+    u32 id;
+    u32 vni;
+    struct pp_flow4 in;     /* the traced (inner, or only) flow */
+    struct pp_flow4 out;    /* the outer flow when tun != PP_TUN_NONE, else zero */
+    u8 family;              /* 4; 0: not parsed (the ID came from the skb map) */
+    u8 tun;                 /* PP_TUN_* */
 };
 
 static __always_inline int pp_is_kptr(u64 p)
@@ -240,11 +241,29 @@ PP_RD_FN(u64)
 PP_RD_FN(u32)
 PP_RD_FN(u16)
 
-/* Parse an IPv4 header at `off`: the offset of its UDP header; 0 if it is IPv4 but not UDP (or
- * a later fragment, which has no UDP header); -1 if it is not IPv4. The headers are read from `h`
- * (a copy) or, `direct`, in place at `addr` (see pp_cast). */
-static __always_inline s32 pp_ipv4_udp(u8 *h, u64 addr, int direct, u32 off, u32 *saddr,
-                                       u32 *daddr)
+/* ---- The parse, in layers: L2 -> L3 -> L4 -> tunnel (by UDP destination port) -> the inner
+ * L2/L3/L4 -> filter -> packet key. Each layer reads from `h` (a copy of the headers) or,
+ * `direct`, in place at `addr` (see pp_cast), and returns the next layer's offset. ---- */
+
+/* L2, Ethernet (and one 802.1Q tag if `vlan`) at `eth`, which is `off` from the start: the L3
+ * offset; its ethertype in *type. (Given a pointer, not an offset: the tunnel layer already
+ * holds one, and each pp_cast is a call that costs registers.) */
+static __always_inline u32 pp_l2(u8 *eth, u32 off, int vlan, u16 *type)
+{
+    u16 proto = rd16(eth, 12);
+    off += 14;
+    if (vlan && proto == 0x8100) {
+        proto = rd16(eth, 16);
+        off += 4;
+    }
+    *type = proto;
+    return off;
+}
+
+/* L3, IPv4 at `off`: the L4 offset, the protocol in *proto, the addresses in f; 0 if it has no
+ * L4 header we read (options shorter than legal, or a later fragment); -1 if not IPv4. */
+static __always_inline s32 pp_ipv4(u8 *h, u64 addr, int direct, u32 off, struct pp_flow4 *f,
+                                   u8 *proto)
 {
     if (off > PP_HDR_LEN - 20)
         return -1;
@@ -254,12 +273,129 @@ static __always_inline s32 pp_ipv4_udp(u8 *h, u64 addr, int direct, u32 off, u32
     u8 vihl = w0;
     if ((vihl >> 4) != 4)
         return -1;
-    /* a non-first fragment has no UDP header (offset: low 5 bits of byte 6, byte 7) */
-    if ((u8)(w1 >> 8) != 17 /* IPPROTO_UDP */ || ((w0 >> 48) & 0xff1f) || (vihl & 0xf) < 5)
+    *proto = w1 >> 8;
+    /* a non-first fragment has no L4 header (offset: low 5 bits of byte 6, byte 7) */
+    if (((w0 >> 48) & 0xff1f) || (vihl & 0xf) < 5)
         return 0;
-    *saddr = w1 >> 32;
-    *daddr = rdaddr(ip, 16);
+    f->saddr = w1 >> 32;
+    f->daddr = rdaddr(ip, 16);
     return off + (vihl & 0xf) * 4;
+}
+
+/* L3 by ethertype (no L2 header: 0x0800, and pp_ipv4 checks the version). IPv6 (0x86dd) goes
+ * here, with a struct pp_flow6 beside pp_flow4. */
+static __always_inline s32 pp_l3(u8 *h, u64 addr, int direct, u16 type, u32 off,
+                                 struct pp_flow4 *f, u8 *proto)
+{
+    if (type == 0x0800)
+        return pp_ipv4(h, addr, direct, off, f, proto);
+    return -1;
+}
+
+/* L4 at `off`: 1 with the ports in f for UDP; 0 for a protocol not traced (TCP goes here);
+ * -1 if the header lies past the bytes we have. */
+static __always_inline int pp_l4(u8 *h, u64 addr, int direct, u8 proto, u32 off,
+                                 struct pp_flow4 *f)
+{
+    if (proto != 17 /* IPPROTO_UDP */)
+        return 0;
+    if (off > PP_HDR_LEN - 8)
+        return -1;
+    f->ports = *(u32 *)PP_AT(h, addr, off, direct);   /* sport, dport in network order */
+    return 1;
+}
+
+static __always_inline u16 pp_dport(struct pp_flow4 *f)
+{
+    return __builtin_bswap16(f->ports >> 16);
+}
+
+/* Tunnels, by outer UDP destination port. Geneve next: PP_GENEVE_PORT -> PP_TUN_GENEVE, and
+ * its header (8 bytes + options, then Ethernet) in pp_tunnel_hdr. */
+static __always_inline u8 pp_tunnel_of(struct pp_flow4 *f)
+{
+    if (pp_dport(f) == PP_VXLAN_PORT)
+        return PP_TUN_VXLAN;
+    return PP_TUN_NONE;
+}
+
+/* The tunnel header of `type` at `off` (behind the outer UDP header): the offset of the inner
+ * Ethernet header (*inner: a pointer to it), the VNI in *vni; 0 if not one we follow; -1 if
+ * past the bytes we have. */
+static __always_inline s32 pp_tunnel_hdr(u8 *h, u64 addr, int direct, u8 type, u32 off,
+                                         u32 *vni, u8 **inner)
+{
+    /* VXLAN (RFC 7348): flags (0x08: VNI valid), 3 reserved, VNI (24 bits), 1 reserved.
+     * The bound covers the inner Ethernet header's type too. */
+    if (off > PP_HDR_LEN - 30)
+        return -1;
+    u8 *vx = PP_AT(h, addr, off, direct);
+    u32 flags_vni = *(u32 *)(vx + 4);
+    if (!(vx[0] & 0x08))
+        return 0;
+    *vni = __builtin_bswap32(flags_vni) >> 8;
+    *inner = vx + 8;
+    return off + 8;
+}
+
+/* The filter on the outer (underlay) flow of an encapsulated packet. */
+static __always_inline int pp_match_outer(struct pp_flow4 *f)
+{
+#ifdef PP_SHOST
+    if (f->saddr != PP_SHOST)
+        return 0;
+#endif
+#ifdef PP_DHOST
+    if (f->daddr != PP_DHOST)
+        return 0;
+#endif
+    return 1;
+}
+
+/* The filter on the traced (inner, or only) flow. */
+static __always_inline int pp_match_inner(struct pp_flow4 *f)
+{
+#ifdef PP_SIP
+    if (f->saddr != PP_SIP)
+        return 0;
+#endif
+#ifdef PP_DIP
+    if (f->daddr != PP_DIP)
+        return 0;
+#endif
+#ifdef PP_UDP_PORT
+    if (pp_dport(f) != PP_UDP_PORT)
+        return 0;
+#endif
+    return 1;
+}
+
+/* The packet key: the ID at PP_ID_OFFSET of the payload, which starts at `pay`; `linear` bytes
+ * from the start are the skb's linear data. (A header fingerprint, for traffic that carries no
+ * ID, goes here next.) */
+static __always_inline int pp_key_payload(u8 *h, u64 addr, int direct, u32 pay, u32 linear,
+                                          u32 *id)
+{
+    pay += PP_ID_OFFSET;
+    if (pay > PP_HDR_LEN - 4)
+        return PP_UNPARSED;
+    if (pay + 4 > linear) {
+#ifdef PP_PAGED
+        if (pay >= linear) {
+            *id = pay - linear;   /* offset into the paged data, for pp_paged_id */
+            return PP_IN_FRAGS;
+        }
+#endif
+        pp_count(PP_CNT_UNREACHABLE);
+        return PP_UNPARSED;
+    }
+    u8 *v = PP_AT(h, addr, pay, direct);
+#if PP_ID_BIG
+    *id = rd32(v, 0);
+#else
+    *id = rdaddr(v, 0);
+#endif
+    return PP_MATCH;
 }
 
 /* Parse the headers at the start of `h` (a copy) or `addr` (`direct`: in place), l2: Ethernet
@@ -272,104 +408,54 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
                                     struct pp_pkt *p)
 {
     u32 off = 0;
+    u16 type = 0x0800;
     if (linear < 28)
         goto unparsed;
-    if (l2) {
-        u8 *eth = PP_AT(h, addr, 0, direct);
-        u16 proto = rd16(eth, 12);
-        off = 14;
-        if (proto == 0x8100) {
-            proto = rd16(eth, 16);
-            off = 18;
-        }
-        if (proto != 0x0800)
-            goto unparsed;
-    }
-    u32 saddr, daddr;
-    s32 l4 = pp_ipv4_udp(h, addr, direct, off, &saddr, &daddr);
-    if (l4 <= 0) {
-        if (l4 < 0)
-            goto unparsed;
-        return PP_NOMATCH;
-    }
-    l4 &= 0xff;
-    if (l4 > PP_HDR_LEN - 8)
+    if (l2)
+        off = pp_l2(PP_AT(h, addr, 0, direct), 0, 1, &type);
+    struct pp_flow4 f, o = {};
+    u8 proto = 0;
+    s32 l4 = pp_l3(h, addr, direct, type, off, &f, &proto);
+    if (l4 < 0)
         goto unparsed;
-    u32 ports = *(u32 *)PP_AT(h, addr, l4, direct);   /* sport, dport in network order */
-    u32 osaddr = 0, odaddr = 0, oports = 0, vni = 0;
-    if (__builtin_bswap16(ports >> 16) == PP_VXLAN_PORT) {
-        /* outer = what we parsed; VXLAN header, then inner Ethernet + IPv4 + UDP */
-#ifdef PP_SHOST
-        if (saddr != PP_SHOST)
+    if (l4 == 0 || proto != 17)
+        return PP_NOMATCH;
+    l4 &= 0xff;
+    if (pp_l4(h, addr, direct, proto, l4, &f) < 0)
+        goto unparsed;
+    u32 vni = 0;
+    u8 tun = pp_tunnel_of(&f);
+    if (tun != PP_TUN_NONE) {
+        /* what we parsed is the outer flow; the inner Ethernet + IPv4 + UDP follow */
+        if (!pp_match_outer(&f))
             return PP_NOMATCH;
-#endif
-#ifdef PP_DHOST
-        if (daddr != PP_DHOST)
-            return PP_NOMATCH;
-#endif
-        u32 vxo = l4 + 8;
-        if (vxo > PP_HDR_LEN - 30)
+        u8 *eth;
+        s32 in = pp_tunnel_hdr(h, addr, direct, tun, l4 + 8, &vni, &eth);
+        if (in < 0)
             goto unparsed;
-        u8 *vx = PP_AT(h, addr, vxo, direct);
-        u32 flags_vni = *(u32 *)(vx + 4);
-        if (!(vx[0] & 0x08) || rd16(vx, 8 + 12) != 0x0800)   /* VNI-valid flag; inner IPv4 */
+        if (in == 0)
             return PP_NOMATCH;
-        osaddr = saddr;
-        odaddr = daddr;
-        oports = ports;
-        vni = __builtin_bswap32(flags_vni) >> 8;
-        l4 = pp_ipv4_udp(h, addr, direct, vxo + 8 + 14, &saddr, &daddr);
-        if (l4 <= 0)
+        o = f;
+        in = pp_l2(eth, in, 0, &type);
+        if (type != 0x0800)
+            return PP_NOMATCH;
+        l4 = pp_l3(h, addr, direct, type, in, &f, &proto);
+        if (l4 <= 0 || proto != 17)
             return PP_NOMATCH;
         l4 &= 0x1ff;
-        if (l4 > PP_HDR_LEN - 8)
+        if (pp_l4(h, addr, direct, proto, l4, &f) < 0)
             goto unparsed;
-        ports = *(u32 *)PP_AT(h, addr, l4, direct);
     }
-#ifdef PP_SIP
-    if (saddr != PP_SIP)
+    if (!pp_match_inner(&f))
         return PP_NOMATCH;
-#endif
-#ifdef PP_DIP
-    if (daddr != PP_DIP)
-        return PP_NOMATCH;
-#endif
-#ifdef PP_UDP_PORT
-    if (__builtin_bswap16(ports >> 16) != PP_UDP_PORT)
-        return PP_NOMATCH;
-#endif
     /* a packet of the traced flow: from here on every result fills *p */
-    p->saddr = saddr;
-    p->daddr = daddr;
-    p->sport = __builtin_bswap16(ports);
-    p->dport = __builtin_bswap16(ports >> 16);
-    p->osaddr = osaddr;
-    p->odaddr = odaddr;
-    p->osport = __builtin_bswap16(oports);
-    p->odport = __builtin_bswap16(oports >> 16);
+    p->in = f;
+    p->out = o;
     p->vni = vni;
-    p->encap = oports != 0;
+    p->family = 4;
+    p->tun = tun;
     p->id = 0;
-    u32 pay = l4 + 8 + PP_ID_OFFSET;
-    if (pay > PP_HDR_LEN - 4)
-        return PP_UNPARSED;
-    if (pay + 4 > linear) {
-#ifdef PP_PAGED
-        if (pay >= linear) {
-            p->id = pay - linear;   /* offset into the paged data, for pp_paged_id */
-            return PP_IN_FRAGS;
-        }
-#endif
-        pp_count(PP_CNT_UNREACHABLE);
-        return PP_UNPARSED;
-    }
-    u8 *id = PP_AT(h, addr, pay, direct);
-#if PP_ID_BIG
-    p->id = rd32(id, 0);
-#else
-    p->id = rdaddr(id, 0);
-#endif
-    return PP_MATCH;
+    return pp_key_payload(h, addr, direct, l4 + 8, linear, &p->id);
 unparsed:
     __builtin_memset(p, 0, sizeof(*p));
     return PP_UNPARSED;
@@ -529,6 +615,20 @@ static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, ch
     *netns = pp_netns_of_net(SKBF_DEV(span, u64, PP_OFF_DEV_NET), 0);
 }
 
+/* A struct pp_flow record from the parse's IPv4 flow (family 0: not parsed, all zero). An
+ * address and the 4 zero bytes after it are one 8-byte store. */
+static __always_inline void pp_flow_put(struct pp_flow *r, struct pp_flow4 *f, u8 family)
+{
+    r->saddr[0] = f->saddr;
+    r->saddr[1] = 0;
+    r->daddr[0] = f->daddr;
+    r->daddr[1] = 0;
+    r->family = family;
+    r->protocol = family ? 17 : 0;
+    r->sport = __builtin_bswap16(f->ports);
+    r->dport = __builtin_bswap16(f->ports >> 16);
+}
+
 #ifdef PP_SUMMARY
 
 /* Append this sighting to the packet's path; on delivery or drop, emit the whole path. */
@@ -546,14 +646,11 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         init->first_ts = now;
         init->skb = skb;
         init->id = id;
-        init->saddr = p->saddr;
-        init->daddr = p->daddr;
-        init->sport = p->sport;
-        init->dport = p->dport;
+        pp_flow_put(&init->inner, &p->in, p->family);
         init->stack_id = -1;
         v = paths.lookup_or_try_init(&id, init);
         if (!v) {
-            pp_count(PP_CNT_PATHS_FULL);
+            pp_count(PP_CNT_LOST_PATHS_FULL);
             pp_lost(id);
             return 0;
         }
@@ -567,13 +664,10 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         v->last_head = head;
         v->last_tail = tail;
     }
-    if (p->encap && !v->has_encap) {
-        v->has_encap = 1;
-        v->vni = p->vni;
-        v->osaddr = p->osaddr;
-        v->odaddr = p->odaddr;
-        v->osport = p->osport;
-        v->odport = p->odport;
+    if (p->tun != PP_TUN_NONE && v->tun.type == PP_TUN_NONE) {
+        v->tun.type = p->tun;
+        v->tun.vni = p->vni;
+        pp_flow_put(&v->tun.outer, &p->out, 4);
     }
     /* Claim a hop slot. bcc's LLVM cannot use an atomic fetch-add's result, so read then add:
      * two CPUs racing on one packet may claim the same slot; the loser's hop is then missing
@@ -639,7 +733,170 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
 }
 #endif
 
+
 #define PP_HK(hook, kind) (((u32)(hook) << 8) | (kind))
+
+/* ---- pp_handle, in steps: the skb's fields -> its headers (parse, filter, key) -> the ID
+ * when the headers did not give it -> the record (an event, or a hop of the packet's path). ---- */
+
+/* The skb fields pp_handle uses. (Filled through a pointer to a local: after inlining they are
+ * registers, as separate variables were.) */
+struct pp_skbf {
+    u64 head, netdev;
+    u32 tail, end;
+    u16 mac, net;
+};
+
+/* Step 1: read the skb's fields; nonzero if it cannot be read. In place (`direct`), only what
+ * the filter needs: dev and end are read by pp_skb_late once the packet matched. */
+static __always_inline int pp_skb_fields(u64 skb, int direct, struct pp_skbf *s)
+{
+#ifdef PP_DIRECT_PKT
+    if (direct) {
+        /* loads through pp_cast (also for a BTF-typed skb: the verifier would type its head as
+         * a pointer, which pp_skbslot cannot hash) */
+        s->head = PP_RD(u64, skb + PP_OFF_SKB_HEAD, 2);
+        s->tail = PP_RD(u32, skb + PP_OFF_SKB_TAIL, 2);
+#if PP_OFF_SKB_MAC == PP_OFF_SKB_NET + 2
+        u32 hdrs = PP_RD(u32, skb + PP_OFF_SKB_NET, 2);
+        s->net = hdrs;
+        s->mac = hdrs >> 16;
+#else
+        s->mac = PP_RD(u16, skb + PP_OFF_SKB_MAC, 2);
+        s->net = PP_RD(u16, skb + PP_OFF_SKB_NET, 2);
+#endif
+        s->netdev = 0;
+        s->end = 0;
+        return 0;
+    }
+#endif
+    if (direct) {
+        /* tp_btf: skb is a BTF-typed pointer, its fields are plain loads (no helper call);
+         * head is read as a number (recent verifiers type a char pointer as memory) */
+        s->head = pp_rd_u64(skb + PP_OFF_SKB_HEAD);
+        s->netdev = *(u64 *)(skb + PP_OFF_SKB_DEV);
+        s->tail = *(u32 *)(skb + PP_OFF_SKB_TAIL);
+        s->end = *(u32 *)(skb + PP_OFF_SKB_END);
+        s->mac = *(u16 *)(skb + PP_OFF_SKB_MAC);
+        s->net = *(u16 *)(skb + PP_OFF_SKB_NET);
+        return 0;
+    }
+    u64 span[(PP_SKB_SPAN_LEN + 7) / 8];
+    if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + PP_SKB_SPAN_START)))
+        return -1;
+    s->head = SKBF(span, u64, PP_OFF_SKB_HEAD);
+    s->netdev = SKBF(span, u64, PP_OFF_SKB_DEV);
+    s->tail = SKBF(span, u32, PP_OFF_SKB_TAIL);
+    s->end = SKBF(span, u32, PP_OFF_SKB_END);
+    s->mac = SKBF(span, u16, PP_OFF_SKB_MAC);
+    s->net = SKBF(span, u16, PP_OFF_SKB_NET);
+    return 0;
+}
+
+/* The fields step 1 left for later in place: read once the packet matched. */
+static __always_inline void pp_skb_late(u64 skb, int direct, struct pp_skbf *s)
+{
+#ifdef PP_DIRECT_PKT
+    if (direct) {
+        s->netdev = PP_RD(u64, skb + PP_OFF_SKB_DEV, 2);
+        s->end = PP_RD(u32, skb + PP_OFF_SKB_END, 2);
+    }
+#endif
+}
+
+/* Step 2: parse the headers at head + start (`linear` bytes of linear data from there): in
+ * place (tp_btf with pp_cast), else from one bounded copy. PP_MATCH, PP_NOMATCH, PP_UNPARSED or
+ * PP_IN_FRAGS (see pp_parse; *p is set unless PP_NOMATCH). */
+static __always_inline int pp_headers(u64 head, u32 start, u32 linear, int l2, int direct,
+                                      struct pp_pkt *p)
+{
+#ifdef PP_DIRECT_PKT
+    if (direct)
+        return pp_parse(0, head + start, 1, l2, linear, p);
+#endif
+    u32 zero = 0;
+    struct pp_scratch *s = scratch.lookup(&zero);
+    if (!s)
+        return PP_NOMATCH;
+    /* One bounded read; copying less than PP_HDR_LEN when the linear part is short keeps us
+     * from reading past the buffer. Bytes past `linear` are never used for a match. */
+    u64 want = linear;
+    if (want > PP_HDR_LEN)
+        want = PP_HDR_LEN;
+    asm volatile("" : "+r"(want));  /* re-check below on the register the call uses */
+    if (want >= 28 && want <= PP_HDR_LEN &&
+        bpf_probe_read_kernel(s->h, want, (void *)(head + start)) == 0)
+        return pp_parse(s->h, 0, 0, l2, linear, p);
+    __builtin_memset(p, 0, sizeof(*p));
+    return PP_UNPARSED;
+}
+
+/* Step 3: the packet ID when the parse did not read it from the linear data: from the first
+ * page fragment (PP_IN_FRAGS), or from the skb map (PP_UNPARSED: *known set). The final result
+ * (PP_MATCH or PP_UNPARSED with p->id set), or -1: not a traced packet. */
+static __always_inline int pp_identify(u64 skb, struct pp_skbf *s, int rc, struct pp_pkt *p,
+                                       int *known)
+{
+#ifdef PP_PAGED
+    if (rc == PP_IN_FRAGS) {
+        rc = PP_UNPARSED;
+        if (pp_paged_id(s->head, s->end, p->id, &p->id) == 0) {
+            rc = PP_MATCH;
+            pp_count(PP_CNT_FROM_FRAGS);
+        } else {
+            pp_count(PP_CNT_UNREACHABLE);
+        }
+    }
+#endif
+    if (rc == PP_UNPARSED) {
+        s64 id = pp_skbmap_get(skb, s->head, s->tail);
+        if (id < 0)
+            return -1;
+        p->id = (u32)id;
+        *known = 1;
+        pp_count(PP_CNT_FROM_MAP);
+    }
+    return rc;
+}
+
+#ifndef PP_SUMMARY
+/* Step 4, events mode: one struct pp_event for this sighting. */
+static __always_inline int pp_record_event(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
+                                           u32 reason, u64 sk, struct pp_pkt *p, u8 flags,
+                                           u64 now, u64 netdev, int direct)
+{
+    struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
+    if (!e) {
+        e = rescue.ringbuf_reserve(sizeof(struct pp_event));  /* see `rescue` */
+        if (!e) {
+            pp_lost(p->id);
+            return 0;
+        }
+        pp_count(PP_CNT_RESCUED);
+    }
+    e->ts = now;
+    e->skb = skb;
+    e->location = location;
+    e->id = p->id;
+    e->reason = reason;
+    e->hook = hook;
+    e->cpu = bpf_get_smp_processor_id();
+    e->kind = kind;
+    e->flags = flags;
+    e->stack_id = -1;
+    pp_flow_put(&e->inner, &p->in, p->family);
+    e->tun.type = p->tun;
+    e->tun.vni = p->vni;
+    pp_flow_put(&e->tun.outer, &p->out, p->tun != PP_TUN_NONE ? 4 : 0);
+#ifdef PP_STACKS
+    if (kind == PP_KIND_DROP)
+        e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
+#endif
+    pp_where(netdev, sk, &e->netns, &e->ifindex, e->dev, &e->port, direct);
+    events.ringbuf_submit(e, pp_wakeup());
+    return 0;
+}
+#endif
 
 /* Common path: identify the packet in `skb`, then emit an event of kind `hk & 0xff` for hook
  * `hk >> 8`. `aux` is the drop reason for PP_KIND_DROP, the socket for the deliver kinds (whose
@@ -655,120 +912,35 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     u64 sk = kind == PP_KIND_DROP || kind == PP_KIND_PASS ? 0 : aux;
     if (!pp_is_kptr(skb))
         return 0;
-    u64 head, netdev;
-    u32 tail, end;
-    u16 mac, net;
-#ifdef PP_DIRECT_PKT
-    if (direct) {
-        /* loads through pp_cast (also for a BTF-typed skb: the verifier would type its head as
-         * a pointer, which pp_skbslot cannot hash); only what the filter needs now, dev and
-         * end once the packet matched */
-        head = PP_RD(u64, skb + PP_OFF_SKB_HEAD, 2);
-        tail = PP_RD(u32, skb + PP_OFF_SKB_TAIL, 2);
-#if PP_OFF_SKB_MAC == PP_OFF_SKB_NET + 2
-        u32 hdrs = PP_RD(u32, skb + PP_OFF_SKB_NET, 2);
-        net = hdrs;
-        mac = hdrs >> 16;
-#else
-        mac = PP_RD(u16, skb + PP_OFF_SKB_MAC, 2);
-        net = PP_RD(u16, skb + PP_OFF_SKB_NET, 2);
-#endif
-        netdev = 0;
-        end = 0;
-    } else
-#endif
-    if (direct) {
-        /* tp_btf: skb is a BTF-typed pointer, its fields are plain loads (no helper call);
-         * head is read as a number (recent verifiers type a char pointer as memory) */
-        head = pp_rd_u64(skb + PP_OFF_SKB_HEAD);
-        netdev = *(u64 *)(skb + PP_OFF_SKB_DEV);
-        tail = *(u32 *)(skb + PP_OFF_SKB_TAIL);
-        end = *(u32 *)(skb + PP_OFF_SKB_END);
-        mac = *(u16 *)(skb + PP_OFF_SKB_MAC);
-        net = *(u16 *)(skb + PP_OFF_SKB_NET);
-    } else {
-        u64 span[(PP_SKB_SPAN_LEN + 7) / 8];
-        if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + PP_SKB_SPAN_START)))
-            return 0;
-        head = SKBF(span, u64, PP_OFF_SKB_HEAD);
-        netdev = SKBF(span, u64, PP_OFF_SKB_DEV);
-        tail = SKBF(span, u32, PP_OFF_SKB_TAIL);
-        end = SKBF(span, u32, PP_OFF_SKB_END);
-        mac = SKBF(span, u16, PP_OFF_SKB_MAC);
-        net = SKBF(span, u16, PP_OFF_SKB_NET);
-    }
-    int l2 = mac != 0xffff && mac != net;
-    u32 start = l2 ? mac : net;
-    if (start == 0xffff || start >= tail)
+    struct pp_skbf s;
+    if (pp_skb_fields(skb, direct, &s))
+        return 0;
+    int l2 = s.mac != 0xffff && s.mac != s.net;
+    u32 start = l2 ? s.mac : s.net;
+    if (start == 0xffff || start >= s.tail)
         return 0;
 
     /* filled by pp_parse unless PP_NOMATCH. Kept in memory (the empty asm takes its address):
      * split into registers, its fields' zeros were spilled on every path through the parse */
     struct pp_pkt p;
     asm volatile("" : : "r"(&p) : "memory");
-    int rc;
-    u32 linear = tail - start;
-#ifdef PP_DIRECT_PKT
-    if (direct) {
-        /* tp_btf: the headers are read in place (pp_cast), only the bytes the parse needs */
-        rc = pp_parse(0, head + start, 1, l2, linear, &p);
-    } else
-#endif
-    {
-        u32 zero = 0;
-        struct pp_scratch *s = scratch.lookup(&zero);
-        if (!s)
-            return 0;
-        /* One bounded read; copying less than PP_HDR_LEN when the linear part is short keeps
-         * us from reading past the buffer. Bytes past `linear` are never used for a match. */
-        u64 want = linear;
-        if (want > PP_HDR_LEN)
-            want = PP_HDR_LEN;
-        asm volatile("" : "+r"(want));  /* re-check below on the register the call uses */
-        if (want >= 28 && want <= PP_HDR_LEN &&
-            bpf_probe_read_kernel(s->h, want, (void *)(head + start)) == 0)
-            rc = pp_parse(s->h, 0, 0, l2, linear, &p);
-        else
-            __builtin_memset(&p, 0, sizeof(p));
-    }
+    int rc = pp_headers(s.head, start, s.tail - start, l2, direct, &p);
     if (rc == PP_NOMATCH)
         return 0;
-#ifdef PP_DIRECT_PKT
-    if (direct) {
-        netdev = PP_RD(u64, skb + PP_OFF_SKB_DEV, 2);
-        end = PP_RD(u32, skb + PP_OFF_SKB_END, 2);
-    }
-#endif
-#ifdef PP_PAGED
-    if (rc == PP_IN_FRAGS) {
-        rc = PP_UNPARSED;
-        if (pp_paged_id(head, end, p.id, &p.id) == 0) {
-            rc = PP_MATCH;
-            pp_count(PP_CNT_FROM_FRAGS);
-        } else {
-            pp_count(PP_CNT_UNREACHABLE);
-        }
-    }
-#endif
-
+    pp_skb_late(skb, direct, &s);
     int known = 0;
-    if (rc == PP_UNPARSED) {
-        s64 id = pp_skbmap_get(skb, head, tail);
-        if (id < 0)
-            return 0;
-        p.id = (u32)id;
-        known = 1;
-        pp_count(PP_CNT_FROM_MAP);
-    }
+    rc = pp_identify(skb, &s, rc, &p, &known);
+    if (rc < 0)
+        return 0;
 
     u64 now = bpf_ktime_get_ns();
 #ifndef PP_SUMMARY
     if (rc == PP_MATCH && kind == PP_KIND_PASS)
-        pp_skbmap_put(skb, head, tail, p.id, now);
+        pp_skbmap_put(skb, s.head, s.tail, p.id, now);
     if (kind != PP_KIND_PASS)
-        pp_skbmap_del(skb, head, tail);   /* dropped or delivered: the skb carries others next */
+        pp_skbmap_del(skb, s.head, s.tail);   /* dropped or delivered: the skb carries others */
 #endif
-    u8 flags = (p.encap ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
+    u8 flags = (p.tun != PP_TUN_NONE ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
     if (kind == PP_KIND_DELIVER_OLDER) {
         kind = PP_KIND_DELIVER;
 #ifdef PP_SUMMARY
@@ -778,44 +950,11 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     }
 #ifdef PP_SUMMARY
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
-                      head, tail, rc == PP_MATCH && kind == PP_KIND_PASS, netdev,
+                      s.head, s.tail, rc == PP_MATCH && kind == PP_KIND_PASS, s.netdev,
                       direct ? 2 : 0);
 #else
-    struct pp_event *e = events.ringbuf_reserve(sizeof(struct pp_event));
-    if (!e) {
-        e = rescue.ringbuf_reserve(sizeof(struct pp_event));  /* see `rescue` */
-        if (!e) {
-            pp_lost(p.id);
-            return 0;
-        }
-        pp_count(PP_CNT_RESCUED);
-    }
-    e->ts = now;
-    e->skb = skb;
-    e->location = location;
-    e->id = p.id;
-    e->reason = reason;
-    e->vni = p.vni;
-    e->saddr = p.saddr;
-    e->daddr = p.daddr;
-    e->osaddr = p.osaddr;
-    e->odaddr = p.odaddr;
-    e->sport = p.sport;
-    e->dport = p.dport;
-    e->osport = p.osport;
-    e->odport = p.odport;
-    e->hook = hook;
-    e->cpu = bpf_get_smp_processor_id();
-    e->kind = kind;
-    e->flags = flags;
-    e->stack_id = -1;
-#ifdef PP_STACKS
-    if (kind == PP_KIND_DROP)
-        e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
-#endif
-    pp_where(netdev, sk, &e->netns, &e->ifindex, e->dev, &e->port, direct ? 2 : 0);
-    events.ringbuf_submit(e, pp_wakeup());
-    return 0;
+    return pp_record_event(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
+                           s.netdev, direct ? 2 : 0);
 #endif
 }
 
@@ -825,12 +964,13 @@ static __always_inline int pp_pass(void *ctx, u64 skb, u16 hook, int direct)
     return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_PASS), 0, 0, direct);
 }
 
-/* kfree_skb: the skb is dropped at `location` for `reason`. */
-static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u32 reason,
-                                   int direct)
-{
 #ifdef PP_DROPS_ALL
-    /* dropwatch mode: count every drop on the machine by location, reason and netns */
+/* The drop monitor (--drops all, dropwatch mode): count every drop on the machine by location,
+ * reason and netns. Both CPUs update one hash: the count is added atomically, and a missing
+ * key is inserted only if still missing (BPF_NOEXIST); the CPU that loses that race adds to
+ * the entry the winner inserted. */
+static __always_inline void pp_dropwatch(u64 skb, u64 location, u32 reason)
+{
     struct pp_dropkey dk = {.location = location, .reason = reason};
     u64 dev = 0;
     bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + PP_OFF_SKB_DEV));
@@ -839,7 +979,25 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
         bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + PP_OFF_DEV_NET));
         dk.netns = pp_netns_of_net(net, 0);
     }
-    dropcounts.increment(dk);
+    u64 *n = dropcounts.lookup(&dk);
+    if (!n) {
+        u64 one = 1;
+        if (dropcounts.insert(&dk, &one) == 0)   /* BPF_NOEXIST */
+            return;
+        n = dropcounts.lookup(&dk);   /* another CPU inserted it meanwhile (or the map is full) */
+        if (!n)
+            return;
+    }
+    __sync_fetch_and_add(n, 1);
+}
+#endif
+
+/* kfree_skb: the skb is dropped at `location` for `reason`. */
+static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u32 reason,
+                                   int direct)
+{
+#ifdef PP_DROPS_ALL
+    pp_dropwatch(skb, location, reason);
 #endif
     return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DROP), location, reason, direct);
 }

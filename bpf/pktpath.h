@@ -1,12 +1,18 @@
-/* pktpath: the event record, shared by the BPF program and user space.
+/* pktpath: every record, map key and counter that user space reads, declared once.
  *
- * pktpath/events.py mirrors this layout with ctypes; tests/test_events.py parses this file and
- * checks that both agree, field by field. Change both or neither.
+ * The BPF program (bpf/pktpath.c) is compiled with this file prepended. User space does not
+ * mirror it by hand: pktpath/events/records.py parses this file (its #defines, enums and
+ * struct bodies) and derives the struct formats, offsets, kinds, flags and counter names from
+ * it. tests/unit/test_events.py parses it again, independently, and checks both agree.
+ * Keep to the subset that parser reads: fixed-width __u8/__u16/__u32/__u64/__s32/char fields,
+ * arrays with a literal or #defined length, and nested `struct pp_*` (as fields or arrays).
+ * Arrays of scalars are read by user space as raw bytes. A field named _* is padding.
  */
 #ifndef PKTPATH_H
 #define PKTPATH_H
 
 #define PP_DEV_LEN 16
+#define PP_ADDR_LEN 16
 
 /* event kinds */
 #define PP_KIND_PASS    0   /* the packet went through a hook */
@@ -14,10 +20,38 @@
 #define PP_KIND_DELIVER 2   /* queued to a socket's receive queue */
 
 /* event flags */
-#define PP_F_ENCAP    1     /* outer header is VXLAN: o* fields and vni are set */
+#define PP_F_ENCAP    1     /* this sighting was encapsulated: the record's tunnel is set */
 #define PP_F_FROM_MAP 2     /* headers not parseable here: ID taken from the skb->ID map */
 #define PP_F_HOP_SET  0x80  /* summary mode: this hop slot was written */
 
+/* tunnel types (struct pp_tunnel), recognized by the outer UDP destination port */
+#define PP_TUN_NONE   0
+#define PP_TUN_VXLAN  1
+#define PP_TUN_GENEVE 2
+
+/* A flow: one IP + transport header's addresses and ports.
+ * Addresses are the header's bytes (network order). An IPv4 address takes the first 4 bytes and
+ * the other 12 are zero (not v4-mapped: one 8-byte store writes an address and clears the next
+ * 4 bytes); `family` says which it is. */
+struct pp_flow {
+    __u64 saddr[2];         /* PP_ADDR_LEN bytes, network order (8-aligned: 8-byte stores) */
+    __u64 daddr[2];
+    __u8  family;           /* 4 or 6; 0: not parsed (addresses and ports zero) */
+    __u8  protocol;         /* IPPROTO_UDP (17); IPPROTO_TCP next */
+    __u16 sport;            /* host order */
+    __u16 dport;
+    __u16 _fpad;
+};
+
+/* The encapsulation a packet was seen in: its type, VNI and outer (underlay) flow. */
+struct pp_tunnel {
+    __u8  type;             /* PP_TUN_*; PP_TUN_NONE: vni and outer are zero */
+    __u8  _tpad[3];
+    __u32 vni;              /* VXLAN / Geneve network identifier (24 bits) */
+    struct pp_flow outer;   /* at offset 8 */
+};
+
+/* Events mode: one record per sighting. */
 struct pp_event {
     __u64 ts;               /* bpf_ktime_get_ns() */
     __u64 skb;              /* skb address */
@@ -26,15 +60,6 @@ struct pp_event {
     __u32 netns;            /* netns inode */
     __u32 ifindex;
     __u32 reason;           /* drop: enum skb_drop_reason value */
-    __u32 vni;
-    __u32 saddr;            /* inner (or only) IPv4 header, network order */
-    __u32 daddr;
-    __u32 osaddr;           /* outer IPv4 header when encapsulated, network order */
-    __u32 odaddr;
-    __u16 sport;            /* host order */
-    __u16 dport;
-    __u16 osport;
-    __u16 odport;
     __u16 hook;             /* index into the hook list the program was generated with */
     __u16 cpu;
     __u8  kind;             /* PP_KIND_* */
@@ -42,12 +67,15 @@ struct pp_event {
     __u16 port;             /* deliver: the socket's local port */
     char  dev[PP_DEV_LEN];
     __s32 stack_id;         /* drop with --stack: id in the stacks map, else -1 */
+    __u32 _epad;
+    struct pp_flow inner;   /* the traced flow: inner headers when encapsulated, else the only */
+    struct pp_tunnel tun;   /* type PP_TUN_NONE unless flags has PP_F_ENCAP */
 };
 
 
 /* Summary mode (the default): the kernel keeps each packet's path in a map and emits one
  * struct pp_path per packet when it is delivered or dropped; user space sweeps out paths that
- * went quiet (lost). */
+ * went quiet (lost). A record carries the header and the hops recorded, not the empty slots. */
 #define PP_MAX_HOPS 32
 
 struct pp_hop {
@@ -69,25 +97,40 @@ struct pp_path {
     __u64 location;         /* final drop: kfree_skb caller */
     __u32 id;
     __u32 reason;           /* final drop: enum skb_drop_reason */
-    __u32 vni;
-    __u32 saddr;            /* inner (or only) header, network order */
-    __u32 daddr;
-    __u32 osaddr;           /* outer header, first encapsulated sighting */
-    __u32 odaddr;
-    __u16 sport;
-    __u16 dport;
-    __u16 osport;
-    __u16 odport;
     __u16 port;             /* deliver: socket's local port */
     __u8  final_kind;       /* PP_KIND_DROP / PP_KIND_DELIVER, or PP_KIND_PASS if still open */
-    __u8  has_encap;
+    __u8  _pad1;
     __u32 nhops;            /* hops recorded (may exceed PP_MAX_HOPS: the rest were not kept) */
     __s32 stack_id;
+    __u32 _pad2;
     __u64 last_skb;         /* kernel side only: skb and data buffer of the last sighting */
     __u64 last_head;
     __u32 last_tail;
-    __u32 _pad2;
+    __u32 _pad3;
+    struct pp_flow inner;   /* first sighting */
+    struct pp_tunnel tun;   /* first encapsulated sighting (PP_TUN_NONE: never seen in one) */
     struct pp_hop hops[PP_MAX_HOPS];
+};
+
+/* --drops all (dropwatch mode): the key of the `dropcounts` hash (value: __u64 drops) */
+struct pp_dropkey {
+    __u64 location;         /* kfree_skb caller */
+    __u32 reason;           /* enum skb_drop_reason */
+    __u32 netns;            /* netns inode of skb->dev, 0 if none */
+};
+
+/* The `counters` per-CPU array: one __u64 per CPU at each index (user space sums the CPUs).
+ * User space reports each as the lower-case name after PP_CNT_ (pp_wakeup's SUBMITTED is
+ * internal). */
+enum pp_counter {
+    PP_CNT_LOST,            /* events lost (ring buffer full, or the path table full) */
+    PP_CNT_UNREACHABLE,     /* matched packets whose ID lay beyond the linear data */
+    PP_CNT_FROM_MAP,        /* events attributed through skbids */
+    PP_CNT_SUBMITTED,       /* records submitted (pp_wakeup) */
+    PP_CNT_LOST_PATHS_FULL, /* of the lost events, those lost because the path table was full */
+    PP_CNT_RESCUED,         /* records that went to the rescue ring */
+    PP_CNT_FROM_FRAGS,      /* IDs read from page fragments */
+    PP_CNT_COUNT
 };
 
 #endif

@@ -6,8 +6,9 @@ import time
 
 from pktpath.events import records
 
-# the counters map's slots (bpf/pktpath.h), in order; None: a slot not reported
-COUNTERS = ("lost", "unreachable", "from_map", None, "lost_paths_full", "rescued", "from_frags")
+# the counters map's slots (enum pp_counter in bpf/pktpath.h), in order; None: a slot only the
+# kernel side uses
+COUNTERS = tuple(None if n in records.INTERNAL_COUNTERS else n for n in records.COUNTERS)
 
 
 class MapReader:
@@ -62,7 +63,9 @@ class MapReader:
         table = self.maps.get("dropcounts")
         if table is None or not self.drops_all:
             return []
-        return [struct.unpack("<QII", k) + struct.unpack("<Q", v) for k, v in table.items()]
+        key = records.DROPKEY
+        return [tuple(key.unpack(k)[f] for f in ("location", "reason", "netns")) +
+                struct.unpack("<Q", v) for k, v in table.items()]
 
     def lost_ids(self):
         """{packet ID: events lost} for packets that lost events to a full ring buffer."""

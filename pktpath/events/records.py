@@ -1,61 +1,184 @@
-"""The event record: ctypes mirror of `struct pp_event` (bpf/pktpath.h) and its decoding.
+"""The kernel's records, derived from bpf/pktpath.h, and their decoding.
 
-tests/test_events.py parses bpf/pktpath.h and checks this mirror field by field.
+bpf/pktpath.h declares every record, map key and counter that user space reads. This module
+parses it (#defines, enums, struct bodies: the subset the header's comment names) and derives
+from it, once at import, each record's layout: its flattened fields ("inner.saddr",
+"tun.outer.dport", ...), their offsets, and a struct.Struct over them (unpack_from with a
+precomputed format is the fast way to read a record). Nothing here repeats the header by hand;
+tests/unit/test_events.py parses the header independently and checks both agree.
 """
-import ctypes
 import json
+import os
+from operator import itemgetter
+import re
 import socket
 import struct
 
-DEV_LEN = 16
-KINDS = ("pass", "drop", "deliver")
-F_ENCAP = 1
-F_FROM_MAP = 2
-F_HOP_SET = 0x80
+from pktpath.paths import data_dir
+
+HEADER = os.path.join(data_dir("bpf"), "pktpath.h")
+
+_SCALARS = {"__u64": "Q", "__u32": "I", "__s32": "i", "__u16": "H", "__u8": "B", "char": "B"}
 
 
-class RawEvent(ctypes.Structure):
-    """Mirror of struct pp_event in bpf/pktpath.h."""
-    _fields_ = [
-        ("ts", ctypes.c_uint64),
-        ("skb", ctypes.c_uint64),
-        ("location", ctypes.c_uint64),
-        ("id", ctypes.c_uint32),
-        ("netns", ctypes.c_uint32),
-        ("ifindex", ctypes.c_uint32),
-        ("reason", ctypes.c_uint32),
-        ("vni", ctypes.c_uint32),
-        ("saddr", ctypes.c_uint32),
-        ("daddr", ctypes.c_uint32),
-        ("osaddr", ctypes.c_uint32),
-        ("odaddr", ctypes.c_uint32),
-        ("sport", ctypes.c_uint16),
-        ("dport", ctypes.c_uint16),
-        ("osport", ctypes.c_uint16),
-        ("odport", ctypes.c_uint16),
-        ("hook", ctypes.c_uint16),
-        ("cpu", ctypes.c_uint16),
-        ("kind", ctypes.c_uint8),
-        ("flags", ctypes.c_uint8),
-        ("port", ctypes.c_uint16),
-        ("dev", ctypes.c_char * DEV_LEN),
-        ("stack_id", ctypes.c_int32),
-    ]
+class Layout:
+    """One C struct of the header: `fields` [(flat name, offset, size, struct code)] of its
+    leaves in order (arrays of scalars are one bytes field, code "<n>s"); `arrays` {name:
+    (offset, element Layout, count)} for arrays of structs, which are not in `fmt`; `fmt` a
+    little-endian struct.Struct of the leaves from offset 0 up to the first struct array (or
+    the end), with its padding."""
+
+    def __init__(self, name, size, align, fields, arrays):
+        self.name, self.size, self.align = name, size, align
+        self.fields, self.arrays = fields, arrays
+        self.offsets = {f[0]: f[1] for f in fields}
+        self.names = tuple(f[0] for f in fields)
+        end = min([a[0] for a in arrays.values()] or [size])
+        fmt, pos = "<", 0
+        for _name, off, size_, code in fields:
+            if off >= end:
+                break
+            if off > pos:
+                fmt += "%dx" % (off - pos)
+            fmt += code
+            pos = off + size_
+        if end > pos:
+            fmt += "%dx" % (end - pos)
+        self.fmt = struct.Struct(fmt)
+        self.hdr_size = end
+
+    def offset(self, name):
+        return self.offsets[name] if name in self.offsets else self.arrays[name][0]
+
+    def pack(self, values=(), **kw):
+        """The record's bytes (up to any struct array) with `values` ({flat name: value},
+        and/or keywords with "__" for "."); unnamed fields are zero."""
+        v = dict(values)
+        v.update({k.replace("__", "."): x for k, x in kw.items()})
+        unknown = set(v) - set(self.names)
+        if unknown:
+            raise KeyError("%s has no field %s" % (self.name, ", ".join(sorted(unknown))))
+        return self.fmt.pack(*[v.get(n, b"" if code.endswith("s") else 0)
+                               for n, _o, _s, code in self.fields if _o < self.hdr_size])
+
+    def unpack(self, data, offset=0):
+        """{flat name: value} of a record (up to any struct array)."""
+        return dict(zip(self.names, self.fmt.unpack_from(data, offset)))
 
 
-# the same layout for struct.unpack_from, which is several times faster than ctypes per event
-_FMT = struct.Struct("<QQQ9I6HBBH%dsi" % DEV_LEN)
-assert _FMT.size == ctypes.sizeof(RawEvent)
-SIZE = _FMT.size
+def parse_header(text):
+    """(defines {NAME: int}, enums {enum name: [member names in order]}, layouts {struct
+    name: Layout}) from the header's text."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    defines = {k: int(v, 0) for k, v in
+               re.findall(r"^#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", text, re.M)}
+    enums = {}
+    for name, body in re.findall(r"enum\s+(\w+)\s*\{(.*?)\}", text, re.S):
+        members = [m.strip() for m in body.split(",") if m.strip()]
+        if any("=" in m for m in members):
+            raise ValueError("enum %s: explicit values not supported" % name)
+        enums[name] = members
+    layouts = {}
+    for name, body in re.findall(r"struct\s+(\w+)\s*\{(.*?)\};", text, re.S):
+        layouts[name] = _layout(name, body, defines, layouts)
+    return defines, enums, layouts
+
+
+def _layout(sname, body, defines, layouts):
+    fields, arrays, off, align = [], {}, 0, 1
+    for decl in filter(None, (d.strip() for d in body.split(";"))):
+        m = re.fullmatch(r"(struct\s+\w+|\w+)\s+(\w+)(?:\s*\[\s*(\w+)\s*\])?", decl)
+        if not m:
+            raise ValueError("struct %s: cannot read %r" % (sname, decl))
+        ctype, name, count = m.groups()
+        n = None if count is None else (int(count) if count.isdigit() else defines[count])
+        if ctype.startswith("struct"):
+            sub = layouts[ctype.split()[1]]
+            off = -(-off // sub.align) * sub.align
+            if n is not None:
+                arrays[name] = (off, sub, n)
+                off += sub.size * n
+            else:
+                fields += [(name + "." + f, off + o, s, c) for f, o, s, c in sub.fields]
+                for a, (ao, el, an) in sub.arrays.items():
+                    arrays[name + "." + a] = (off + ao, el, an)
+                off += sub.size
+            align = max(align, sub.align)
+            continue
+        code = _SCALARS[ctype]
+        size = struct.calcsize("<" + code)
+        off = -(-off // size) * size
+        if n is None:
+            fields.append((name, off, size, code))
+        else:
+            fields.append((name, off, size * n, "%ds" % (size * n)))
+            size *= n
+        off += size
+        align = max(align, struct.calcsize("<" + code))
+    size = -(-off // align) * align
+    fields = [f for f in fields if not f[0].rsplit(".", 1)[-1].startswith("_")]
+    return Layout(sname, size, align, fields, arrays)
+
+
+with open(HEADER) as _f:
+    DEFINES, ENUMS, LAYOUTS = parse_header(_f.read())
+
+EVENT, HOP, PATH = LAYOUTS["pp_event"], LAYOUTS["pp_hop"], LAYOUTS["pp_path"]
+DROPKEY = LAYOUTS["pp_dropkey"]
+
+DEV_LEN = DEFINES["PP_DEV_LEN"]
+MAX_HOPS = DEFINES["PP_MAX_HOPS"]
+KINDS = tuple(k[len("PP_KIND_"):].lower() for k, _v in
+              sorted(((k, v) for k, v in DEFINES.items() if k.startswith("PP_KIND_")),
+                     key=lambda kv: kv[1]))
+F_ENCAP = DEFINES["PP_F_ENCAP"]
+F_FROM_MAP = DEFINES["PP_F_FROM_MAP"]
+F_HOP_SET = DEFINES["PP_F_HOP_SET"]
+TUN_NONE = DEFINES["PP_TUN_NONE"]
+# counter index -> name (PP_CNT_LOST -> "lost"); INTERNAL ones are not reported
+COUNTERS = tuple(c[len("PP_CNT_"):].lower() for c in ENUMS["pp_counter"] if c != "PP_CNT_COUNT")
+INTERNAL_COUNTERS = ("submitted",)
+
+SIZE = EVENT.size
+PATH_SIZE = PATH.size
+PATH_HDR, HOP_SIZE = PATH.hdr_size, HOP.size
+NHOPS_OFFSET = PATH.offset("nhops")
+LAST_TS_OFFSET = PATH.offset("last_ts")
+KIND_DELIVER = KINDS.index("deliver")
+assert PATH.arrays["hops"][0] == PATH_HDR and HOP.fmt.size == HOP_SIZE
+
+_FMT, _PATH, _HOP = EVENT.fmt, PATH.fmt, HOP.fmt
+# the positions of a record's fields in its unpacked tuple
+_E = {n: i for i, n in enumerate(EVENT.names)}
+_P = {n: i for i, n in enumerate(PATH.names)}
+_H = {n: i for i, n in enumerate(HOP.names)}
+assert HOP.names == ("dt", "hook", "kind", "flags", "ifindex", "netns", "cpu", "dev")
+_FLOW = ("family", "saddr", "daddr", "sport", "dport")
+_EV_INNER = itemgetter(*[_E["inner." + f] for f in _FLOW])
+_EV_OUTER = itemgetter(*[_E["tun.outer." + f] for f in _FLOW])
+_EVENT_FIELDS = itemgetter(*[_E[n] for n in (
+    "ts", "skb", "location", "id", "netns", "ifindex", "reason", "hook", "cpu", "kind", "flags",
+    "port", "dev", "stack_id", "tun.vni")])
+_PA_INNER = itemgetter(*[_P["inner." + f] for f in _FLOW])
+_PA_OUTER = itemgetter(*[_P["tun.outer." + f] for f in _FLOW])
+
+
+def format_host(family, addr):
+    """An address's text: "198.51.100.1" (family 4, or 0: not parsed, all zero) or
+    "[2001:db8::1]" (family 6). `addr` is the record's PP_ADDR_LEN bytes."""
+    if family == 6:
+        return "[%s]" % socket.inet_ntop(socket.AF_INET6, addr[:16])
+    return socket.inet_ntoa(addr[:4])
+
+
+def format_addr(family, addr, port):
+    """(family, address bytes, port) -> "198.51.100.1:5000" or "[2001:db8::1]:5000"."""
+    return "%s:%d" % (format_host(family, addr), port)
 
 
 def _dev(raw):
     """A device name from its NUL-padded bytes."""
     return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _ip(addr):
-    return socket.inet_ntoa(struct.pack("<I", addr))
 
 
 class Decoder:
@@ -69,25 +192,41 @@ class Decoder:
         self.hook_names = list(hook_names)
         self.reasons = reasons or {}
         self.symbolize = symbolize or (lambda addr: "0x%x" % addr)
-        self._ipcache = {}
+        self._hosts = ({}, {})     # (IPv4-or-unparsed, IPv6): address bytes -> text
 
     def hook_name(self, hook):
         return self.hook_names[hook] if hook < len(self.hook_names) else "hook%d" % hook
 
-    def _ip(self, addr):
-        s = self._ipcache.get(addr)
+    def _host(self, family, addr):
+        cache = self._hosts[family == 6]
+        s = cache.get(addr)
         if s is None:
-            s = self._ipcache[addr] = _ip(addr)
+            if len(cache) > 65536:
+                cache.clear()
+            s = cache[addr] = format_host(family, addr)
         return s
 
+    def _flows(self, t, inner, outer, encap):
+        """(src, dst, outer_src, outer_dst) texts from an unpacked record `t`."""
+        fam, sa, da, sp, dp = inner(t)
+        cache = self._hosts[fam == 6]
+        src = "%s:%d" % (cache.get(sa) or self._host(fam, sa), sp)
+        dst = "%s:%d" % (cache.get(da) or self._host(fam, da), dp)
+        if not encap:
+            return src, dst, None, None
+        fam, sa, da, sp, dp = outer(t)
+        cache = self._hosts[fam == 6]
+        return (src, dst, "%s:%d" % (cache.get(sa) or self._host(fam, sa), sp),
+                "%s:%d" % (cache.get(da) or self._host(fam, da), dp))
+
     def decode(self, data):
-        (ts, skb, location, pid, netns, ifindex, reason, vni, saddr, daddr, osaddr, odaddr,
-         sport, dport, osport, odport, hook, cpu, kind, flags, port, dev, stack_id) = \
-            _FMT.unpack_from(data)
+        t = _FMT.unpack_from(data)
+        (ts, skb, location, pid, netns, ifindex, reason, hook, cpu, kind, flags, port, dev,
+         stack_id, vni) = _EVENT_FIELDS(t)
         encap = bool(flags & F_ENCAP)
         kind_name = KINDS[kind] if kind < len(KINDS) else "pass"
         is_drop = kind_name == "drop"
-        ip = self._ip
+        src, dst, osrc, odst = self._flows(t, _EV_INNER, _EV_OUTER, encap)
         ev = {
             "t_ns": ts,
             "hook": self.hook_name(hook),
@@ -100,10 +239,10 @@ class Decoder:
             "netns": netns,
             "encap": encap,
             "vni": vni if encap else None,
-            "src": "%s:%d" % (ip(saddr), sport),
-            "dst": "%s:%d" % (ip(daddr), dport),
-            "outer_src": "%s:%d" % (ip(osaddr), osport) if encap else None,
-            "outer_dst": "%s:%d" % (ip(odaddr), odport) if encap else None,
+            "src": src,
+            "dst": dst,
+            "outer_src": osrc,
+            "outer_dst": odst,
             "reason": self.reasons.get(reason, str(reason)) if is_drop else None,
             "reason_code": reason if is_drop else None,
             "location": self.symbolize(location) if is_drop else None,
@@ -115,72 +254,14 @@ class Decoder:
         return ev
 
 
-# ---- summary mode: one struct pp_path per packet (bpf/pktpath.h) ----
-MAX_HOPS = 32
-
-
-class RawHop(ctypes.Structure):
-    """Mirror of struct pp_hop in bpf/pktpath.h."""
-    _fields_ = [
-        ("dt", ctypes.c_uint32),
-        ("hook", ctypes.c_uint16),
-        ("kind", ctypes.c_uint8),
-        ("flags", ctypes.c_uint8),
-        ("ifindex", ctypes.c_uint32),
-        ("netns", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint16),
-        ("_hpad", ctypes.c_uint16),
-        ("dev", ctypes.c_char * DEV_LEN),
-    ]
-
-
-class RawPath(ctypes.Structure):
-    """Mirror of struct pp_path in bpf/pktpath.h."""
-    _fields_ = [
-        ("first_ts", ctypes.c_uint64),
-        ("last_ts", ctypes.c_uint64),
-        ("skb", ctypes.c_uint64),
-        ("location", ctypes.c_uint64),
-        ("id", ctypes.c_uint32),
-        ("reason", ctypes.c_uint32),
-        ("vni", ctypes.c_uint32),
-        ("saddr", ctypes.c_uint32),
-        ("daddr", ctypes.c_uint32),
-        ("osaddr", ctypes.c_uint32),
-        ("odaddr", ctypes.c_uint32),
-        ("sport", ctypes.c_uint16),
-        ("dport", ctypes.c_uint16),
-        ("osport", ctypes.c_uint16),
-        ("odport", ctypes.c_uint16),
-        ("port", ctypes.c_uint16),
-        ("final_kind", ctypes.c_uint8),
-        ("has_encap", ctypes.c_uint8),
-        ("nhops", ctypes.c_uint32),
-        ("stack_id", ctypes.c_int32),
-        ("last_skb", ctypes.c_uint64),
-        ("last_head", ctypes.c_uint64),
-        ("last_tail", ctypes.c_uint32),
-        ("_pad2", ctypes.c_uint32),
-        ("hops", RawHop * MAX_HOPS),
-    ]
-
-
-_PATH = struct.Struct("<QQQQ7I5HBBIiQQII")
-_HOP = struct.Struct("<IHBBIIHH%ds" % DEV_LEN)
-assert _PATH.size == RawPath.hops.offset and _HOP.size == ctypes.sizeof(RawHop)
-PATH_SIZE = ctypes.sizeof(RawPath)
-PATH_HDR, HOP_SIZE, NHOPS_OFFSET = _PATH.size, _HOP.size, RawPath.nhops.offset
-LAST_TS_OFFSET = RawPath.last_ts.offset
-
-
-# what a live trace needs of a record before decoding it (see path_key)
-_ID_OFF, _FINAL_OFF = RawPath.id.offset, RawPath.final_kind.offset
-KIND_DELIVER = KINDS.index("deliver")
-
-
-# id, final_kind and nhops in one unpack (they are 40 bytes apart in the header)
+# what a live trace needs of a record before decoding it (see path_key):
+# id, final_kind and nhops in one unpack
+_ID_OFF, _FINAL_OFF = PATH.offset("id"), PATH.offset("final_kind")
+assert _ID_OFF < _FINAL_OFF < NHOPS_OFFSET
 _KEY = struct.Struct("<I%dxB%dxI" % (_FINAL_OFF - _ID_OFF - 4,
                                      NHOPS_OFFSET - _FINAL_OFF - 1)).unpack_from
+_LAST_TS = struct.Struct("<Q").unpack_from
+_NHOPS = struct.Struct("<I").unpack_from
 
 
 def path_key(data):
@@ -193,13 +274,21 @@ def path_key(data):
 
 def path_last_ts(data):
     """A pp_path record's last sighting (kernel monotonic ns)."""
-    return struct.unpack_from("<Q", data, LAST_TS_OFFSET)[0]
+    return _LAST_TS(data, LAST_TS_OFFSET)[0]
 
 
 def path_used_bytes(data):
     """How many leading bytes of a pp_path record carry data (header + recorded hops)."""
-    nhops = struct.unpack_from("<I", data, NHOPS_OFFSET)[0]
+    nhops = _NHOPS(data, NHOPS_OFFSET)[0]
     return PATH_HDR + min(nhops, MAX_HOPS) * HOP_SIZE
+
+
+# the header fields the decoders use, in one itemgetter each
+_PATH_FIELDS = itemgetter(*[_P[n] for n in (
+    "first_ts", "skb", "location", "id", "reason", "port", "final_kind", "nhops", "stack_id",
+    "tun.type", "tun.vni")])
+_JSON_FIELDS = itemgetter(*[_P[n] for n in (
+    "final_kind", "nhops", "first_ts", "tun.vni", "id", "port", "tun.type")])
 
 
 class PathDecoder(Decoder):
@@ -210,20 +299,17 @@ class PathDecoder(Decoder):
     truncated = 0
 
     def decode_path(self, data):
-        (first_ts, _last, skb, location, pid, reason, vni, saddr, daddr, osaddr, odaddr,
-         sport, dport, osport, odport, port, final_kind, has_encap, nhops, stack_id, _ls, _lh, _lt, _p2) = \
-            _PATH.unpack_from(data)
+        t = _PATH.unpack_from(data)
+        (first_ts, skb, location, pid, reason, port, final_kind, nhops, stack_id, tun,
+         vni) = _PATH_FIELDS(t)
         if nhops > MAX_HOPS:
             self.truncated += nhops - MAX_HOPS
-        ip = self._ip
-        src, dst = "%s:%d" % (ip(saddr), sport), "%s:%d" % (ip(daddr), dport)
-        osrc = "%s:%d" % (ip(osaddr), osport) if has_encap else None
-        odst = "%s:%d" % (ip(odaddr), odport) if has_encap else None
+        src, dst, osrc, odst = self._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
         out = []
         # a record carries the hops its emitter claimed; another CPU may have claimed more since
-        for i in range(min(nhops, MAX_HOPS, (len(data) - _PATH.size) // _HOP.size)):
-            dt, hook, kind, flags, ifindex, netns, cpu, _p, dev = \
-                _HOP.unpack_from(data, _PATH.size + i * _HOP.size)
+        for i in range(min(nhops, MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE)):
+            dt, hook, kind, flags, ifindex, netns, cpu, dev = \
+                _HOP.unpack_from(data, PATH_HDR + i * HOP_SIZE)
             if not flags & F_HOP_SET:
                 continue  # a slot lost to a race between CPUs (see pp_summary)
             encap = bool(flags & F_ENCAP)
@@ -263,10 +349,10 @@ class PathDecoder(Decoder):
 class DeliveredJSON:
     """The `--json` line of a packet whose only record is a plain delivery, written straight from
     the record: the same text as report.write_json(reconstruct.build_packets(decode_path(r)))
-    (tests/test_events.py checks it), at a fraction of the cost (no event or packet dicts; the
-    parts of a hop that repeat from packet to packet are rendered once). Returns None for any
-    record that needs the general path (a drop, a hop slot lost to a race, hops out of order,
-    more than one delivery, truncated hops)."""
+    (tests/unit/test_events.py checks it), at a fraction of the cost (no event or packet dicts;
+    the parts of a hop that repeat from packet to packet are rendered once). Returns None for
+    any record that needs the general path (a drop, a hop slot lost to a race, hops out of
+    order, more than one delivery, truncated hops)."""
 
     def __init__(self, decoder):
         self.d = decoder
@@ -275,23 +361,20 @@ class DeliveredJSON:
         self._names = None
 
     def __call__(self, data, names):
-        (first_ts, _l, _skb, _loc, pid, _r, vni, saddr, daddr, osaddr, odaddr, sport, dport,
-         osport, odport, port, final_kind, has_encap, nhops, _st, _ls, _lh, _lt, _p2) = \
-            _PATH.unpack_from(data)
-        n = (len(data) - _PATH.size) // _HOP.size
+        t = _PATH.unpack_from(data)
+        final_kind, nhops, first_ts, vni, pid, port, tun = _JSON_FIELDS(t)
+        n = (len(data) - PATH_HDR) // HOP_SIZE
         if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0:
             return None
         if names is not self._names:
             self._head.clear()      # netns names changed: re-render
             self._names = names
-        ip, dumps = self.d._ip, json.dumps
-        src, dst = "%s:%d" % (ip(saddr), sport), "%s:%d" % (ip(daddr), dport)
-        osrc = "%s:%d" % (ip(osaddr), osport) if has_encap else None
-        odst = "%s:%d" % (ip(odaddr), odport) if has_encap else None
+        dumps = json.dumps
+        src, dst, osrc, odst = self.d._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
         parts, prev = [], -1
         for i in range(n):
-            dt, hook, kind, flags, ifindex, netns, cpu, _p, dev = \
-                _HOP.unpack_from(data, _PATH.size + i * _HOP.size)
+            dt, hook, kind, flags, ifindex, netns, cpu, dev = \
+                _HOP.unpack_from(data, PATH_HDR + i * HOP_SIZE)
             if not flags & F_HOP_SET or dt < prev or kind != (KIND_DELIVER if i == n - 1 else 0):
                 return None
             prev = dt
@@ -316,7 +399,7 @@ class DeliveredJSON:
         name = self.d.hook_name(hook)
         devs = dumps(_dev(dev))
         nsname = dumps(names.get(netns))
-        first = first_ts + _HOP.unpack_from(data, _PATH.size)[0]
+        first = first_ts + _HOP.unpack_from(data, PATH_HDR)[0]
         return ('{"id":%d,"verdict":"delivered","events":%d,"first_ns":%d,"last_ns":%d,'
                 '"last":{"hook":%s,"dev":%s,"ifindex":%d,"netns":%d,"netns_name":%s},'
                 '"drop":null,"delivered":{"netns":%d,"netns_name":%s,"port":%d},'

@@ -282,3 +282,33 @@ def test_recycled_skbs_are_not_attributed_to_finished_packets(lab_up, tmp_path):
            for hop in pkt["path"] if not hop["src"].startswith("198.51.100.1:")]
     assert bad == []
     assert all(pkt["verdict"] == "delivered" and len(pkt["path"]) == 9 for pkt in packets)
+
+
+def _udp_noports(netns):
+    """The kernel's own count of UDP datagrams dropped for want of a socket, in `netns`."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+                         capture_output=True, text=True, check=True).stdout
+    udp = [ln.split() for ln in out.splitlines() if ln.startswith("Udp:")]
+    return int(udp[1][udp[0].index("NoPorts")])
+
+
+def test_drops_all_counts_exactly_when_both_cpus_drop(lab_up, fault, tmp_path):
+    """`--drops all` under a flood from two senders, one per CPU, so that both CPUs count drops
+    under the same key at once: the count is exact (the receiver's Udp NoPorts is the
+    reference; a non-atomic increment came up short here)."""
+    fault("no-listener")
+    n = 20000
+    senders = " & ".join(
+        "taskset -c %d %s send --netns %s --dst %s --port %d --count %d --rate 0 --start-id %d"
+        % (cpu, " ".join(RUN), overlay.SENDER_NS, overlay.DST_IP, overlay.PORT, n, 1 + cpu * n)
+        for cpu in (0, 1))
+    before = _udp_noports(overlay.RECEIVER_NS)
+    cmd = RUN + ["-c", os.path.join(ROOT, "configs", "lab.yaml"), "--timeline", "0",
+                 "--drops", "all", "--interval", "600", "--", "sh", "-c", senders + " & wait"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    expected = _udp_noports(overlay.RECEIVER_NS) - before
+    assert expected > n // 2
+    table = p.stdout[p.stdout.index("all drops on this machine"):]
+    rows = [ln for ln in table.splitlines() if "NO_SOCKET" in ln and overlay.RECEIVER_NS in ln]
+    assert len(rows) == 1 and int(rows[0].split()[0]) == expected, (expected, rows)

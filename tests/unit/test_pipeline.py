@@ -32,27 +32,40 @@ ROUTE = [(4026532301, 0, b"eth0", False), (4026532302, 0, b"pp-ul", True),
          (4026532304, 1, b"eth0", False)]
 
 
+IN_SRC, IN_DST = bytes([10, 0, 1, 1]) + bytes(12), bytes([10, 0, 1, 2]) + bytes(12)
+OUT_SRC, OUT_DST = bytes([192, 0, 2, 1]) + bytes(12), bytes([192, 0, 2, 2]) + bytes(12)
+
+
+def flows(encap=True, vni=42):
+    """The inner flow and (if `encap`) the VXLAN tunnel of the test packets, as record fields."""
+    f = {"inner.family": 4, "inner.protocol": 17, "inner.saddr": IN_SRC,
+         "inner.daddr": IN_DST, "inner.sport": 40000, "inner.dport": 5000}
+    if encap:
+        f.update({"tun.type": 1, "tun.vni": vni, "tun.outer.family": 4,
+                  "tun.outer.protocol": 17, "tun.outer.saddr": OUT_SRC,
+                  "tun.outer.daddr": OUT_DST, "tun.outer.sport": 51000,
+                  "tun.outer.dport": 4789})
+    return f
+
+
 def path_record(pid, hops, final=PASS, reason=0, location=0, t=None):
     """A summary-mode pp_path record of packet `pid`: the first `hops` hops of ROUTE, then the
     final drop or delivery (if any)."""
-    p = records.RawPath(first_ts=t or T0 + pid * 50_000, id=pid, final_kind=final,
-                        skb=0xffff888000000000 + pid * 256 + (t is not None),
-                        saddr=0x0101000a, daddr=0x0201000a, sport=40000, dport=5000,
-                        osaddr=0x010200c0, odaddr=0x020200c0, osport=51000, odport=4789,
-                        vni=42, has_encap=1, port=5000 if final == DELIVER else 0,
-                        reason=reason, location=location, stack_id=-1)
     steps = [(ns, hook, dev, encap, PASS) for ns, hook, dev, encap in ROUTE[:hops]]
     if final == DROP:
         steps.append((ROUTE[hops - 1][0], 2, b"", False, DROP))
     elif final == DELIVER:
         steps.append((4026532304, 3, b"", False, DELIVER))
-    for i, (ns, hook, dev, encap, kind) in enumerate(steps):
-        h = p.hops[i]
-        h.dt, h.hook, h.kind, h.netns, h.dev, h.cpu, h.ifindex = \
-            i * 3000 + pid % 7, hook, kind, ns, dev, pid % 2, 2 + i
-        h.flags = records.F_HOP_SET | (records.F_ENCAP if encap else 0)
-    p.nhops = len(steps)
-    return bytes(p)[:records.PATH_HDR + len(steps) * records.HOP_SIZE]
+    head = records.PATH.pack(flows(), first_ts=t or T0 + pid * 50_000, id=pid,
+                             final_kind=final, skb=0xffff888000000000 + pid * 256 + (t is not None),
+                             port=5000 if final == DELIVER else 0, reason=reason,
+                             location=location, stack_id=-1, nhops=len(steps))
+    hops_bytes = b"".join(
+        records.HOP.pack(dt=i * 3000 + pid % 7, hook=hook, kind=kind, netns=ns, dev=dev,
+                         cpu=pid % 2, ifindex=2 + i,
+                         flags=records.F_HOP_SET | (records.F_ENCAP if encap else 0))
+        for i, (ns, hook, dev, encap, kind) in enumerate(steps))
+    return head + hops_bytes
 
 
 def summary_records():
@@ -75,19 +88,14 @@ def event_records():
     out = []
     for data in summary_records():
         for ev in dec.decode_path(data):
-            e = records.RawEvent(ts=ev["t_ns"], skb=ev["skb"], id=ev["id"], netns=ev["netns"],
-                                 ifindex=ev["ifindex"], hook=HOOKS.index(ev["hook"]),
-                                 cpu=ev["cpu"], kind=records.KINDS.index(ev["kind"]),
-                                 flags=records.F_ENCAP if ev["encap"] else 0,
-                                 vni=ev["vni"] or 0, saddr=0x0101000a, daddr=0x0201000a,
-                                 sport=40000, dport=5000, osaddr=0x010200c0,
-                                 odaddr=0x020200c0, osport=51000, odport=4789,
-                                 port=ev["port"] or 0, dev=ev["dev"].encode(),
-                                 reason=ev["reason_code"] or 0, stack_id=-1,
-                                 location=int(ev["location"].split("+0x")[1], 16)
-                                 if ev["location"] else 0)
-            out.append(bytes(e))
-    out.sort(key=lambda b: records._FMT.unpack_from(b)[0])
+            out.append(records.EVENT.pack(
+                flows(ev["encap"], ev["vni"] or 0), ts=ev["t_ns"], skb=ev["skb"], id=ev["id"],
+                netns=ev["netns"], ifindex=ev["ifindex"], hook=HOOKS.index(ev["hook"]),
+                cpu=ev["cpu"], kind=records.KINDS.index(ev["kind"]),
+                flags=records.F_ENCAP if ev["encap"] else 0, port=ev["port"] or 0,
+                dev=ev["dev"].encode(), reason=ev["reason_code"] or 0, stack_id=-1,
+                location=int(ev["location"].split("+0x")[1], 16) if ev["location"] else 0))
+    out.sort(key=lambda b: records.EVENT.unpack(b)["ts"])
     return out
 
 
