@@ -879,15 +879,17 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
         }
         int r = pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0,
                           sk, direct);
-        if (i == 0 && r == PP_H_DELIVERED) {
-            /* the tail was this callback's datagram. Older ones still open (two CPUs queued
-             * at once) are left to the other callback, which finds this tail delivered */
+        /* Not the end of the scan: the datagrams before the tail may be open too. Since 6.18 a
+         * CPU that finds another CPU enqueueing to the socket only adds its skb to a list
+         * (udp_prod_queue) and returns; the other CPU queues the whole batch, then calls
+         * sk_data_ready once per datagram, each time with the batch's last one as the tail.
+         * Stopping at a delivered tail left the others open: reported lost. */
+        if (r == PP_H_DELIVERED)
             found = 1;
-            break;
-        }
         if (r == PP_H_CLOSED) {
-            /* a datagram queued before it was delivered already: so were those before it */
-            if (i >= PP_DELIVER_SCAN)
+            /* a datagram queued before it was delivered already: so were those before it (and
+             * the reader queue's, older still, once this scan delivered the ones after it) */
+            if (i >= PP_DELIVER_SCAN || found)
                 break;
             i = PP_DELIVER_SCAN - 1;
             continue;
