@@ -928,10 +928,11 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
 #endif
     int found = pp_scan_queues(ctx, sk, hook, direct);
 #ifdef PP_SUMMARY
-    if (found)
-        return 0;
-    /* The reader may have taken the datagram already. It is then the packet this CPU saw last,
-     * moments ago, in the socket's own namespace: deliver that one if its path is still open. */
+    /* The reader may have taken the datagram already (between the queueing and this callback;
+     * also when the scan delivered others of the same batch). It is then the packet this CPU
+     * saw last, moments ago, in the socket's own namespace: deliver that one if its path is
+     * still open (the CPU that calls sk_data_ready queued its own datagram in that batch). */
+    (void)found;
     u32 zero = 0;
     struct pp_lastseen *ls = lastseen.lookup(&zero);
     if (!ls || !ls->ts)
