@@ -1002,20 +1002,28 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
     return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DROP), location, reason, direct);
 }
 
-/* Look at up to PP_DELIVER_SCAN datagrams from the tail of the receive queue, then as many from
- * the tail of UDP's reader_queue. Only the receive queue's tail is the datagram this callback is
- * for (PP_KIND_DELIVER): when it is delivered here, that is all. Otherwise the others are looked
- * at as PP_KIND_DELIVER_OLDER, and a queue's scan stops at the first of those already delivered
- * (queues are in arrival order: so are the ones before it).
+/* Look at up to PP_DELIVER_SCAN datagrams from the tail of the receive queue, then up to
+ * PP_READER_SCAN from the tail of UDP's reader_queue. The receive queue's tail is looked at as
+ * PP_KIND_DELIVER, the others as PP_KIND_DELIVER_OLDER (delivered only while their path is
+ * open), and a scan stops at the first of those already delivered (queues are in arrival order:
+ * so are the ones before it). Summary mode looks deeper: since Linux 6.18 one CPU may queue a
+ * batch of datagrams that other CPUs handed it (udp_prod_queue), and more may follow before
+ * the batch's callbacks run; each one stops at the first delivered datagram, so depth only
+ * costs while datagrams are open. (Events mode records every datagram it looks at.)
  * One loop, not unrolled, so that pp_handle is inlined once here. */
+#ifdef PP_SUMMARY
+#define PP_DELIVER_SCAN 8
+#else
 #define PP_DELIVER_SCAN 3
+#endif
+#define PP_READER_SCAN 3
 static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct)
 {
     u64 q = 0, skb = 0;
     u32 qlen = 0, j = 0;
     int found = 0;
     #pragma clang loop unroll(disable)
-    for (u32 i = 0; i < 2 * PP_DELIVER_SCAN; i++) {
+    for (u32 i = 0; i < PP_DELIVER_SCAN + PP_READER_SCAN; i++) {
         if (i == 0 || i == PP_DELIVER_SCAN) {
             q = sk + (i ? PP_OFF_UDP_READERQ : PP_OFF_SK_QHEAD);
             if (direct) {
@@ -1037,15 +1045,17 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
         }
         int r = pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0,
                           sk, direct);
-        if (i == 0 && r == PP_H_DELIVERED) {
-            /* the tail was this callback's datagram. Older ones still open (two CPUs queued
-             * at once) are left to the other callback, which finds this tail delivered */
+        /* Not the end of the scan: the datagrams before the tail may be open too. Since 6.18 a
+         * CPU that finds another CPU enqueueing to the socket only adds its skb to a list
+         * (udp_prod_queue) and returns; the other CPU queues the whole batch, then calls
+         * sk_data_ready once per datagram, each time with the batch's last one as the tail.
+         * Stopping at a delivered tail left the others open: reported lost. */
+        if (r == PP_H_DELIVERED)
             found = 1;
-            break;
-        }
         if (r == PP_H_CLOSED) {
-            /* a datagram queued before it was delivered already: so were those before it */
-            if (i >= PP_DELIVER_SCAN)
+            /* a datagram queued before it was delivered already: so were those before it (and
+             * the reader queue's, older still, once this scan delivered the ones after it) */
+            if (i >= PP_DELIVER_SCAN || found)
                 break;
             i = PP_DELIVER_SCAN - 1;
             continue;
@@ -1076,10 +1086,11 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
 #endif
     int found = pp_scan_queues(ctx, sk, hook, direct);
 #ifdef PP_SUMMARY
-    if (found)
-        return 0;
-    /* The reader may have taken the datagram already. It is then the packet this CPU saw last,
-     * moments ago, in the socket's own namespace: deliver that one if its path is still open. */
+    /* The reader may have taken the datagram already (between the queueing and this callback;
+     * also when the scan delivered others of the same batch). It is then the packet this CPU
+     * saw last, moments ago, in the socket's own namespace: deliver that one if its path is
+     * still open (the CPU that calls sk_data_ready queued its own datagram in that batch). */
+    (void)found;
     u32 zero = 0;
     struct pp_lastseen *ls = lastseen.lookup(&zero);
     if (!ls || !ls->ts)

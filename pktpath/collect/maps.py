@@ -40,11 +40,17 @@ class MapReader:
         if table is None or not self.summary:
             return []
         limit = None if older_than_ns is None else time.monotonic_ns() - older_than_ns
-        out = []
+        out, seen = [], set()
         for k, v in table.items():
-            if limit is None or records.path_last_ts(v) < limit:
+            # a key listing taken while the kernel adds and removes paths restarts from the
+            # first key (keys seen twice); and the kernel may finish a path (delivered, dropped:
+            # its record is on the ring) between the listing and the delete: only a path this
+            # delete removed went quiet
+            if k in seen:
+                continue
+            seen.add(k)
+            if (limit is None or records.path_last_ts(v) < limit) and table.delete(k):
                 out.append(v[:records.path_used_bytes(v)])
-                table.delete(k)
         return out
 
     def stack(self, stack_id):
