@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""Cost against the tools users write by hand: pktpath vs Debian's bpftrace and perf, one run.
+
+    sudo /work/tools/roottest.sh /usr/bin/python3 bench/tools.py [--rounds 5] [--seconds 3] [--json]
+
+(root, builds the lab; installs Debian `bpftrace` and `linux-perf` with apt-get if `bpftrace` or
+`perf` is missing, running `apt-get update` once first if the package lists are missing.)
+
+Every configuration is a throughput measurement through the lab, paired with the untraced
+measurements (a) right before and after it, as in bench/bench.py: a, X, a, Y, a, ...; each
+figure is the median of the paired ratios X/a over the rounds with a 90% bootstrap interval.
+
+Healthy lab (every datagram delivered):
+  c         pktpath following every packet (configs/lab.yaml, default hooks)
+  bt_count  bpftrace count() on the same five tracepoints
+  perf_rec  perf record -a of the same five tracepoints
+  b         pktpath attached, traffic not matching its filter (other UDP port)
+  floor     an empty program on each of the same hooks (no tracer)
+Fault `no-listener` (every datagram dropped, NO_SOCKET; the a runs of this phase too):
+  d         pktpath --drops all (following every packet, and counting every drop)
+  dk        pktpath --hooks kfree_skb --drops all (the drop side alone)
+  bt_drop   bpftrace @[args->location, args->reason] = count() on skb:kfree_skb
+
+Targets: c >= bt_count, d >= bt_drop (costs no more than bpftrace), b >= floor - 0.01.
+Then a short pass with kernel.bpf_stats_enabled=1 (not during the ratio rounds: the stats cost
+two clock reads per run) measures each tool's BPF programs: runs, ns per run, BPF ns per sent
+datagram, and the tool's user-space CPU.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+_spec = importlib.util.spec_from_file_location("pktpath_bench", os.path.join(HERE, "bench.py"))
+B = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(B)
+
+from pktpath.lab import overlay  # noqa: E402
+
+TRACEPOINTS = ["net:net_dev_queue", "qdisc:qdisc_enqueue", "net:netif_receive_skb",
+               "sock:sk_data_ready", "skb:kfree_skb"]
+BT_COUNT = ", ".join("tracepoint:" + t for t in TRACEPOINTS) + " { @[probe] = count(); }"
+BT_DROP = "tracepoint:skb:kfree_skb { @[args->location, args->reason] = count(); }"
+TRACEFS = "/sys/kernel/tracing"
+
+
+def med(xs):
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+# -- the tools ------------------------------------------------------------------------------
+
+def ensure_tools():
+    """Install Debian's bpftrace and linux-perf if missing (idempotent). Returns versions."""
+    missing = [p for p, exe in (("bpftrace", "bpftrace"), ("linux-perf", "perf"))
+               if not shutil.which(exe)]
+    if missing:
+        lists = "/var/lib/apt/lists"
+        if not any(f.endswith("_Packages") or "_Packages." in f for f in os.listdir(lists)):
+            subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y"] + missing, check=True,
+                       stdout=subprocess.DEVNULL, env=dict(os.environ,
+                                                           DEBIAN_FRONTEND="noninteractive"))
+    if not os.path.exists(os.path.join(TRACEFS, "events")):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=False)
+    for tp in TRACEPOINTS:
+        if not os.path.exists(os.path.join(TRACEFS, "events", *tp.split(":"))):
+            raise SystemExit("tools: tracepoint %s not found on this kernel" % tp)
+    ver = lambda cmd: subprocess.run(cmd, capture_output=True, text=True).stdout.strip()  # noqa
+    return {"bpftrace": ver(["bpftrace", "--version"]), "perf": ver(["perf", "--version"])}
+
+
+class Tool:
+    """A running tool: `stop()` returns a small dict of what it saw."""
+
+    def __init__(self, proc, stop, pids=()):
+        self.proc, self._stop, self.pids = proc, stop, pids
+
+    def stop(self):
+        return self._stop()
+
+
+def start_pktpath(extra, tmp):
+    proc, startup, stats = B.start_tracer(extra, tmp)
+
+    def stop():
+        st = B.stop_tracer(proc, stats)
+        return {"startup_s": round(startup, 2), "events": st.get("events"), "lost": st.get("lost")}
+    return Tool(proc, stop, [proc.pid])
+
+
+def start_bpftrace(prog, tmp):
+    out = os.path.join(tmp, "bpftrace.out")
+    t0 = time.monotonic()
+    f = open(out, "w")
+    proc = subprocess.Popen(["bpftrace", "-e", prog], stdout=f, stderr=subprocess.STDOUT,
+                            text=True)
+    # bpftrace 0.17 prints a harmless RLIMIT_MEMLOCK error first, then "Attaching N probes..."
+    # before attaching, and nothing once attached: wait for the line, then for its perf/link fds
+    while True:
+        with open(out) as g:
+            text = g.read()
+        if "Attaching" in text:
+            break
+        if proc.poll() is not None or time.monotonic() - t0 > 60:
+            raise SystemExit("bpftrace failed: %s" % text.strip())
+        time.sleep(0.02)
+    n = int(re.search(r"Attaching (\d+) probe", text).group(1))
+    _wait_fds(proc, n, ("perf_event", "bpf_link"), 30)
+    time.sleep(0.2)
+    startup = time.monotonic() - t0
+
+    def stop():
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        f.close()
+        with open(out) as g:
+            text = g.read()
+        counts = [int(x) for x in re.findall(r"^@\[.*\]: (\d+)$", text, re.M)]
+        return {"startup_s": round(startup, 2), "events": sum(counts)}
+    return Tool(proc, stop, [proc.pid])
+
+
+def _wait_fds(proc, n, kinds, timeout):
+    """Wait until process `proc` holds at least `n` fds whose link names one of `kinds`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("tool exited early (status %s)" % proc.returncode)
+        have = 0
+        try:
+            for fd in os.listdir("/proc/%d/fd" % proc.pid):
+                try:
+                    if any(k in os.readlink("/proc/%d/fd/%s" % (proc.pid, fd)) for k in kinds):
+                        have += 1
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        if have >= n:
+            return
+        time.sleep(0.02)
+    raise SystemExit("tool did not attach within %d s" % timeout)
+
+
+def start_perf(tmp):
+    data = os.path.join(tmp, "perf.data")
+    err = open(os.path.join(tmp, "perf.err"), "w")
+    t0 = time.monotonic()
+    cmd = ["perf", "record", "-a", "-o", data]
+    for tp in TRACEPOINTS:
+        cmd += ["-e", tp]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    # one perf_event fd per event per CPU, then the ring buffers: wait for the fds, then a bit
+    _wait_fds(proc, len(TRACEPOINTS) * os.cpu_count(), ("perf_event",), 60)
+    time.sleep(0.3)
+    startup = time.monotonic() - t0
+
+    def stop():
+        # perf 6.1 exits with "Thread and evlist pollfd index mismatch" if its control pipe is
+        # closed while it records: stop it with SIGINT
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        err.close()
+        with open(os.path.join(tmp, "perf.err")) as g:
+            text = g.read()
+        m = re.search(r"\((\d+) samples\)", text)
+        lost = re.search(r"lost (\d+) chunks|Lost (\d+) events", text)
+        try:
+            os.unlink(data)
+        except OSError:
+            pass
+        return {"startup_s": round(startup, 2), "events": int(m.group(1)) if m else None,
+                "lost_note": lost.group(0) if lost else None, "status": proc.returncode}
+    return Tool(proc, stop, [proc.pid])
+
+
+def start_floor():
+    fds = B.attach_empty(None)
+
+    def stop():
+        for fd in fds:
+            os.close(fd)
+        return {}
+    return Tool(None, stop, [])
+
+
+# -- bpf_stats ------------------------------------------------------------------------------
+
+def prog_ids():
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
+                         check=True).stdout
+    return {p["id"]: p for p in json.loads(out or "[]")}
+
+
+def set_stats(on):
+    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=%d" % on], check=True)
+
+
+def measure_stats(name, start, seconds, senders, base):
+    """One measurement with the tool `start()` attached: its new BPF programs' run counts and
+    times (kernel.bpf_stats_enabled must be on) and its user-space CPU share."""
+    before = set(prog_ids())
+    tool = start()
+    try:
+        snap0 = {i: p for i, p in prog_ids().items() if i not in before}
+        cpu0 = sum(B.cpu_s(pid) for pid in tool.pids)
+        t0 = time.monotonic()
+        pps = B.load(seconds, senders, base)
+        elapsed = time.monotonic() - t0
+        cpu = (sum(B.cpu_s(pid) for pid in tool.pids) - cpu0) / elapsed
+        snap1 = {i: p for i, p in prog_ids().items() if i in snap0}
+    finally:
+        tool.stop()
+    sent = pps * elapsed
+    progs = []
+    for i, p in snap1.items():
+        runs = p.get("run_cnt", 0) - snap0[i].get("run_cnt", 0)
+        ns = p.get("run_time_ns", 0) - snap0[i].get("run_time_ns", 0)
+        if runs:
+            progs.append({"id": i, "name": p.get("name", "?"), "type": p.get("type"),
+                          "runs": runs, "ns_per_run": round(ns / runs, 1),
+                          "runs_per_pkt": round(runs / sent, 2),
+                          "ns_per_pkt": round(ns / sent, 1)})
+    progs.sort(key=lambda p: -p["ns_per_pkt"])
+    return {"config": name, "pps": round(pps), "tool_cpu": round(cpu, 3),
+            "bpf_ns_per_pkt": round(sum(p["ns_per_pkt"] for p in progs), 1),
+            "bpf_runs_per_pkt": round(sum(p["runs_per_pkt"] for p in progs), 2),
+            "programs": progs}
+
+
+# -- the run --------------------------------------------------------------------------------
+
+def diff_ci(xs, ys, level=0.90, resamples=2000, seed=2):
+    """Bootstrap interval of median(xs) - median(ys)."""
+    import random
+    rnd = random.Random(seed)
+    d = sorted(med([rnd.choice(xs) for _ in xs]) - med([rnd.choice(ys) for _ in ys])
+               for _ in range(resamples))
+    return d[int((1 - level) / 2 * resamples)], d[min(resamples - 1,
+                                                      int((1 + level) / 2 * resamples))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="traffic per measurement")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of each configuration")
+    ap.add_argument("--senders", type=int, default=2, help="sender processes")
+    ap.add_argument("--only", default="", help="comma-separated configurations (default all)")
+    ap.add_argument("--no-stats", action="store_true", help="skip the bpf_stats pass")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--keep-lab", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("tools: run as root")
+    t_start = time.monotonic()
+    versions = ensure_tools()
+    only = set(args.only.split(",")) - {""}
+    pick = lambda cs: [c for c in cs if not only or c[0] in only]  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        healthy = pick([
+            ("c", lambda: start_pktpath([], tmp)),
+            ("bt_count", lambda: start_bpftrace(BT_COUNT, tmp)),
+            ("perf_rec", lambda: start_perf(tmp)),
+            ("b", lambda: start_pktpath(["--udp-port", str(overlay.PORT + 999)], tmp)),
+            ("floor", start_floor)])
+        faulty = pick([
+            ("d", lambda: start_pktpath(["--drops", "all"], tmp)),
+            ("dk", lambda: start_pktpath(["--hooks", "kfree_skb", "--drops", "all"], tmp)),
+            ("bt_drop", lambda: start_bpftrace(BT_DROP, tmp))])
+        paired, pps, seen, a_pps = {}, {}, {}, {"healthy": [], "no-listener": []}
+        stats = []
+        base = 1
+        overlay.up()
+        try:
+            # start and stop each tool once, unmeasured: pktpath's first start may compile and
+            # later ones load the compile from the cache; and a tool that fails, fails now
+            for name, start in healthy + faulty:
+                start().stop()
+            for phase, configs in (("healthy", healthy), ("no-listener", faulty)):
+                if not configs:
+                    continue
+                if phase != "healthy":
+                    overlay.apply_fault(phase)
+
+                def untraced():
+                    nonlocal base
+                    a_pps[phase].append(B.load(args.seconds, args.senders, base))
+                    base = B.next_base(base, args.senders)
+                untraced()
+                for _ in range(args.rounds):
+                    for name, start in configs:
+                        tool = start()
+                        try:
+                            cpu0 = sum(B.cpu_s(p) for p in tool.pids)
+                            t0 = time.monotonic()
+                            pps.setdefault(name, []).append(
+                                B.load(args.seconds, args.senders, base))
+                            cpu = (sum(B.cpu_s(p) for p in tool.pids) - cpu0) / \
+                                (time.monotonic() - t0)
+                        finally:
+                            info = tool.stop()
+                        base = B.next_base(base, args.senders)
+                        info["tool_cpu"] = round(cpu, 3)
+                        seen.setdefault(name, []).append(info)
+                        untraced()
+                        before, after = a_pps[phase][-2:]
+                        paired.setdefault(name, []).append(pps[name][-1] / ((before + after) / 2))
+                if not args.no_stats:
+                    set_stats(1)
+                    try:
+                        for name, start in configs:
+                            stats.append(measure_stats(name, start, args.seconds, args.senders,
+                                                       base))
+                            base = B.next_base(base, args.senders)
+                    finally:
+                        set_stats(0)
+                if phase != "healthy":
+                    overlay.clear_faults()
+        finally:
+            if not args.keep_lab:
+                overlay.down()
+    out = {"rounds": args.rounds, "seconds": args.seconds, "senders": args.senders,
+           "versions": versions, "a_pps": {k: round(med(v)) for k, v in a_pps.items() if v},
+           "ratios": {}, "targets": {}, "bpf_stats": stats}
+    for name, xs in paired.items():
+        lo, hi = B.median_ci(xs, med)
+        out["ratios"][name] = {"median": round(med(xs), 3), "ci90": [round(lo, 3), round(hi, 3)],
+                               "all": [round(x, 3) for x in xs],
+                               "pps": round(med(pps[name])),
+                               "tool_cpu": med([s["tool_cpu"] for s in seen[name]]),
+                               "runs": seen[name]}
+
+    def target(key, x, y, margin, text):
+        if x in paired and y in paired:
+            lo, hi = diff_ci(paired[x], paired[y])
+            d = med(paired[x]) - med(paired[y]) + margin
+            out["targets"][key] = {"what": text, "diff": round(d, 3),
+                                   "diff_ci90": [round(lo + margin, 3), round(hi + margin, 3)],
+                                   "met": d >= 0,
+                                   "clear": (lo + margin >= 0) if d >= 0 else (hi + margin < 0)}
+    target("c_vs_bt_count", "c", "bt_count", 0, "following every packet costs no more than a "
+           "bpftrace count() on the same hooks: c - bt_count >= 0")
+    target("d_vs_bt_drop", "d", "bt_drop", 0, "--drops all costs no more than a bpftrace "
+           "counter on skb:kfree_skb: d - bt_drop >= 0")
+    target("dk_vs_bt_drop", "dk", "bt_drop", 0, "the drop side alone (--hooks kfree_skb "
+           "--drops all) vs the same bpftrace counter: dk - bt_drop >= 0")
+    target("b_vs_floor", "b", "floor", 0.01, "untraced traffic within 0.01 of the empty-program "
+           "floor: b - floor + 0.01 >= 0")
+    out["elapsed_s"] = round(time.monotonic() - t_start)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print_table(out)
+    return 0
+
+
+def print_table(out):
+    print("tools: %d rounds x %.0f s, %d senders, %d s in all; untraced a: %s pps" % (
+        out["rounds"], out["seconds"], out["senders"], out["elapsed_s"], out["a_pps"]))
+    print("%-9s %7s  %-15s %10s %8s  %s" % ("CONFIG", "X/a", "90% CI", "pps", "tool_cpu",
+                                            "paired ratios"))
+    for name, r in out["ratios"].items():
+        print("%-9s %7.3f  [%.3f, %.3f]  %10d %8.2f  %s" % (
+            name, r["median"], r["ci90"][0], r["ci90"][1], r["pps"], r["tool_cpu"],
+            " ".join("%.3f" % x for x in r["all"])))
+    print()
+    for key, t in out["targets"].items():
+        print("%-14s %-6s diff %+.3f [%+.3f, %+.3f]%s  %s" % (
+            key, "MET" if t["met"] else "MISSED", t["diff"], t["diff_ci90"][0],
+            t["diff_ci90"][1], "" if t["clear"] else " (within the interval)", t["what"]))
+    if out["bpf_stats"]:
+        print("\nbpf_stats (one %.0f s measurement each, kernel.bpf_stats_enabled=1):"
+              % out["seconds"])
+        for s in out["bpf_stats"]:
+            print("  %-9s %8d pps  BPF %7.1f ns/pkt (%.2f runs/pkt)  tool cpu %.2f" % (
+                s["config"], s["pps"], s["bpf_ns_per_pkt"], s["bpf_runs_per_pkt"],
+                s["tool_cpu"]))
+            for p in s["programs"]:
+                print("      %-16s %-18s %6.2f runs/pkt %7.1f ns/run %7.1f ns/pkt" % (
+                    p["name"], p["type"], p["runs_per_pkt"], p["ns_per_run"], p["ns_per_pkt"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
