@@ -18,7 +18,10 @@ Healthy lab (every datagram delivered):
   floor     an empty program on each of the same hooks (no tracer)
 Fault `no-listener` (every datagram dropped, NO_SOCKET; the a runs of this phase too):
   d         pktpath --drops all (following every packet, and counting every drop)
-  dk        pktpath --hooks kfree_skb --drops all (the drop side alone)
+  dk        pktpath --hooks kfree_skb --drops all (counts every drop, and follows each dropped
+            datagram at kfree_skb: they match its filter)
+  dm        pktpath --hooks kfree_skb --drops all --udp-port <other>: the drop monitor alone
+            (counts every drop; no dropped datagram matches its filter)
   bt_drop   bpftrace @[args->location, args->reason] = count() on skb:kfree_skb
 
 Targets: c >= bt_count, d >= bt_drop (costs no more than bpftrace), b >= floor - 0.01.
@@ -44,6 +47,7 @@ sys.path.insert(0, ROOT)
 
 _spec = importlib.util.spec_from_file_location("pktpath_bench", os.path.join(HERE, "bench.py"))
 B = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = B     # its sender function is pickled by module name
 _spec.loader.exec_module(B)
 
 from pktpath.lab import overlay  # noqa: E402
@@ -280,6 +284,8 @@ def main():
         faulty = pick([
             ("d", lambda: start_pktpath(["--drops", "all"], tmp)),
             ("dk", lambda: start_pktpath(["--hooks", "kfree_skb", "--drops", "all"], tmp)),
+            ("dm", lambda: start_pktpath(["--hooks", "kfree_skb", "--drops", "all",
+                                          "--udp-port", str(overlay.PORT + 999)], tmp)),
             ("bt_drop", lambda: start_bpftrace(BT_DROP, tmp))])
         paired, pps, seen, a_pps = {}, {}, {}, {"healthy": [], "no-listener": []}
         stats = []
@@ -356,8 +362,10 @@ def main():
            "bpftrace count() on the same hooks: c - bt_count >= 0")
     target("d_vs_bt_drop", "d", "bt_drop", 0, "--drops all costs no more than a bpftrace "
            "counter on skb:kfree_skb: d - bt_drop >= 0")
-    target("dk_vs_bt_drop", "dk", "bt_drop", 0, "the drop side alone (--hooks kfree_skb "
-           "--drops all) vs the same bpftrace counter: dk - bt_drop >= 0")
+    target("dk_vs_bt_drop", "dk", "bt_drop", 0, "--hooks kfree_skb --drops all, dropped "
+           "datagrams traced, vs the same bpftrace counter: dk - bt_drop >= 0")
+    target("dm_vs_bt_drop", "dm", "bt_drop", 0, "the drop monitor alone (--hooks kfree_skb "
+           "--drops all, filter not matching) vs the same counter: dm - bt_drop >= 0")
     target("b_vs_floor", "b", "floor", 0.01, "untraced traffic within 0.01 of the empty-program "
            "floor: b - floor + 0.01 >= 0")
     out["elapsed_s"] = round(time.monotonic() - t_start)
