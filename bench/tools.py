@@ -266,6 +266,7 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated configurations (default all)")
     ap.add_argument("--no-stats", action="store_true", help="skip the bpf_stats pass")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--save", metavar="FILE", help="also write the JSON object to FILE")
     ap.add_argument("--keep-lab", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -369,6 +370,9 @@ def main():
     target("b_vs_floor", "b", "floor", 0.01, "untraced traffic within 0.01 of the empty-program "
            "floor: b - floor + 0.01 >= 0")
     out["elapsed_s"] = round(time.monotonic() - t_start)
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(out, f, indent=1)
     if args.json:
         print(json.dumps(out))
     else:
