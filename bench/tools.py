@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Cost against the tools users write by hand: pktpath vs Debian's bpftrace and perf, one run.
 
-    sudo /work/tools/roottest.sh /usr/bin/python3 bench/tools.py [--rounds 5] [--seconds 3] [--json]
+    sudo /usr/bin/python3 bench/tools.py [--rounds 5] [--seconds 3] [--only c,bt_count] [--json]
+
+(~10 min with the defaults: 9 configurations x 5 rounds x 3 s, each paired with untraced runs,
+plus the tools' start-ups and a bpf_stats pass. On the shared development machines run it under
+the lab lock: /work/tools/roottest.sh /usr/bin/python3 bench/tools.py)
 
 (root, builds the lab; installs Debian `bpftrace` and `linux-perf` with apt-get if `bpftrace` or
 `perf` is missing, running `apt-get update` once first if the package lists are missing.)
@@ -214,7 +218,25 @@ def set_stats(on):
     subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=%d" % on], check=True)
 
 
-def measure_stats(name, start, seconds, senders, base):
+def hook_names(specs):
+    """The hooks of the tracer's plan, in order: pktpath's program pp_h<i> runs on the i-th."""
+    return [e["name"] for e in B.hooks.select(specs, B.hooks.load_catalog())]
+
+
+def label(p, order, names):
+    """Which hook a program ran on: pktpath's pp_h<i> by index, the empty programs by load
+    order, bpftrace's by name (its program is named after the tracepoint, cut to 15 chars)."""
+    name = p.get("name", "?")
+    m = re.match(r"pp_h(\d+)$", name)
+    if m and int(m.group(1)) < len(names):
+        return names[int(m.group(1))]
+    if name == "pp_empty" and order < len(names):
+        return names[order]
+    # program names are cut at 15 characters (BPF_OBJ_NAME_LEN)
+    return next((h for h in names if h == name or len(name) >= 15 and h.startswith(name)), name)
+
+
+def measure_stats(name, start, seconds, senders, base, specs=None):
     """One measurement with the tool `start()` attached: its new BPF programs' run counts and
     times (kernel.bpf_stats_enabled must be on) and its user-space CPU share."""
     before = set(prog_ids())
@@ -231,11 +253,13 @@ def measure_stats(name, start, seconds, senders, base):
         tool.stop()
     sent = pps * elapsed
     progs = []
-    for i, p in snap1.items():
+    names = hook_names(specs)
+    for order, (i, p) in enumerate(sorted(snap1.items())):
         runs = p.get("run_cnt", 0) - snap0[i].get("run_cnt", 0)
         ns = p.get("run_time_ns", 0) - snap0[i].get("run_time_ns", 0)
         if runs:
             progs.append({"id": i, "name": p.get("name", "?"), "type": p.get("type"),
+                          "hook": label(p, order, names),
                           "runs": runs, "ns_per_run": round(ns / runs, 1),
                           "runs_per_pkt": round(runs / sent, 2),
                           "ns_per_pkt": round(ns / sent, 1)})
@@ -330,8 +354,9 @@ def main():
                     set_stats(1)
                     try:
                         for name, start in configs:
+                            specs = ["kfree_skb"] if name in ("dk", "dm", "bt_drop") else None
                             stats.append(measure_stats(name, start, args.seconds, args.senders,
-                                                       base))
+                                                       base, specs))
                             base = B.next_base(base, args.senders)
                     finally:
                         set_stats(0)
@@ -369,6 +394,7 @@ def main():
            "--drops all, filter not matching) vs the same counter: dm - bt_drop >= 0")
     target("b_vs_floor", "b", "floor", 0.01, "untraced traffic within 0.01 of the empty-program "
            "floor: b - floor + 0.01 >= 0")
+    out["extra_cost"] = extra_cost(stats)
     out["elapsed_s"] = round(time.monotonic() - t_start)
     if args.save:
         with open(args.save, "w") as f:
@@ -378,6 +404,25 @@ def main():
     else:
         print_table(out)
     return 0
+
+
+def extra_cost(stats):
+    """Per target pair, measured with bpf_stats: BPF ns per sent datagram on each hook, pktpath
+    minus the reference, and the tools' user-space CPU (share of one CPU)."""
+    by = {s["config"]: s for s in stats}
+    per_hook = lambda s: {p["hook"]: p["ns_per_pkt"] for p in s["programs"]}  # noqa: E731
+    out = {}
+    for x, y in (("c", "bt_count"), ("d", "bt_drop"), ("dk", "bt_drop"), ("dm", "bt_drop"),
+                 ("b", "floor")):
+        if x in by and y in by:
+            hx, hy = per_hook(by[x]), per_hook(by[y])
+            out["%s-%s" % (x, y)] = {
+                "bpf_ns_per_pkt": round(by[x]["bpf_ns_per_pkt"] - by[y]["bpf_ns_per_pkt"], 1),
+                "per_hook_ns_per_pkt": {h: round(hx.get(h, 0) - hy.get(h, 0), 1)
+                                        for h in sorted(set(hx) | set(hy), key=lambda h: -abs(
+                                            hx.get(h, 0) - hy.get(h, 0)))},
+                "tool_cpu": round(by[x]["tool_cpu"] - by[y]["tool_cpu"], 3)}
+    return out
 
 
 def print_table(out):
@@ -402,8 +447,18 @@ def print_table(out):
                 s["config"], s["pps"], s["bpf_ns_per_pkt"], s["bpf_runs_per_pkt"],
                 s["tool_cpu"]))
             for p in s["programs"]:
-                print("      %-16s %-18s %6.2f runs/pkt %7.1f ns/run %7.1f ns/pkt" % (
-                    p["name"], p["type"], p["runs_per_pkt"], p["ns_per_run"], p["ns_per_pkt"]))
+                print("      %-18s %-10s %-11s %6.2f runs/pkt %7.1f ns/run %7.1f ns/pkt" % (
+                    p["hook"], p["name"], p["type"], p["runs_per_pkt"], p["ns_per_run"],
+                    p["ns_per_pkt"]))
+
+    if out.get("extra_cost"):
+        print("\nextra cost, measured (BPF ns per sent datagram, pktpath minus reference; "
+              "user-space CPU share):")
+        for k, e in out["extra_cost"].items():
+            print("  %-12s BPF %+7.1f ns/pkt (%s)  tool cpu %+.2f" % (
+                k, e["bpf_ns_per_pkt"], ", ".join("%s %+.0f" % kv for kv in
+                                                  e["per_hook_ns_per_pkt"].items()),
+                e["tool_cpu"]))
 
 
 if __name__ == "__main__":
