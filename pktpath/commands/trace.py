@@ -146,13 +146,17 @@ def run(args):
         _write_stats(args.stats_file, t, counters, pipe.events, ready_s)
     with session.Stop():  # the report of a finished trace is printed whole, signals or not
         packets, text = pipe.report(counters, lost_ids, meta, args.timeline)
-        jsonfile.close_json(json_out, args.json)
         print(text)
         if args.stack:
             print("\n== drop stacks ==\n" + (drops.stacks_section(packets) or "none recorded"))
         if t.drops_all:
             print("\n== all drops on this machine (--drops all) ==\n" + drops.drop_table(
                 drop_counts, kallsyms, decoder.reasons, session.netns_names()))
+        sys.stdout.flush()
+        # the report first: the JSON of packets finished at the stop and not kept for the
+        # report (a flood's last seconds) may take longer to write
+        pipe.write_backlog()
+        jsonfile.close_json(json_out, args.json)
     return 0
 
 

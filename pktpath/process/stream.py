@@ -17,13 +17,14 @@ busy machine.
 import collections
 import time
 
-from pktpath.process import reconstruct
+from pktpath.process import reconstruct, sample
 from pktpath.output import schema
 
 
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
-                 clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None):
+                 clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
+                 raw_paths=None, sample_first=sample.FIRST):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -44,7 +45,13 @@ class PacketStream:
         self.fast = fast
         self.json_line = json_line          # (record, names) -> JSON line, or None: see flush
         self.idle = idle                    # called between batches of a long flush
-        self.deferred = []                  # finished packets still raw: record or [records]
+        self.deferred = []                  # kept delivered packets still raw: record or [records]
+        # packets not delivered: a bounded sample kept (raw or built), the rest aggregated and
+        # streamed (sample.py); raw_paths (sample.RawPaths) aggregates plain records unexpanded
+        self.raw_paths = raw_paths
+        self.agg = sample.Aggregate()
+        self.sampler = sample.Sampler(self._spill, first=sample_first)
+        self.backlog = None                 # a list: JSON of spilled packets written later
         self.packets = []                   # finished packets kept for the report
         self.kept_delivered = 0
         self.streamed = 0                   # delivered packets written out and dropped
@@ -116,6 +123,7 @@ class PacketStream:
         # the per-ID work of a busy live trace (summary mode: `pending` and `arrived` are empty,
         # `_again` nearly so): dictionaries looked up once, empty ones not touched
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
+        offer = self.sampler.offer
         for pid in done:
             raw = raw_pop(pid, None)
             mine = pending.pop(pid, None) if pending else None
@@ -141,9 +149,11 @@ class PacketStream:
                         self.json_out.write(line)   # straight from the record
                         self.streamed += 1
                         continue
-                else:
-                    self.deferred.append(raw)
-                    continue
+                elif lone and self.raw_paths is not None:
+                    got = self.raw_paths.read(raw, int_names)
+                    if got is not None:     # plain: sampled or aggregated from its bytes
+                        offer(got[0], got[1], got[2].group, ("raw", raw) + got)
+                        continue
             if raw is not None:
                 for record in _records(raw):
                     evs.extend(self.expand(record))
@@ -157,15 +167,49 @@ class PacketStream:
                     self.idle()             # e.g. drain the ring buffer: it keeps filling
         self._finish_packets(evs, names)
 
-    def settle(self):
-        """Finish every packet now, expanding the deferred records (call while `expand` still
-        works, e.g. before the tracer that reads drop stacks is closed)."""
+    def settle(self, defer_json=False):
+        """Finish every packet now, expanding the kept records (call while `expand` still
+        works, e.g. before the tracer that reads drop stacks is closed). With `defer_json`, the
+        JSON of packets spilled now waits in `backlog` (write_backlog(), after the report)."""
+        if defer_json and self.json_out is not None:
+            self.backlog = []
         self.flush(force=True)
+        names = self.netns_names()
         if self.deferred:
             evs = [ev for raw in self.deferred for record in _records(raw)
                    for ev in self.expand(record)]
             self.deferred = []
-            self.packets.extend(reconstruct.build_packets(evs, self.netns_names()))
+            self.packets.extend(reconstruct.build_packets(evs, names))
+        kept, self.sampler = self.sampler.kept(), sample.Sampler(self._spill)
+        evs = [ev for item in kept if item[0] == "raw" for ev in self.expand(item[1])]
+        self.packets.extend(reconstruct.build_packets(evs, names))
+        self.packets.extend(item[1] for item in kept if item[0] == "pkt")
+
+    def _spill(self, item):
+        """A packet not delivered that leaves the sample: into the aggregates, to the JSON."""
+        if item[0] == "raw":
+            self.agg.add_shape(item[4], item[2], item[3], item[5])
+        else:
+            self.agg.add_packet(item[1])
+        if self.json_out is not None:
+            if self.backlog is not None:
+                self.backlog.append(item)
+            else:
+                self._write(item)
+
+    def _write(self, item):
+        if item[0] == "raw":
+            names = self.netns_names()
+            for pkt in reconstruct.build_packets(self.expand(item[1]), names):
+                self.json_out.write(schema.packet_line(pkt))
+        else:
+            self.json_out.write(schema.packet_line(item[1]))
+
+    def write_backlog(self):
+        """Write the JSON of the packets spilled at the end (see settle)."""
+        backlog, self.backlog = self.backlog or [], None
+        for item in backlog:
+            self._write(item)
 
     BATCH = 64
 
@@ -178,7 +222,10 @@ class PacketStream:
                     self.streamed += 1
                     continue
                 self.kept_delivered += 1
-            self.packets.append(pkt)
+                self.packets.append(pkt)
+            else:
+                self.sampler.offer(pkt["id"], pkt["first_ns"], sample.group_of(pkt),
+                                   ("pkt", pkt))
 
     def finish(self):
         """All packets kept, sorted by ID and time (call after the last add)."""
