@@ -293,6 +293,17 @@ class Summary:
             insort(ids, pid)
             ids.pop()
 
+    def add_groups(self, ids, count, verdict, key, fields):
+        """add_group() of `count` packets whose lowest IDs are `ids` (up to 5, sorted)."""
+        self.packets += count
+        self._counts[verdict] = self._counts.get(verdict, 0) + count
+        self.add_group(ids[0], verdict, key, fields)
+        self.packets -= 1
+        self._counts[verdict] -= 1
+        group = (self._drops if verdict == "dropped" else self._lost)[key]
+        group["count"] += count - 1
+        group["ids"] = sorted(group["ids"] + list(ids[1:]))[:5]
+
     def result(self):
         """{packets, verdicts: {verdict: count}, drops: [group], lost: [group]} (a new dict:
         the caller may change it)."""

@@ -77,33 +77,40 @@ class Aggregate:
             self.summary.add(p)
 
     def add_shape(self, shape, pid, first, dts):
-        """A plain record of `shape` (RawPaths.read)."""
-        self.packets += 1
+        """A plain record of `shape` (RawPaths.read): counted by shape, folded later."""
         self.ids.append(pid)
         if shape.count == 0:
             self._shapes.add(shape)
-            shape.rank = (pid, first)
-            shape.t0 = first
+            shape.rank, shape.t0, shape.ids = (pid, first), first, [pid]
         else:
-            if (pid, first) < shape.rank:
-                shape.rank = (pid, first)
             if first < shape.t0:
                 shape.t0 = first
+            ids = shape.ids
+            if pid < ids[-1] or len(ids) < 5:
+                if pid < ids[0]:
+                    shape.rank = (pid, first)
+                elif pid == ids[0] and first < shape.rank[1]:
+                    shape.rank = (pid, first)
+                bisect.insort(ids, pid)
+                if len(ids) > 5:
+                    ids.pop()
         shape.count += 1
         shape.dts.extend(dts)
         if shape.verdict == "lost":
             self.lost.append((pid, shape.key, shape.fields))
-        else:
-            self.summary.add_group(pid, shape.verdict, shape.key, shape.fields)
 
     def fold(self):
-        """Move the shapes' packets into PathStats (and t0)."""
+        """Move the shapes' packets into PathStats, Summary (and t0)."""
         for shape in self._shapes:
-            if shape.t0 is not None and (self.t0 is None or shape.t0 < self.t0):
+            self.packets += shape.count
+            if self.t0 is None or shape.t0 < self.t0:
                 self.t0 = shape.t0
             self.paths.add_bulk(shape.rank, shape.stages, shape.counted, shape.dts,
                                 shape.count)
-            shape.count, shape.dts, shape.t0 = 0, array("q"), None
+            if shape.verdict != "lost":
+                self.summary.add_groups(shape.ids, shape.count, shape.verdict, shape.key,
+                                        shape.fields)
+            shape.count, shape.dts, shape.t0, shape.ids = 0, array("q"), None, None
         self._shapes = set()
 
     def close(self, lost_ids, suspect):
@@ -191,13 +198,13 @@ class Shape:
     """What plain records alike share: the same hops (hook, device, netns, kind) and the same
     end (drop reason and location, or last sighting)."""
     __slots__ = ("verdict", "group", "key", "fields", "stages", "counted", "n", "count",
-                 "dts", "rank", "t0")
+                 "dts", "rank", "t0", "ids")
 
     def __init__(self, verdict, group, fields, stages, counted):
         self.verdict, self.group, self.fields = verdict, group, fields
         self.key = group[1:]            # reconstruct.Summary's group key
         self.stages, self.counted, self.n = stages, counted, len(stages)
-        self.count, self.dts, self.rank, self.t0 = 0, array("q"), None, None
+        self.count, self.dts, self.rank, self.t0, self.ids = 0, array("q"), None, None, None
 
 
 def _hop_format():

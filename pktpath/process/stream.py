@@ -119,7 +119,7 @@ class PacketStream:
             return
         names = self.netns_names()
         int_names = reconstruct.ns_names(names)
-        evs, batch = [], 0
+        evs, batch, plain = [], 0, 0
         # the per-ID work of a busy live trace (summary mode: `pending` and `arrived` are empty,
         # `_again` nearly so): dictionaries looked up once, empty ones not touched
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
@@ -134,9 +134,18 @@ class PacketStream:
             if again:
                 again.pop(pid, None)
             if raw is not None and mine is None and self.fast:
-                # nothing needs its events now: keep the compact record, expand at the end
+                # nothing needs its events now: keep the compact record (expanded at the end if
+                # kept), or count it from its bytes
                 lone = raw.__class__ is not list
-                if lone or any(d for _r, d in raw):
+                if not lone and len(raw) == 1 and not raw[0][1] and self.raw_paths is not None:
+                    got = self.raw_paths.read(raw[0][0], int_names)
+                    if got is not None:     # plain: sampled or aggregated from its bytes
+                        offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
+                        plain += 1
+                        if plain & 4095 == 0 and self.idle is not None:
+                            self.idle()     # ~10 ms of work: the ring buffer keeps filling
+                        continue
+                elif lone or any(d for _r, d in raw):
                     if self.kept_delivered < self.keep_delivered:
                         self.kept_delivered += 1
                         self.deferred.append(raw)
@@ -148,11 +157,6 @@ class PacketStream:
                     if line is not None:
                         self.json_out.write(line)   # straight from the record
                         self.streamed += 1
-                        continue
-                elif lone and self.raw_paths is not None:
-                    got = self.raw_paths.read(raw, int_names)
-                    if got is not None:     # plain: sampled or aggregated from its bytes
-                        offer(got[0], got[1], got[2].group, ("raw", raw) + got)
                         continue
             if raw is not None:
                 for record in _records(raw):
