@@ -124,6 +124,7 @@ def run(args):
         info(args, "drops in the last %gs, all traffic:\n%s" % (args.interval,
                                                                  interval_drops(counts)))
     child, stop = session.Child(), session.Stop()
+    marks = []
     with stop:
         try:
             coverage = t.start(pipe.on_record)
@@ -135,7 +136,7 @@ def run(args):
                  % (" for %gs" % args.duration if args.duration else ""))
             session.poll_loop(t, stop, child, pipe.on_record, pipe.flush, summary,
                               args.lost_after, args.duration, args.grace, args.interval, on_drops)
-            marks = [("loop", time.monotonic())]
+            marks.append(("loop", time.monotonic()))
             session.drain(t, pipe.on_record)
             marks.append(("drain+sweep", time.monotonic()))
             counters, lost_ids, drop_counts = t.counters(), t.lost_ids(), t.drop_counts()
@@ -144,6 +145,8 @@ def run(args):
         finally:
             t.close()
             child.stop()
+            if marks:
+                marks.append(("close", time.monotonic()))
     if stop.reason:
         info(args, "stopped by %s" % stop.reason)
     if args.stats_file:

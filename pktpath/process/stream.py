@@ -3,16 +3,18 @@
 A long trace cannot keep every event. Events are grouped by packet ID as they arrive; once an ID
 has been quiet for `settle_ns`, its packet is finished. The first `keep_delivered` delivered
 packets are kept for the report (timeline, verdict table); later delivered packets are written
-to the JSON output at once and only counted. Dropped, lost and incomplete packets are always
-kept: they are what the report is for.
+to the JSON output at once and only counted. Packets not delivered go to a sample.Sampler: a
+bounded, deterministic sample is kept for the report, the rest is counted exactly into
+sample.Aggregate (summary counts, drop/lost tables, latencies, funnel) and written to the JSON
+output as it finishes (at the stop: after the report, see settle/write_backlog).
 
 Summary mode hands over raw per-packet records instead of events (`add_record`). When nothing
 needs their events while tracing (`fast`: no recording or namespace filter), they stay raw: a
 delivered packet past the quota is just counted (or, with a JSON stream, written straight from
-its record by `json_line`), the others are kept as records (~0.5 KB instead of ~5 KB of dicts)
-and expanded once, at the end (`settle`). Expanding costs ~60 us per packet in Python, counting
-~1 us: that is what lets a live trace keep up with tens of thousands of packets per second on a
-busy machine.
+its record by `json_line`); a plain record not delivered is counted from its bytes
+(sample.RawPaths, a few us) and expanded only if it stays in the sample. Expanding costs ~60 us
+per packet in Python: that is what lets a live trace keep up with a flood of drops and print
+its report within a second of Ctrl-C.
 """
 import collections
 import time
@@ -170,6 +172,8 @@ class PacketStream:
                 if self.idle is not None:
                     self.idle()             # e.g. drain the ring buffer: it keeps filling
         self._finish_packets(evs, names)
+        if not force:
+            self.agg.fold()                 # in bulk, a little at a time: less at the stop
 
     def settle(self, defer_json=False):
         """Finish every packet now, expanding the kept records (call while `expand` still
