@@ -9,7 +9,7 @@ is compared with the untraced ones just before and after it: the "paired" ratios
   e) (--floor) no tracer, an empty program on each default hook: what any tracer attached there
      costs at least
 Reports pps, the ratios b/a and c/a, events consumed and lost, start-up time (command start to
-all hooks attached), and `report` time + peak memory on a 1,000,000-event recording.
+all hooks attached), stop time (SIGTERM to the report printed and the tracer gone), and `report` time + peak memory on a 1,000,000-event recording.
 
 With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base HEAD~3`),
 b and c are also measured with that checkout's tracer (B, C) in the same run, alternated with the
@@ -93,10 +93,14 @@ def cpu_s(pid):
 
 
 def stop_tracer(proc, stats):
+    """SIGTERM the tracer; its stats, with `stop_s`: seconds from the signal to its exit (the
+    report printed, the JSON written)."""
+    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=600)
+    stop_s = time.monotonic() - t0
     with open(stats) as f:
-        return json.load(f)
+        return dict(json.load(f), stop_s=stop_s)
 
 
 def hook_specs(tracer_args):
@@ -214,6 +218,7 @@ def main():
                 res[key + "_tracer_cpu"].append((cpu_s(proc.pid) - cpu0) /
                                                 (time.monotonic() - t0))
                 st = stop_tracer(proc, stats)
+                res.setdefault("stop_s", []).append(st["stop_s"])
                 # which attach methods and header reads were measured (a fallback is slower)
                 res.setdefault("methods", set()).add(
                     " ".join("%s=%s" % kv for kv in sorted(st.get("methods", {}).items())) +
@@ -278,6 +283,8 @@ def main():
         out["baseline"] = os.path.abspath(args.baseline)
         out["events_lost_C"] = res.get("C_lost", 0)
     out["startup_median_s"] = med(res["startup_s"])
+    out["stop_s"] = max(res.get("stop_s") or [0])     # SIGTERM to report done, worst
+    out["stop_median_s"] = med(res.get("stop_s") or [0])
     out["startup_compile_s"] = [round(x, 2) for x in res["startup_compile_s"]]
     if res["startup_cached_s"]:
         out["startup_cached_median_s"] = med(res["startup_cached_s"])

@@ -8,6 +8,7 @@ does arguments and wiring only.
 """
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -123,6 +124,7 @@ def run(args):
         info(args, "drops in the last %gs, all traffic:\n%s" % (args.interval,
                                                                  interval_drops(counts)))
     child, stop = session.Child(), session.Stop()
+    marks = []
     with stop:
         try:
             coverage = t.start(pipe.on_record)
@@ -134,25 +136,38 @@ def run(args):
                  % (" for %gs" % args.duration if args.duration else ""))
             session.poll_loop(t, stop, child, pipe.on_record, pipe.flush, summary,
                               args.lost_after, args.duration, args.grace, args.interval, on_drops)
+            marks.append(("loop", time.monotonic()))
             session.drain(t, pipe.on_record)
+            marks.append(("drain+sweep", time.monotonic()))
             counters, lost_ids, drop_counts = t.counters(), t.lost_ids(), t.drop_counts()
             pipe.settle()  # while drop stacks can still be read
+            marks.append(("settle", time.monotonic()))
         finally:
             t.close()
             child.stop()
+            if marks:
+                marks.append(("close", time.monotonic()))
     if stop.reason:
         info(args, "stopped by %s" % stop.reason)
     if args.stats_file:
         _write_stats(args.stats_file, t, counters, pipe.events, ready_s)
     with session.Stop():  # the report of a finished trace is printed whole, signals or not
         packets, text = pipe.report(counters, lost_ids, meta, args.timeline)
-        jsonfile.close_json(json_out, args.json)
         print(text)
         if args.stack:
             print("\n== drop stacks ==\n" + (drops.stacks_section(packets) or "none recorded"))
         if t.drops_all:
             print("\n== all drops on this machine (--drops all) ==\n" + drops.drop_table(
                 drop_counts, kallsyms, decoder.reasons, session.netns_names()))
+        sys.stdout.flush()
+        marks.append(("report", time.monotonic()))
+        if os.environ.get("PKTPATH_TIMES"):  # where the stop goes (bench, tests)
+            print("pktpath: stop " + ", ".join("%s %.3fs" % (name, t1 - t0) for (_, t0), (
+                name, t1) in zip(marks, marks[1:])), file=sys.stderr, flush=True)
+        # the report first: the JSON of packets finished at the stop and not kept for the
+        # report (a flood's last seconds) may take longer to write
+        pipe.write_backlog()
+        jsonfile.close_json(json_out, args.json)
     return 0
 
 

@@ -2,7 +2,7 @@
 from tabulate import tabulate
 
 from pktpath.output import schema
-from pktpath.process import analysis
+from pktpath.process import analysis, sample
 from pktpath.process.reconstruct import Summary, summarize
 
 MAX_VERDICT_ROWS = 1000
@@ -151,15 +151,20 @@ class ReportBuilder:
     `report` on a recording of a million events never holds all its packets.
     """
 
-    def __init__(self, max_timeline_packets=50):
+    def __init__(self, max_timeline_packets=50, aggregate=None):
         n = max_timeline_packets
         self._timeline_max = n if n and n > 0 else 0
         self._timeline = []          # the first N packets
         self._rows = []              # verdict rows of the first MAX_VERDICT_ROWS packets
-        self._problem_rows = []      # ... of the first MAX_VERDICT_ROWS not delivered
-        self._t0 = None              # trace_start() of all packets
-        self._paths = analysis.PathStats()
-        self._summary = Summary()
+        # rows of packets not delivered: the first MAX_VERDICT_ROWS, and the first
+        # sample.PER_GROUP of each drop point / lost place (the sample a live trace keeps)
+        self._problem_rows = []
+        self._problems = 0
+        self._per_group = {}
+        # a live trace's packets counted but not held (process/sample.Aggregate)
+        self._t0 = aggregate.t0 if aggregate else None   # trace_start() of all packets
+        self._paths = aggregate.paths if aggregate else analysis.PathStats()
+        self._summary = aggregate.summary if aggregate else Summary()
 
     def add(self, p):
         """Account for one packet record (reconstruct); it is kept only for the timeline."""
@@ -167,13 +172,17 @@ class ReportBuilder:
             self._timeline.append(p)
         if p["first_ns"] is not None and (self._t0 is None or p["first_ns"] < self._t0):
             self._t0 = p["first_ns"]
-        delivered = p["verdict"] == "delivered"
-        if len(self._rows) < MAX_VERDICT_ROWS or (
-                not delivered and len(self._problem_rows) < MAX_VERDICT_ROWS):
+        problem = False
+        if p["verdict"] != "delivered":
+            self._problems += 1
+            group = sample.group_of(p)
+            n = self._per_group[group] = self._per_group.get(group, 0) + 1
+            problem = self._problems <= MAX_VERDICT_ROWS or n <= sample.PER_GROUP
+        if len(self._rows) < MAX_VERDICT_ROWS or problem:
             row = _verdict_row(p)
             if len(self._rows) < MAX_VERDICT_ROWS:
                 self._rows.append(row)
-            if not delivered and len(self._problem_rows) < MAX_VERDICT_ROWS:
+            if problem:
                 self._problem_rows.append(row)
         self._paths.add(p)
         self._summary.add(p)
@@ -193,8 +202,16 @@ class ReportBuilder:
                 title = "timeline" if count <= n else \
                     "timeline (first %d of %d packets; see --timeline)" % (n, count)
                 sections.append((title, render_timeline(self._timeline, self._t0)))
+            v = self._summary.result()["verdicts"]
+            problems = count - v.get("delivered", 0)
             if count <= MAX_VERDICT_ROWS:
                 title, shown = "verdicts", self._rows
+            elif len(self._problem_rows) < problems:
+                shown = self._problem_rows
+                title = ("verdicts (a sample: showing %d of %d not delivered, the first %d and "
+                         "the first %d of each drop point or last sighting; %d packets in all; "
+                         "all in --json)" % (len(shown), problems, MAX_VERDICT_ROWS,
+                                             sample.PER_GROUP, count))
             else:
                 shown = self._problem_rows
                 title = "verdicts (%d of %d packets; all in --json)" % (len(shown), count)

@@ -5,6 +5,8 @@
   after which the count falls.
 """
 from array import array
+from itertools import repeat
+from operator import sub, truediv
 
 from tabulate import tabulate
 
@@ -52,29 +54,81 @@ class PathStats:
         self._gaps = {}        # (stage, next stage) -> array of latencies (us)
         self._reach = {}       # stage -> packets reaching it
         self._positions = {}   # stage -> {position on the path: packets}
+        self._rank = {}        # key of _gaps or _reach -> lowest (id, first_ns, hop) having it
 
     def add(self, p):
         path = p["path"]
-        stages = [stage(hop) for hop in path]
-        gaps = self._gaps
-        for a, b, sa, sb in zip(path, path[1:], stages, stages[1:]):
-            vals = gaps.get((sa, sb))
+        self.add_stages((p["id"], p["first_ns"] or 0), [stage(hop) for hop in path],
+                        [hop["t_ns"] for hop in path],
+                        [hop["hook"] not in DROP_HOOKS for hop in path])
+
+    def add_stages(self, rank, stages, times, counted):
+        """One packet's path as its stages, their times (ns) and whether each stage counts in
+        the funnel (drops do not); `rank` (id, first_ns) orders ties in the tables the same
+        whatever order packets are added in (that of ID order)."""
+        gaps, ranks = self._gaps, self._rank
+        i = 0
+        for sa, sb, ta, tb in zip(stages, stages[1:], times, times[1:]):
+            key = (sa, sb)
+            vals = gaps.get(key)
             if vals is None:
-                vals = gaps[(sa, sb)] = array("d")
-            vals.append((b["t_ns"] - a["t_ns"]) / 1e3)
+                vals = gaps[key] = array("d")
+                ranks[key] = rank + (i,)
+            elif rank < ranks[key]:
+                ranks[key] = rank + (i,)
+            vals.append((tb - ta) / 1e3)
+            i += 1
         seen = set()
-        for i, (hop, s) in enumerate(zip(path, stages)):
-            if s not in seen and hop["hook"] not in DROP_HOOKS:
+        reach, positions = self._reach, self._positions
+        for i, s in enumerate(stages):
+            if s not in seen and counted[i]:
                 seen.add(s)
-                self._reach[s] = self._reach.get(s, 0) + 1
-                at = self._positions.setdefault(s, {})
+                n = reach.get(s)
+                if n is None:
+                    reach[s] = 1
+                    positions[s] = {i: 1}
+                    ranks[s] = rank + (i,)
+                    continue
+                reach[s] = n + 1
+                if rank < ranks[s]:
+                    ranks[s] = rank + (i,)
+                at = positions[s]
                 at[i] = at.get(i, 0) + 1
+
+    def add_bulk(self, rank, stages, counted, dts, count):
+        """`count` packets of the same path (stages, counted: see add_stages), their hop times
+        flattened in `dts` (an array, len(stages) per packet); `rank`: the lowest (id,
+        first_ns) of them."""
+        n = len(stages)
+        gaps, ranks = self._gaps, self._rank
+        for i in range(n - 1):
+            key = (stages[i], stages[i + 1])
+            vals = gaps.get(key)
+            if vals is None:
+                vals = gaps[key] = array("d")
+                ranks[key] = rank + (i,)
+            elif rank < ranks[key]:
+                ranks[key] = rank + (i,)
+            vals.extend(map(truediv, map(sub, dts[i + 1::n], dts[i::n]), repeat(1e3, count)))
+        seen = set()
+        reach, positions = self._reach, self._positions
+        for i, s in enumerate(stages):
+            if s not in seen and counted[i]:
+                seen.add(s)
+                if s not in reach:
+                    reach[s], positions[s], ranks[s] = 0, {}, rank + (i,)
+                elif rank < ranks[s]:
+                    ranks[s] = rank + (i,)
+                reach[s] += count
+                at = positions[s]
+                at[i] = at.get(i, 0) + count
 
     def segments(self):
         """What segments() returns for the packets added."""
         out = []
-        for (a, b), arr in self._gaps.items():
-            vals = sorted(arr)
+        for key in sorted(self._gaps, key=self._rank.__getitem__):
+            a, b = key
+            vals = sorted(self._gaps[key])
             out.append({"from": a, "to": b, "count": len(vals), "p50_us": _pct(vals, 0.5),
                         "p90_us": _pct(vals, 0.9), "p99_us": _pct(vals, 0.99),
                         "max_us": vals[-1]})
@@ -84,7 +138,8 @@ class PathStats:
     def funnel(self):
         """What funnel() returns for the packets added."""
         reach = self._reach
-        order = sorted(reach, key=lambda s: (_median(self._positions[s]), -reach[s]))
+        order = sorted(sorted(reach, key=self._rank.__getitem__),
+                       key=lambda s: (_median(self._positions[s]), -reach[s]))
         rows = [(s, reach[s]) for s in order]
         message = None
         for (a, na), (b, nb) in zip(rows, rows[1:]):

@@ -13,10 +13,12 @@ recording applies the same policy to the same facts. Older recordings list the I
 then counts for one lost record, the least it can have been (never blame the network for the
 tracer's losses: a doubt makes a `lost` verdict `incomplete`).
 """
+import sys
+
 from pktpath.events import records
 from pktpath.events.recording import NO_END, scan_recording
 from pktpath.output import report, schema
-from pktpath.process import merge, reconstruct
+from pktpath.process import merge, reconstruct, sample
 from pktpath.process.stream import PacketStream
 
 # ---- the finishing policy (live and recorded) ----
@@ -60,12 +62,15 @@ def settle_end(end):
     return end
 
 
-def finish(packets, end):
+def finish(packets, end, aggregate=None):
     """Packets (sorted by ID, then first_ns) after the policy: IDs the tracer lost events of are
     `incomplete` where they would be `lost` (and get a record when it lost them all); when it
-    lost records it could not tie to an ID, every `lost` verdict is `incomplete`."""
-    return reconstruct.mark_incomplete_sorted(packets, lost_counts(end.get("lost_ids")),
-                                              all_lost_suspect=untied(end) > 0)
+    lost records it could not tie to an ID, every `lost` verdict is `incomplete`. A live
+    trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy."""
+    lost, suspect = lost_counts(end.get("lost_ids")), untied(end) > 0
+    seen = aggregate.close(lost, suspect) if aggregate is not None else ()
+    return reconstruct.mark_incomplete_sorted(packets, lost, all_lost_suspect=suspect,
+                                              also_seen=seen)
 
 
 def live_end(counters, lost_ids, netns_names, events, streamed):
@@ -80,11 +85,11 @@ def live_end(counters, lost_ids, netns_names, events, streamed):
 
 # ---- the sinks ----
 
-def emit(packets, meta, end, json_out=None, timeline=50):
-    """Each packet (any iterable, consumed once) to `json_out` (if any) and to the report;
-    returns (report text, the packets with a drop stack, reduced to what the stacks section
-    reads)."""
-    builder, stacked = report.ReportBuilder(timeline), []
+def emit(packets, meta, end, json_out=None, timeline=50, aggregate=None):
+    """Each packet (any iterable, consumed once) to `json_out` (if any) and to the report, on
+    top of the packets counted in `aggregate` (a live trace's sample.Aggregate); returns
+    (report text, the packets with a drop stack, reduced to what the stacks section reads)."""
+    builder, stacked = report.ReportBuilder(timeline, aggregate), []
     line = schema.packet_line
     write = json_out.write if json_out is not None else None
     for p in packets:
@@ -120,7 +125,8 @@ class LivePipeline:
         self.only_netns, self.stack = only_netns, stack
         self.stream = PacketStream(netns_names, json_out, keep_delivered=keep_delivered,
                                    expand=self._expand, fast=not (rec or only_netns), idle=idle,
-                                   json_line=records.DeliveredJSON(decoder))
+                                   json_line=records.DeliveredJSON(decoder),
+                                   raw_paths=sample.RawPaths(decoder) if summary else None)
         self.summary = summary
         self.on_record = summary_handler(self.stream) if summary else self._on_event
 
@@ -151,15 +157,21 @@ class LivePipeline:
         self.stream.flush()
 
     def settle(self):
-        """Finish every packet (while drop stacks can still be read)."""
-        self.stream.settle()
+        """Finish every packet (while drop stacks can still be read). The JSON of packets
+        finished only now and not kept for the report is written after it (write_backlog),
+        unless it needs drop stacks."""
+        self.stream.settle(defer_json=self.stack is None and self.json_out is not sys.stdout)
+
+    def write_backlog(self):
+        """The --json lines settle() left for after the report."""
+        self.stream.write_backlog()
 
     def end(self, counters, lost_ids):
         """(packets, end record) once the last record is in: the policy applied, the recording
         (if any) ended and closed."""
         end = live_end(counters, lost_ids, self.netns_names(), self.stream.events,
                        self.stream.streamed)
-        packets = list(finish(self.stream.finish(), end))
+        packets = list(finish(self.stream.finish(), end, self.stream.agg))
         if self.rec:
             self.rec.end(end)
             self.rec.close()
@@ -169,7 +181,7 @@ class LivePipeline:
         """(packets, report text) of the finished trace: end(), then the sinks (the packets go
         to the --json output, which the caller closes)."""
         packets, end = self.end(counters, lost_ids)
-        return packets, emit(packets, meta, end, self.json_out, timeline)[0]
+        return packets, emit(packets, meta, end, self.json_out, timeline, self.stream.agg)[0]
 
 
 # ---- recorded: recordings in ----

@@ -10,6 +10,7 @@ tracer itself lost events of that packet (never blame the network for the tracer
 A packet ID seen again after a quiet gap, on another skb, is another packet (a restarted sender
 reuses IDs): each such generation gets its own record.
 """
+from bisect import insort
 from collections import defaultdict
 from operator import itemgetter
 
@@ -200,14 +201,15 @@ def _order(p):
     return p["id"], p["first_ns"] or 0
 
 
-def mark_incomplete_sorted(packets, lost_ids, all_lost_suspect=False):
+def mark_incomplete_sorted(packets, lost_ids, all_lost_suspect=False, also_seen=()):
     """mark_incomplete() over packets already sorted by (ID, first_ns), one at a time: the
     records of lost IDs never seen are merged in at their place, so a recording's packets can
-    be reported without holding them all."""
+    be reported without holding them all. IDs in `also_seen` were seen in packets not given
+    (a live trace's aggregated ones): no record is made for them."""
     lost = lost_ids if isinstance(lost_ids, dict) else dict.fromkeys(lost_ids or (), True)
     lost = {int(k): v for k, v in lost.items()}
     unseen = sorted(lost)  # those seen are skipped on the way
-    i, seen = 0, set()
+    i, seen = 0, set(also_seen)
     for p in packets:
         pid = p["id"]
         while i < len(unseen) and unseen[i] < pid:
@@ -252,23 +254,55 @@ class Summary:
         self._drops, self._lost = {}, {}
 
     def add(self, p):
-        self.packets += 1
-        self._counts[p["verdict"]] = self._counts.get(p["verdict"], 0) + 1
-        if p["verdict"] == "dropped":
+        v = p["verdict"]
+        if v == "dropped":
             d = p["drop"]
-            group = self._drops.setdefault((d["reason"], d["location"], d["netns"]), {
-                "reason": d["reason"], "location": d["location"], "netns": d["netns"],
-                "netns_name": d["netns_name"], "count": 0, "ids": []})
-        elif p["verdict"] == "lost":
+            self.add_group(p["id"], v, (d["reason"], d["location"], d["netns"]), d)
+        elif v == "lost":
             last = p["last"]
-            group = self._lost.setdefault((last["hook"], last["dev"], last["netns"]), dict(
-                last, count=0, ids=[]))
-            group.pop("ifindex", None)
+            self.add_group(p["id"], v, (last["hook"], last["dev"], last["netns"]), last)
         else:
+            self.add_group(p["id"], v, None, None)
+
+    def add_group(self, pid, verdict, key, fields):
+        """One packet of `verdict`; dropped and lost ones in group `key` ((reason, location,
+        netns) or (hook, dev, netns)), made from `fields` when new. A group lists its 5 lowest
+        IDs (what the first 5 added are when packets come in ID order; any order gives the
+        same)."""
+        self.packets += 1
+        self._counts[verdict] = self._counts.get(verdict, 0) + 1
+        if key is None:
             return
+        groups = self._drops if verdict == "dropped" else self._lost
+        group = groups.get(key)
+        if group is None:
+            if verdict == "dropped":
+                group = {"reason": fields["reason"], "location": fields["location"],
+                         "netns": fields["netns"], "netns_name": fields["netns_name"],
+                         "count": 0, "ids": []}
+            else:
+                group = {"hook": fields["hook"], "dev": fields["dev"],
+                         "netns": fields["netns"], "netns_name": fields["netns_name"],
+                         "count": 0, "ids": []}
+            groups[key] = group
         group["count"] += 1
-        if len(group["ids"]) < 5:
-            group["ids"].append(p["id"])
+        ids = group["ids"]
+        if len(ids) < 5:
+            insort(ids, pid)
+        elif pid < ids[-1]:
+            insort(ids, pid)
+            ids.pop()
+
+    def add_groups(self, ids, count, verdict, key, fields):
+        """add_group() of `count` packets whose lowest IDs are `ids` (up to 5, sorted)."""
+        self.packets += count
+        self._counts[verdict] = self._counts.get(verdict, 0) + count
+        self.add_group(ids[0], verdict, key, fields)
+        self.packets -= 1
+        self._counts[verdict] -= 1
+        group = (self._drops if verdict == "dropped" else self._lost)[key]
+        group["count"] += count - 1
+        group["ids"] = sorted(group["ids"] + list(ids[1:]))[:5]
 
     def result(self):
         """{packets, verdicts: {verdict: count}, drops: [group], lost: [group]} (a new dict:

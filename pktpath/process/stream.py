@@ -3,27 +3,30 @@
 A long trace cannot keep every event. Events are grouped by packet ID as they arrive; once an ID
 has been quiet for `settle_ns`, its packet is finished. The first `keep_delivered` delivered
 packets are kept for the report (timeline, verdict table); later delivered packets are written
-to the JSON output at once and only counted. Dropped, lost and incomplete packets are always
-kept: they are what the report is for.
+to the JSON output at once and only counted. Packets not delivered go to a sample.Sampler: a
+bounded, deterministic sample is kept for the report, the rest is counted exactly into
+sample.Aggregate (summary counts, drop/lost tables, latencies, funnel) and written to the JSON
+output as it finishes (at the stop: after the report, see settle/write_backlog).
 
 Summary mode hands over raw per-packet records instead of events (`add_record`). When nothing
 needs their events while tracing (`fast`: no recording or namespace filter), they stay raw: a
 delivered packet past the quota is just counted (or, with a JSON stream, written straight from
-its record by `json_line`), the others are kept as records (~0.5 KB instead of ~5 KB of dicts)
-and expanded once, at the end (`settle`). Expanding costs ~60 us per packet in Python, counting
-~1 us: that is what lets a live trace keep up with tens of thousands of packets per second on a
-busy machine.
+its record by `json_line`); a plain record not delivered is counted from its bytes
+(sample.RawPaths, a few us) and expanded only if it stays in the sample. Expanding costs ~60 us
+per packet in Python: that is what lets a live trace keep up with a flood of drops and print
+its report within a second of Ctrl-C.
 """
 import collections
 import time
 
-from pktpath.process import reconstruct
+from pktpath.process import reconstruct, sample
 from pktpath.output import schema
 
 
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
-                 clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None):
+                 clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
+                 raw_paths=None, sample_first=sample.FIRST):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -44,7 +47,13 @@ class PacketStream:
         self.fast = fast
         self.json_line = json_line          # (record, names) -> JSON line, or None: see flush
         self.idle = idle                    # called between batches of a long flush
-        self.deferred = []                  # finished packets still raw: record or [records]
+        self.deferred = []                  # kept delivered packets still raw: record or [records]
+        # packets not delivered: a bounded sample kept (raw or built), the rest aggregated and
+        # streamed (sample.py); raw_paths (sample.RawPaths) aggregates plain records unexpanded
+        self.raw_paths = raw_paths
+        self.agg = sample.Aggregate()
+        self.sampler = sample.Sampler(self._spill, first=sample_first)
+        self.backlog = None                 # a list: JSON of spilled packets written later
         self.packets = []                   # finished packets kept for the report
         self.kept_delivered = 0
         self.streamed = 0                   # delivered packets written out and dropped
@@ -112,10 +121,11 @@ class PacketStream:
             return
         names = self.netns_names()
         int_names = reconstruct.ns_names(names)
-        evs, batch = [], 0
+        evs, batch, plain = [], 0, 0
         # the per-ID work of a busy live trace (summary mode: `pending` and `arrived` are empty,
         # `_again` nearly so): dictionaries looked up once, empty ones not touched
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
+        offer = self.sampler.offer
         for pid in done:
             raw = raw_pop(pid, None)
             mine = pending.pop(pid, None) if pending else None
@@ -126,9 +136,18 @@ class PacketStream:
             if again:
                 again.pop(pid, None)
             if raw is not None and mine is None and self.fast:
-                # nothing needs its events now: keep the compact record, expand at the end
+                # nothing needs its events now: keep the compact record (expanded at the end if
+                # kept), or count it from its bytes
                 lone = raw.__class__ is not list
-                if lone or any(d for _r, d in raw):
+                if not lone and len(raw) == 1 and not raw[0][1] and self.raw_paths is not None:
+                    got = self.raw_paths.read(raw[0][0], int_names)
+                    if got is not None:     # plain: sampled or aggregated from its bytes
+                        offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
+                        plain += 1
+                        if plain & 4095 == 0 and self.idle is not None:
+                            self.idle()     # ~10 ms of work: the ring buffer keeps filling
+                        continue
+                elif lone or any(d for _r, d in raw):
                     if self.kept_delivered < self.keep_delivered:
                         self.kept_delivered += 1
                         self.deferred.append(raw)
@@ -141,9 +160,6 @@ class PacketStream:
                         self.json_out.write(line)   # straight from the record
                         self.streamed += 1
                         continue
-                else:
-                    self.deferred.append(raw)
-                    continue
             if raw is not None:
                 for record in _records(raw):
                     evs.extend(self.expand(record))
@@ -156,16 +172,52 @@ class PacketStream:
                 if self.idle is not None:
                     self.idle()             # e.g. drain the ring buffer: it keeps filling
         self._finish_packets(evs, names)
+        if not force:
+            self.agg.fold()                 # in bulk, a little at a time: less at the stop
 
-    def settle(self):
-        """Finish every packet now, expanding the deferred records (call while `expand` still
-        works, e.g. before the tracer that reads drop stacks is closed)."""
+    def settle(self, defer_json=False):
+        """Finish every packet now, expanding the kept records (call while `expand` still
+        works, e.g. before the tracer that reads drop stacks is closed). With `defer_json`, the
+        JSON of packets spilled now waits in `backlog` (write_backlog(), after the report)."""
+        if defer_json and self.json_out is not None:
+            self.backlog = []
         self.flush(force=True)
+        names = self.netns_names()
         if self.deferred:
             evs = [ev for raw in self.deferred for record in _records(raw)
                    for ev in self.expand(record)]
             self.deferred = []
-            self.packets.extend(reconstruct.build_packets(evs, self.netns_names()))
+            self.packets.extend(reconstruct.build_packets(evs, names))
+        kept, self.sampler = self.sampler.kept(), sample.Sampler(self._spill)
+        evs = [ev for item in kept if item[0] == "raw" for ev in self.expand(item[1])]
+        self.packets.extend(reconstruct.build_packets(evs, names))
+        self.packets.extend(item[1] for item in kept if item[0] == "pkt")
+
+    def _spill(self, item):
+        """A packet not delivered that leaves the sample: into the aggregates, to the JSON."""
+        if item[0] == "raw":
+            self.agg.add_shape(item[4], item[2], item[3], item[5])
+        else:
+            self.agg.add_packet(item[1])
+        if self.json_out is not None:
+            if self.backlog is not None:
+                self.backlog.append(item)
+            else:
+                self._write(item)
+
+    def _write(self, item):
+        if item[0] == "raw":
+            names = self.netns_names()
+            for pkt in reconstruct.build_packets(self.expand(item[1]), names):
+                self.json_out.write(schema.packet_line(pkt))
+        else:
+            self.json_out.write(schema.packet_line(item[1]))
+
+    def write_backlog(self):
+        """Write the JSON of the packets spilled at the end (see settle)."""
+        backlog, self.backlog = self.backlog or [], None
+        for item in backlog:
+            self._write(item)
 
     BATCH = 64
 
@@ -178,7 +230,10 @@ class PacketStream:
                     self.streamed += 1
                     continue
                 self.kept_delivered += 1
-            self.packets.append(pkt)
+                self.packets.append(pkt)
+            else:
+                self.sampler.offer(pkt["id"], pkt["first_ns"], sample.group_of(pkt),
+                                   ("pkt", pkt))
 
     def finish(self):
         """All packets kept, sorted by ID and time (call after the last add)."""

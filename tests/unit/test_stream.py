@@ -28,6 +28,11 @@ def make(keep=1, fast=True, json_out=None):
     return s, clock, expanded
 
 
+def finished(s):
+    """The packets finished so far: kept delivered ones, then the sample of the others."""
+    return s.packets + [item[1] for item in s.sampler.kept() if item[0] == "pkt"]
+
+
 def test_quiet_ids_finish_in_arrival_order_and_recent_ones_wait():
     s, clock, _ = make(keep=10)
     s.add(ev(1, 100))
@@ -35,10 +40,10 @@ def test_quiet_ids_finish_in_arrival_order_and_recent_ones_wait():
     s.add(ev(2, 200))
     clock.t = 12                     # id 1 quiet for 12, id 2 for 7
     s.flush()
-    assert [p["id"] for p in s.packets] == [1]
+    assert [p["id"] for p in finished(s)] == [1]
     clock.t = 5 + 11
     s.flush()
-    assert [p["id"] for p in s.packets] == [1, 2]
+    assert [p["id"] for p in finished(s)] == [1, 2]
 
 
 def test_new_event_keeps_id_open():
@@ -66,7 +71,8 @@ def test_delivered_records_past_the_quota_are_counted_without_expanding():
     assert len(expanded) == 1
 
 
-def test_drops_and_lost_are_kept_raw_until_settle():
+def test_drops_and_lost_not_plain_are_expanded_when_they_finish_and_sampled():
+    """(Plain summary records are sampled raw and aggregated from their bytes: test_sample.py.)"""
     s, clock, expanded = make(keep=0)
     s.add_record(1, tuple([ev(1, 100), ev(1, 110, kind="drop")]), 2, False)
     s.add_record(2, tuple([ev(2, 100)]), 1, False)                       # swept: lost
@@ -77,7 +83,8 @@ def test_drops_and_lost_are_kept_raw_until_settle():
     assert s.deferred == [] and len(s.raw) == 3
     clock.t = 200
     s.flush()                        # that bucket is now quiet for settle_ns
-    assert expanded == [] and s.packets == [] and len(s.deferred) == 2
+    assert len(expanded) == 2 and s.packets == [] and s.deferred == []
+    assert s.sampler.offered == 2
     s.finish()
     verdicts = {p["id"]: p["verdict"] for p in s.packets}
     assert verdicts == {1: "dropped", 2: "lost"}

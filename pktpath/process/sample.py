@@ -1,0 +1,323 @@
+"""Bounded memory whatever the verdicts: exact aggregates of every packet, a deterministic sample
+of whole packets (pure Python).
+
+A flood of dropped packets used to be kept whole until the end of the trace (~60 us each to
+expand, gigabytes of dicts). Now every finished packet that is not delivered is offered to a
+`Sampler`, which keeps only
+
+  - the `first` lowest (ID, first_ns) packets not delivered (the verdict table's first rows and
+    the timeline), and
+  - the `per_group` lowest ones of each group: a drop point (reason, location, netns) or the
+    last sighting of a lost packet (hook, device, netns);
+
+the same rule output/report.ReportBuilder applies to a recording's packets in ID order, so that
+a live report and the report of its recording agree whatever the arrival order. A packet that
+leaves the sample (or never enters it) is `spilled`: counted into the exact aggregates the report
+prints (verdict counts, drop and lost tables, per-hop latencies, stage funnel) and written to the
+--json output, then forgotten.
+
+A summary-mode record is aggregated straight from its bytes when it is plain (`RawPaths`: every
+hop slot set, hops in time order, the only drop the last hop): a few microseconds instead of
+the ~60 us of building its event and packet dicts.
+"""
+import bisect
+import ctypes
+import heapq
+import operator
+import struct
+from array import array
+
+from pktpath.events import records
+from pktpath.process import analysis
+from pktpath.process.reconstruct import Summary
+
+PER_GROUP = 20          # packets kept per drop point / lost place
+FIRST = 1000            # the first packets not delivered kept (output/report.MAX_VERDICT_ROWS)
+
+
+def group_of(p):
+    """The sample group of a packet record that is not delivered: invariant under the
+    finishing policy (which only turns `lost` into `incomplete`)."""
+    if p["verdict"] == "dropped":
+        d = p["drop"]
+        return ("dropped", d["reason"], d["location"], d["netns"])
+    last = p["last"]
+    return ("other", last["hook"], last["dev"], last["netns"])
+
+
+class Aggregate:
+    """The exact parts of a report over packets not held: summary counts and groups
+    (reconstruct.Summary), latencies and stages (analysis.PathStats), the first sighting.
+    Lost packets are counted only at the end (`close`): the finishing policy may make them
+    `incomplete`. Plain records come by `Shape` (add_shape): their latencies are kept as hop
+    times per shape and folded into PathStats in bulk (`fold`)."""
+
+    def __init__(self):
+        self.summary = Summary()
+        self.paths = analysis.PathStats()
+        self.t0 = None
+        self.lost = []          # (id, group key, group fields) of spilled `lost` packets
+        self.ids = array("I")   # IDs of the spilled packets (the policy's `seen`)
+        self.packets = 0
+        self._shapes = set()    # shapes with packets not folded yet
+
+    def add_packet(self, p):
+        """A packet record (reconstruct) not delivered."""
+        self.packets += 1
+        self.ids.append(p["id"] & 0xffffffff)
+        if p["first_ns"] is not None and (self.t0 is None or p["first_ns"] < self.t0):
+            self.t0 = p["first_ns"]
+        self.paths.add(p)
+        if p["verdict"] == "lost":
+            last = p["last"]
+            self.lost.append((p["id"], (last["hook"], last["dev"], last["netns"]),
+                              {"hook": last["hook"], "dev": last["dev"], "netns": last["netns"],
+                               "netns_name": last["netns_name"]}))
+        else:
+            self.summary.add(p)
+
+    def add_shape(self, shape, pid, first, dts):
+        """A plain record of `shape` (RawPaths.read): counted by shape, folded later."""
+        self.ids.append(pid)
+        if shape.count == 0:
+            self._shapes.add(shape)
+            shape.rank, shape.t0, shape.ids = (pid, first), first, [pid]
+        else:
+            if first < shape.t0:
+                shape.t0 = first
+            ids = shape.ids
+            if pid < ids[-1] or len(ids) < 5:
+                if pid < ids[0]:
+                    shape.rank = (pid, first)
+                elif pid == ids[0] and first < shape.rank[1]:
+                    shape.rank = (pid, first)
+                bisect.insort(ids, pid)
+                if len(ids) > 5:
+                    ids.pop()
+        shape.count += 1
+        shape.dts.extend(dts)
+        if shape.verdict == "lost":
+            self.lost.append((pid, shape.key, shape.fields))
+
+    def fold(self):
+        """Move the shapes' packets into PathStats, Summary (and t0)."""
+        for shape in self._shapes:
+            self.packets += shape.count
+            if self.t0 is None or shape.t0 < self.t0:
+                self.t0 = shape.t0
+            self.paths.add_bulk(shape.rank, shape.stages, shape.counted, shape.dts,
+                                shape.count)
+            if shape.verdict != "lost":
+                self.summary.add_groups(shape.ids, shape.count, shape.verdict, shape.key,
+                                        shape.fields)
+            shape.count, shape.dts, shape.t0, shape.ids = 0, array("q"), None, None
+        self._shapes = set()
+
+    def close(self, lost_ids, suspect):
+        """fold(), and count the spilled `lost` packets after the policy: `incomplete` when
+        their ID is in `lost_ids` or every lost verdict is `suspect`. Returns the IDs of
+        `lost_ids` spilled (seen: the policy must not invent a record for them)."""
+        self.fold()
+        s = self.summary
+        for pid, key, fields in self.lost:
+            if suspect or pid in lost_ids:
+                s.add_group(pid, "incomplete", None, None)
+            else:
+                s.add_group(pid, "lost", key, fields)
+        self.lost = []
+        if not lost_ids or not self.ids:
+            return set()
+        ids = sorted(self.ids)
+        seen = set()
+        for pid in lost_ids:
+            i = bisect.bisect_left(ids, pid)
+            if i < len(ids) and ids[i] == pid:
+                seen.add(pid)
+        return seen
+
+
+class Sampler:
+    """Keeps the sample (see the module's doc) of packets offered; `spill(item)` gets every
+    packet that is not (or no longer) in it. Items are opaque (a raw record or a packet)."""
+
+    def __init__(self, spill, first=FIRST, per_group=PER_GROUP):
+        self.spill = spill
+        self.first, self.per_group = first, per_group
+        self._first = []        # max-heap by (id, first_ns): [(-id, -first, seq, entry)]
+        self._groups = {}       # group -> max-heap as above
+        self._seq = 0
+        self.offered = 0
+
+    def offer(self, pid, first_ns, group, item):
+        self.offered += 1
+        top, heap = self._first, self._groups.get(group)
+        if top and heap and len(top) == self.first and len(heap) == self.per_group and \
+                -pid < top[0][0] and -pid < heap[0][0]:
+            self.spill(item)        # a higher ID than all kept: the common case of a flood
+            return
+        self._seq += 1
+        entry = [0, item]
+        neg = (-pid, -(first_ns or 0), -self._seq, entry)
+        self._push(self._first, self.first, neg)
+        heap = self._groups.get(group)
+        if heap is None:
+            heap = self._groups[group] = []
+        self._push(heap, self.per_group, neg)
+        if entry[0] == 0:
+            self.spill(item)
+
+    def _push(self, heap, size, neg):
+        if len(heap) < size:
+            heapq.heappush(heap, neg)
+            neg[3][0] += 1
+        elif size and neg[:3] > heap[0][:3]:
+            out = heapq.heapreplace(heap, neg)
+            neg[3][0] += 1
+            out[3][0] -= 1
+            if out[3][0] == 0:
+                self.spill(out[3][1])
+
+    def kept(self):
+        """The items in the sample (each once), lowest (id, first_ns) first."""
+        seen, out = set(), []
+        for heap in [self._first] + list(self._groups.values()):
+            for neg in heap:
+                if id(neg[3]) not in seen:
+                    seen.add(id(neg[3]))
+                    out.append(neg)
+        out.sort(reverse=True)
+        return [neg[3][1] for neg in out]
+
+    def __len__(self):
+        return len(self.kept())
+
+
+# ---- plain summary-mode records aggregated from their bytes ----
+
+class Shape:
+    """What plain records alike share: the same hops (hook, device, netns, kind) and the same
+    end (drop reason and location, or last sighting)."""
+    __slots__ = ("verdict", "group", "key", "fields", "stages", "counted", "n", "count",
+                 "dts", "rank", "t0", "ids")
+
+    def __init__(self, verdict, group, fields, stages, counted):
+        self.verdict, self.group, self.fields = verdict, group, fields
+        self.key = group[1:]            # reconstruct.Summary's group key
+        self.stages, self.counted, self.n = stages, counted, len(stages)
+        self.count, self.dts, self.rank, self.t0, self.ids = 0, array("q"), None, None, None
+
+
+def _hop_format():
+    """struct format of one pp_hop (from the ctypes mirror's offsets) and the index in its
+    unpacked tuple of each field."""
+    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
+    fmt, pos, index = "", 0, {}
+    for name, ctype, *_ in records.RawHop._fields_:
+        f = getattr(records.RawHop, name)
+        fmt += "%dx" % (f.offset - pos) if f.offset > pos else ""
+        index[name] = len(index)
+        fmt += "%ds" % f.size if getattr(ctype, "_length_", None) else codes[f.size]
+        pos = f.offset + f.size
+    size = ctypes.sizeof(records.RawHop)
+    return fmt + ("%dx" % (size - pos) if size > pos else ""), index
+
+
+_HDR = ("first_ts", "location", "id", "reason", "final_kind", "nhops")
+
+
+class RawPaths:
+    """`read(record, names)` of a plain pp_path record that is not a delivery: (id, first_ns,
+    Shape, hop times), exactly what the record's packet would give (analysis.stage,
+    reconstruct.Summary), or None when the record needs the general path (a hop slot lost to a
+    race, hops out of time order, a drop before the last hop, truncated hops)."""
+
+    def __init__(self, decoder):
+        self.d = decoder
+        hdr = records.RawPath
+        self._hdr, order = _fmt(hdr, _HDR)
+        self._hdr_get = operator.itemgetter(*[order.index(n) for n in _HDR])
+        fmt, idx = _hop_format()
+        self._hop_fmt, self._k = fmt, len(idx)
+        self._at = [idx[n] for n in ("dt", "hook", "kind", "flags", "netns", "dev")]
+        self._structs = {}      # hops -> struct of that many hops
+        self._hops_off = records.PATH_HDR
+        self._hop_size = records.HOP_SIZE
+        self._drop = records.KINDS.index("drop")
+        self._shapes = {}       # static fields -> Shape (None: not plain)
+        self._names = None
+
+    def read(self, data, names):
+        if data.__class__ is not bytes:
+            return None
+        try:
+            h = self._hdr.unpack_from(data)
+        except struct.error:
+            return None
+        first_ts, location, pid, reason, final_kind, nhops = self._hdr_get(h)
+        n = (len(data) - self._hops_off) // self._hop_size
+        if nhops != n or n == 0 or n > records.MAX_HOPS:
+            return None
+        hops = self._structs.get(n)
+        if hops is None:
+            hops = self._structs[n] = struct.Struct("<" + self._hop_fmt * n)
+        flat = hops.unpack_from(data, self._hops_off)
+        k, (idt, ihook, ikind, iflags, inetns, idev) = self._k, self._at
+        dts = flat[idt::k]
+        if names is not self._names:
+            self._shapes.clear()
+            self._names = names
+        key = (final_kind, reason, location, flat[ihook::k], flat[ikind::k], flat[iflags::k],
+               flat[inetns::k], flat[idev::k])
+        shape = self._shapes.get(key, False)
+        if shape is False:
+            if len(self._shapes) > 65536:
+                self._shapes.clear()
+            shape = self._shapes[key] = self._shape(key, names)
+        if shape is None or (n > 1 and sorted(dts) != list(dts)):
+            return None
+        return pid, first_ts + dts[0], shape, dts
+
+    def _shape(self, key, names):
+        final_kind, reason, location, hooks, kinds, flags, netns, devs = key
+        n, drop = len(hooks), self._drop
+        if final_kind == records.KIND_DELIVER:
+            return None
+        for j in range(n):
+            if not flags[j] & records.F_HOP_SET:
+                return None
+            if kinds[j] != 0 and not (j == n - 1 and kinds[j] == final_kind == drop):
+                return None
+        stages, counted = [], []
+        for j in range(n):
+            hook = self.d.hook_name(hooks[j])
+            hop = {"hook": hook, "dev": records._dev(devs[j]), "netns": netns[j],
+                   "netns_name": names.get(netns[j])}
+            stages.append(analysis.stage(hop))
+            counted.append(hook not in analysis.DROP_HOOKS)
+        ns, nsname = netns[-1], names.get(netns[-1])
+        if final_kind == drop:
+            rname = self.d.reasons.get(reason, str(reason))
+            loc = self.d.symbolize(location)
+            group = ("dropped", rname, loc, ns)
+            fields = {"reason": rname, "location": loc, "netns": ns, "netns_name": nsname}
+            verdict = "dropped"
+        else:
+            hook, dev = self.d.hook_name(hooks[-1]), records._dev(devs[-1])
+            group = ("other", hook, dev, ns)
+            fields = {"hook": hook, "dev": dev, "netns": ns, "netns_name": nsname}
+            verdict = "lost"
+        return Shape(verdict, group, fields, stages, counted)
+
+
+def _fmt(cls, names):
+    """A struct for fields `names` of ctypes structure `cls`, by their offsets (the layout may
+    change: only the field names are relied on), and the field names in its order."""
+    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
+    fields = sorted((getattr(cls, n).offset, getattr(cls, n).size, n) for n in names)
+    fmt, pos, order = "<", 0, []
+    for off, size, n in fields:
+        fmt += "%dx" % (off - pos) if off > pos else ""
+        fmt += codes[size]
+        pos = off + size
+        order.append(n)
+    return struct.Struct(fmt), order
