@@ -21,7 +21,6 @@ hop slot set, hops in time order, the only drop the last hop): a few microsecond
 the ~60 us of building its event and packet dicts.
 """
 import bisect
-import ctypes
 import heapq
 import operator
 import struct
@@ -208,18 +207,9 @@ class Shape:
 
 
 def _hop_format():
-    """struct format of one pp_hop (from the ctypes mirror's offsets) and the index in its
-    unpacked tuple of each field."""
-    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
-    fmt, pos, index = "", 0, {}
-    for name, ctype, *_ in records.RawHop._fields_:
-        f = getattr(records.RawHop, name)
-        fmt += "%dx" % (f.offset - pos) if f.offset > pos else ""
-        index[name] = len(index)
-        fmt += "%ds" % f.size if getattr(ctype, "_length_", None) else codes[f.size]
-        pos = f.offset + f.size
-    size = ctypes.sizeof(records.RawHop)
-    return fmt + ("%dx" % (size - pos) if size > pos else ""), index
+    """struct format of one pp_hop (its layout derived from bpf/pktpath.h, no byte order mark)
+    and the index in its unpacked tuple of each field."""
+    return records.HOP.fmt.format.lstrip("<"), {n: i for i, n in enumerate(records.HOP.names)}
 
 
 _HDR = ("first_ts", "location", "id", "reason", "final_kind", "nhops")
@@ -233,8 +223,7 @@ class RawPaths:
 
     def __init__(self, decoder):
         self.d = decoder
-        hdr = records.RawPath
-        self._hdr, order = _fmt(hdr, _HDR)
+        self._hdr, order = _fmt(records.PATH, _HDR)
         self._hdr_get = operator.itemgetter(*[order.index(n) for n in _HDR])
         fmt, idx = _hop_format()
         self._hop_fmt, self._k = fmt, len(idx)
@@ -309,15 +298,14 @@ class RawPaths:
         return Shape(verdict, group, fields, stages, counted)
 
 
-def _fmt(cls, names):
-    """A struct for fields `names` of ctypes structure `cls`, by their offsets (the layout may
-    change: only the field names are relied on), and the field names in its order."""
-    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
-    fields = sorted((getattr(cls, n).offset, getattr(cls, n).size, n) for n in names)
+def _fmt(layout, names):
+    """A struct for fields `names` of record `layout` (events/records.py), by their offsets, and
+    the field names in its order."""
+    fields = sorted((off, size, n, code) for n, off, size, code in layout.fields if n in names)
     fmt, pos, order = "<", 0, []
-    for off, size, n in fields:
+    for off, size, n, code in fields:
         fmt += "%dx" % (off - pos) if off > pos else ""
-        fmt += codes[size]
+        fmt += code
         pos = off + size
         order.append(n)
     return struct.Struct(fmt), order

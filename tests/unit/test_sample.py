@@ -28,7 +28,7 @@ def flood():
             out.append(path_record(pid, 2 + pid % 2))                         # lost
         elif pid % 101 == 0:
             rec = bytearray(path_record(pid, 5, DROP, reason=3, location=0x9e))
-            rec[records.PATH_HDR + 2 * records.HOP_SIZE + records.RawHop.flags.offset] = 0
+            rec[records.PATH_HDR + 2 * records.HOP_SIZE + records.HOP.offset("flags")] = 0
             out.append(bytes(rec))                                            # not plain
         else:
             out.append(path_record(pid, 5, DROP, reason=3, location=0x9e))
