@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--dst", "300.1.1.1", "--port", "5000"], "not an IPv4 address"),
+    (["--dst", "300.1.1.1", "--port", "5000"], "not an IPv4 or IPv6 address"),
     (["--dst", "127.0.0.1", "--port", "70000"], "out of range"),
     (["--dst", "127.0.0.1", "--port", "5000", "--count", "-1"], "--count"),
     (["--dst", "127.0.0.1", "--port", "5000", "--size", "2"], "--size"),
