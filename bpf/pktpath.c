@@ -27,7 +27,7 @@
  * options + Eth + IPv6 + UDP + ID (program.py, hdr_len). PP_HDR_LEN is a power of two. Headers
  * past it (long IPv6 extension chains, long Geneve options) are counted, not followed. */
 struct pp_scratch {
-    u8 h[PP_HDR_LEN];
+    u8 h[2 * PP_HDR_LEN];   /* PP_HDR_LEN copied; the rest bounds reads at a masked offset */
 };
 
 /* skb address -> packet ID, for hooks where the headers can no longer be parsed: a direct-mapped
@@ -223,6 +223,15 @@ static __always_inline u32 rdaddr(u8 *h, u32 off)
     return *(u32 *)(h + off);
 }
 
+/* h + off in the header copy, the offset masked in an asm the compiler cannot see through (it
+ * would drop a mask it can prove redundant, and the verifier cannot): see PP_AT_COPY. */
+static __always_inline u8 *pp_at_copy(u8 *h, u32 off)
+{
+    u64 o = off;
+    asm volatile("%[o] &= %[m]" : [o] "+r"(o) : [m] "i"(PP_HDR_LEN - 1));
+    return h + o;
+}
+
 #ifdef PP_DIRECT_PKT
 /* bpf_rdonly_cast(addr, PP_BYTES_BTF_ID). The loader (tracer.py) turns this call into the kfunc
  * call; the verifier replaces it by a register move and types the result as an untrusted pointer
@@ -230,10 +239,15 @@ static __always_inline u32 rdaddr(u8 *h, u32 off)
  * kernel's exception table makes safe (no helper call, no copy). Only tp_btf programs use it. */
 static void *(*pp_cast)(u64 addr, u32 btf_id) = (void *)PP_CAST_CALL;
 #define PP_AT(h, addr, off, direct) \
-    ((direct) ? (u8 *)pp_cast((addr) + (off), PP_BYTES_BTF_ID) : (h) + (off))
+    ((direct) ? (u8 *)pp_cast((addr) + (off), PP_BYTES_BTF_ID) : PP_AT_COPY(h, off))
 #else
-#define PP_AT(h, addr, off, direct) ((h) + (off))
+#define PP_AT(h, addr, off, direct) PP_AT_COPY(h, off)
 #endif
+/* In the copy, every offset is below PP_HDR_LEN where it is used (each layer checks its own);
+ * the mask restates that for the verifier, which loses a check's bound when the compiler moves
+ * it to a copy of the register (variable-length Geneve options made that happen), and the
+ * scratch is twice PP_HDR_LEN long so that a header read at any masked offset stays inside. */
+#define PP_AT_COPY(h, off) pp_at_copy(h, off)
 
 /* Kernel memory reads. `direct` 2: a load through pp_cast (any address: the verifier needs no
  * typed pointer); otherwise a bpf_probe_read_kernel (its result is 0 if it faults). */
@@ -330,17 +344,15 @@ static __always_inline s32 pp_ipv6(u8 *h, u64 addr, int direct, u32 off, struct 
         if (off > PP_HDR_LEN - 8)
             break;
         u8 *x = PP_AT(h, addr, off, direct);
-        u8 next = x[0];
-        if (nh == 44) {
-            if (rd16(x, 2) & 0xfff8)
-                return 0;   /* a non-first fragment: no L4 header */
-            off += 8;
-        } else if (nh == 51) {
-            off += ((u32)x[1] + 2) * 4;
-        } else {
-            off += ((u32)x[1] + 1) * 8;
-        }
-        nh = next;
+        u32 w = *(u32 *)x;      /* next header, length, (fragment: offset and flags) */
+        if (nh == 44 && (__builtin_bswap32(w) & 0xfff8))
+            return 0;           /* a non-first fragment: no L4 header */
+        /* length without a branch per type (each doubles the verifier's paths): AH counts
+         * 4-byte words after the first two, the others 8-byte units after the first (a
+         * fragment header's length byte is reserved, 0: 8 bytes) */
+        u32 ah = nh == 51;
+        off += (((w >> 8) & 0xff) + 1 + ah) << (3 - ah);
+        nh = w;
     }
     if (pp_ip6_ext(nh) || off > PP_HDR_LEN - 8) {
         pp_count(PP_CNT_IP6_EXT_UNWALKED);
