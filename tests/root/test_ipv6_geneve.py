@@ -115,3 +115,39 @@ def test_lab_geneve_tunnel_without_kernel_support_is_one_line():
     p = subprocess.run(RUN + ["lab", "up", "--tunnel", "geneve"], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "Geneve" in p.stderr and "send --geneve" in p.stderr
+
+
+# fault -> (send size, {id parity or None: (verdict, reason or None, netns)}), as test_lab's
+FAULT_EXPECT = {
+    "iptables-drop": (64, {1: ("dropped", "NETFILTER_DROP", "pp-ctrB"),
+                           0: ("delivered", None, "pp-ctrB")}),
+    "vni-mismatch": (64, {None: ("dropped", "VXLAN_VNI_NOT_FOUND", "pp-hostB")}),
+    "underlay-mtu": (1300, {None: ("dropped", None, "pp-hostA")}),
+    "link-down": (64, {None: ("dropped", "NO_TX_TARGET", "pp-hostB")}),
+    "rcvbuf-full": (64, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAULT_EXPECT))
+@pytest.mark.parametrize("underlay,over", [("ipv6", "ipv4"), ("ipv4", "ipv6")])
+def test_every_fault_in_each_shape(lab_shape, tmp_path, underlay, over, name):
+    a = lab_shape(underlay, over)
+    overlay.apply_fault(name)
+    size, expect = FAULT_EXPECT[name]
+    send = ["--netns", overlay.SENDER_NS, "--dst", a["dip"], "--port", str(overlay.PORT),
+            "--count", "6", "--size", str(size)]
+    packets, _ = trace(tmp_path, a, send)
+    assert sorted(packets) == list(range(1, 7))
+    if name == "rcvbuf-full":
+        verdicts = [packets[i]["verdict"] for i in range(1, 7)]
+        assert "delivered" in verdicts and verdicts[-1] == "dropped"
+        assert packets[6]["drop"]["reason"] == "SOCKET_RCVBUFF"
+        assert packets[6]["drop"]["netns_name"] == "pp-ctrB"
+        return
+    for pid, pkt in packets.items():
+        verdict, reason, ns = expect.get(pid % 2, expect.get(None))
+        assert pkt["verdict"] == verdict, (name, pkt)
+        where = pkt["drop"] if verdict == "dropped" else pkt["delivered"]
+        assert where["netns_name"] == ns, (name, pkt)
+        if reason:
+            assert pkt["drop"]["reason"] == reason, (name, pkt)
