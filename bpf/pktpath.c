@@ -22,10 +22,12 @@
  * taken from headers: it is the architecture's stable register ABI, not a kernel struct. */
 #include <uapi/linux/ptrace.h>
 
-/* Header bytes copied per hook: L2 (<=18) + IPv4 (<=60) + UDP + VXLAN + Eth + IPv4 (<=60) + UDP
- * + ID offset + 4. PP_HDR_LEN is a power of two >= what the ID offset needs. */
+/* Header bytes copied (or read in place) per hook: L2 (<=18) + IPv4 (<=60) + UDP + VXLAN + Eth +
+ * IPv4 (<=60) + UDP + ID offset + 4, and at least IPv6 (40) + UDP + Geneve with 32 bytes of
+ * options + Eth + IPv6 + UDP + ID (program.py, hdr_len). PP_HDR_LEN is a power of two. Headers
+ * past it (long IPv6 extension chains, long Geneve options) are counted, not followed. */
 struct pp_scratch {
-    u8 h[PP_HDR_LEN];
+    u8 h[2 * PP_HDR_LEN];   /* PP_HDR_LEN copied; the rest bounds reads at a masked offset */
 };
 
 /* skb address -> packet ID, for hooks where the headers can no longer be parsed: a direct-mapped
@@ -88,9 +90,11 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 
 #define PP_IN_FRAGS 3   /* matched, but the ID lies in the paged data (pp_paged_id) */
 
-/* A flow as the parse holds it (IPv4 now): the addresses as loaded (network order) and both
- * UDP ports in one load (network order; on x86 sport is the low half). It lives in registers
- * until the filter decides; pp_flow_put widens it into a struct pp_flow record. */
+/* A flow as the parse holds it: the IPv4 addresses as loaded (network order) and both UDP
+ * ports in one load (network order; on x86 sport is the low half). It lives in registers until
+ * the filter decides; pp_flow_put widens it into a struct pp_flow record. An IPv6 flow has
+ * saddr = daddr = 0 here (no IPv4 filter address is 0.0.0.0, so an IPv4 filter rejects it at no
+ * cost to IPv4) and its addresses in the struct pp_pkt's in6 (see pp_ipv6). */
 struct pp_flow4 {
     u32 saddr, daddr, ports;
 };
@@ -101,9 +105,18 @@ struct pp_pkt {
     u32 vni;
     struct pp_flow4 in;     /* the traced (inner, or only) flow */
     struct pp_flow4 out;    /* the outer flow when tun != PP_TUN_NONE, else zero */
-    u8 family;              /* 4; 0: not parsed (the ID came from the skb map) */
+    u8 family;              /* 4 or 6; 0: not parsed (the ID came from the skb map) */
     u8 tun;                 /* PP_TUN_* */
+    u8 ofamily;             /* the outer flow's family (0 when tun is PP_TUN_NONE) */
+    u8 _pad;
+    /* IPv6 addresses (saddr, daddr; network order as loaded), only read when the family is 6.
+     * The parse writes in6; a tunnel moves the outer ones to out6. Never zeroed (see
+     * PP_PKT_ZERO). */
+    u64 in6[4];
+    u64 out6[4];
 };
+/* the bytes of a struct pp_pkt that must be zero when it is not parsed */
+#define PP_PKT_ZERO offsetof(struct pp_pkt, in6)
 
 static __always_inline int pp_is_kptr(u64 p)
 {
@@ -210,6 +223,15 @@ static __always_inline u32 rdaddr(u8 *h, u32 off)
     return *(u32 *)(h + off);
 }
 
+/* h + off in the header copy, the offset masked in an asm the compiler cannot see through (it
+ * would drop a mask it can prove redundant, and the verifier cannot): see PP_AT_COPY. */
+static __always_inline u8 *pp_at_copy(u8 *h, u32 off)
+{
+    u64 o = off;
+    asm volatile("%[o] &= %[m]" : [o] "+r"(o) : [m] "i"(PP_HDR_LEN - 1));
+    return h + o;
+}
+
 #ifdef PP_DIRECT_PKT
 /* bpf_rdonly_cast(addr, PP_BYTES_BTF_ID). The loader (tracer.py) turns this call into the kfunc
  * call; the verifier replaces it by a register move and types the result as an untrusted pointer
@@ -217,10 +239,15 @@ static __always_inline u32 rdaddr(u8 *h, u32 off)
  * kernel's exception table makes safe (no helper call, no copy). Only tp_btf programs use it. */
 static void *(*pp_cast)(u64 addr, u32 btf_id) = (void *)PP_CAST_CALL;
 #define PP_AT(h, addr, off, direct) \
-    ((direct) ? (u8 *)pp_cast((addr) + (off), PP_BYTES_BTF_ID) : (h) + (off))
+    ((direct) ? (u8 *)pp_cast((addr) + (off), PP_BYTES_BTF_ID) : PP_AT_COPY(h, off))
 #else
-#define PP_AT(h, addr, off, direct) ((h) + (off))
+#define PP_AT(h, addr, off, direct) PP_AT_COPY(h, off)
 #endif
+/* In the copy, every offset is below PP_HDR_LEN where it is used (each layer checks its own);
+ * the mask restates that for the verifier, which loses a check's bound when the compiler moves
+ * it to a copy of the register (variable-length Geneve options made that happen), and the
+ * scratch is twice PP_HDR_LEN long so that a header read at any masked offset stays inside. */
+#define PP_AT_COPY(h, off) pp_at_copy(h, off)
 
 /* Kernel memory reads. `direct` 2: a load through pp_cast (any address: the verifier needs no
  * typed pointer); otherwise a bpf_probe_read_kernel (its result is 0 if it faults). */
@@ -272,7 +299,7 @@ static __always_inline s32 pp_ipv4(u8 *h, u64 addr, int direct, u32 off, struct 
     u64 w0 = *(u64 *)ip, w1 = *(u64 *)(ip + 8);
     u8 vihl = w0;
     if ((vihl >> 4) != 4)
-        return -1;
+        return (vihl >> 4) == 6 ? -2 : -1;   /* -2: IPv6 (no L2 header said which) */
     *proto = w1 >> 8;
     /* a non-first fragment has no L4 header (offset: low 5 bits of byte 6, byte 7) */
     if (((w0 >> 48) & 0xff1f) || (vihl & 0xf) < 5)
@@ -282,14 +309,75 @@ static __always_inline s32 pp_ipv4(u8 *h, u64 addr, int direct, u32 off, struct 
     return off + (vihl & 0xf) * 4;
 }
 
-/* L3 by ethertype (no L2 header: 0x0800, and pp_ipv4 checks the version). IPv6 (0x86dd) goes
- * here, with a struct pp_flow6 beside pp_flow4. */
-static __always_inline s32 pp_l3(u8 *h, u64 addr, int direct, u16 type, u32 off,
-                                 struct pp_flow4 *f, u8 *proto)
+/* IPv6 extension headers walked before the L4 header (more are counted, not followed) */
+#define PP_IP6_EXTS 3
+
+static __always_inline int pp_ip6_ext(u8 nh)
 {
-    if (type == 0x0800)
-        return pp_ipv4(h, addr, direct, off, f, proto);
-    return -1;
+    /* hop-by-hop, routing, fragment, destination options, AH */
+    return nh == 0 || nh == 43 || nh == 44 || nh == 60 || nh == 51;
+}
+
+/* L3, IPv6 at `off`: as pp_ipv4, the addresses to a6[0..3] (saddr, daddr) and zero in f.
+ * Walks up to PP_IP6_EXTS extension headers; a longer chain, or one past the bytes we read, is
+ * counted (PP_CNT_IP6_EXT_UNWALKED) and returns 0, as does a non-first fragment. */
+static __always_inline s32 pp_ipv6(u8 *h, u64 addr, int direct, u32 off, struct pp_flow4 *f,
+                                   u64 *a6, u8 *proto)
+{
+    if (off > PP_HDR_LEN - 40)
+        return -1;
+    u8 *ip = PP_AT(h, addr, off, direct);
+    if ((ip[0] >> 4) != 6)
+        return -1;
+    u8 nh = ip[6];
+    a6[0] = *(u64 *)(ip + 8);
+    a6[1] = *(u64 *)(ip + 16);
+    a6[2] = *(u64 *)(ip + 24);
+    a6[3] = *(u64 *)(ip + 32);
+    f->saddr = 0;
+    f->daddr = 0;
+    off += 40;
+    #pragma clang loop unroll(disable)
+    for (int i = 0; i < PP_IP6_EXTS; i++) {
+        if (!pp_ip6_ext(nh))
+            break;
+        if (off > PP_HDR_LEN - 8)
+            break;
+        u8 *x = PP_AT(h, addr, off, direct);
+        u32 w = *(u32 *)x;      /* next header, length, (fragment: offset and flags) */
+        if (nh == 44 && (__builtin_bswap32(w) & 0xfff8))
+            return 0;           /* a non-first fragment: no L4 header */
+        /* length without a branch per type (each doubles the verifier's paths): AH counts
+         * 4-byte words after the first two, the others 8-byte units after the first (a
+         * fragment header's length byte is reserved, 0: 8 bytes) */
+        u32 ah = nh == 51;
+        off += (((w >> 8) & 0xff) + 1 + ah) << (3 - ah);
+        nh = w;
+    }
+    if (pp_ip6_ext(nh) || off > PP_HDR_LEN - 8) {
+        pp_count(PP_CNT_IP6_EXT_UNWALKED);
+        return 0;
+    }
+    *proto = nh;
+    return off;
+}
+
+/* L3 by ethertype (no L2 header: 0x0800, and pp_ipv4 tells IPv6 by its version): the L4 offset
+ * as pp_ipv4, the family in *fam. IPv6 is one branch off the IPv4 path. */
+static __always_inline s32 pp_l3(u8 *h, u64 addr, int direct, u16 type, u32 off,
+                                 struct pp_flow4 *f, u64 *a6, u8 *proto, u8 *fam)
+{
+    if (type == 0x0800) {
+        s32 r = pp_ipv4(h, addr, direct, off, f, proto);
+        if (r != -2) {
+            *fam = 4;
+            return r;
+        }
+    } else if (type != 0x86dd) {
+        return -1;
+    }
+    *fam = 6;
+    return pp_ipv6(h, addr, direct, off, f, a6, proto);
 }
 
 /* L4 at `off`: 1 with the ports in f for UDP; 0 for a protocol not traced (TCP goes here);
@@ -310,13 +398,44 @@ static __always_inline u16 pp_dport(struct pp_flow4 *f)
     return __builtin_bswap16(f->ports >> 16);
 }
 
-/* Tunnels, by outer UDP destination port. Geneve next: PP_GENEVE_PORT -> PP_TUN_GENEVE, and
- * its header (8 bytes + options, then Ethernet) in pp_tunnel_hdr. */
+/* Tunnels, by outer UDP destination port (either port may be left out: not parsed). */
 static __always_inline u8 pp_tunnel_of(struct pp_flow4 *f)
 {
-    if (pp_dport(f) == PP_VXLAN_PORT)
+#if defined(PP_VXLAN_PORT) || defined(PP_GENEVE_PORT)
+    u16 dport = pp_dport(f);
+#endif
+#ifdef PP_VXLAN_PORT
+    if (dport == PP_VXLAN_PORT)
         return PP_TUN_VXLAN;
+#endif
+#ifdef PP_GENEVE_PORT
+    if (dport == PP_GENEVE_PORT)
+        return PP_TUN_GENEVE;
+#endif
     return PP_TUN_NONE;
+}
+
+/* Geneve (RFC 8926) at `off`: ver (2 bits, 0) + option length (6 bits, 4-byte words), flags,
+ * protocol type (0x6558: Ethernet), VNI (24 bits), reserved, then the options. As
+ * pp_tunnel_hdr; options running past the bytes we read are counted
+ * (PP_CNT_GENEVE_OPTS_UNREAD), the packet is then unparsed. */
+static __always_inline s32 pp_geneve(u8 *h, u64 addr, int direct, u32 off, u32 *vni,
+                                     u8 **inner)
+{
+    if (off > PP_HDR_LEN - 8)
+        return -1;
+    u8 *g = PP_AT(h, addr, off, direct);
+    u32 w0 = *(u32 *)g, w1 = *(u32 *)(g + 4);
+    if ((w0 & 0xc0) || (w0 >> 16) != 0x5865)   /* version 0; bytes 2-3: 0x6558 */
+        return 0;
+    off += 8 + (w0 & 0x3f) * 4;
+    if (off > PP_HDR_LEN - 14) {
+        pp_count(PP_CNT_GENEVE_OPTS_UNREAD);
+        return -1;
+    }
+    *vni = __builtin_bswap32(w1) >> 8;
+    *inner = PP_AT(h, addr, off, direct);
+    return off;
 }
 
 /* The tunnel header of `type` at `off` (behind the outer UDP header): the offset of the inner
@@ -325,6 +444,10 @@ static __always_inline u8 pp_tunnel_of(struct pp_flow4 *f)
 static __always_inline s32 pp_tunnel_hdr(u8 *h, u64 addr, int direct, u8 type, u32 off,
                                          u32 *vni, u8 **inner)
 {
+#ifdef PP_GENEVE_PORT
+    if (type == PP_TUN_GENEVE)
+        return pp_geneve(h, addr, direct, off, vni, inner);
+#endif
     /* VXLAN (RFC 7348): flags (0x08: VNI valid), 3 reserved, VNI (24 bits), 1 reserved.
      * The bound covers the inner Ethernet header's type too. */
     if (off > PP_HDR_LEN - 30)
@@ -338,8 +461,10 @@ static __always_inline s32 pp_tunnel_hdr(u8 *h, u64 addr, int direct, u8 type, u
     return off + 8;
 }
 
-/* The filter on the outer (underlay) flow of an encapsulated packet. */
-static __always_inline int pp_match_outer(struct pp_flow4 *f)
+/* The filter on the outer (underlay) flow of an encapsulated packet. An IPv4 filter address
+ * (PP_SHOST) rejects an IPv6 flow by its zero f->saddr; an IPv6 one (PP_SHOST6_0/_1: the
+ * address's two halves as loaded) checks the family and a6. */
+static __always_inline int pp_match_outer(struct pp_flow4 *f, u8 fam, u64 *a6)
 {
 #ifdef PP_SHOST
     if (f->saddr != PP_SHOST)
@@ -349,11 +474,19 @@ static __always_inline int pp_match_outer(struct pp_flow4 *f)
     if (f->daddr != PP_DHOST)
         return 0;
 #endif
+#ifdef PP_SHOST6_0
+    if (fam != 6 || a6[0] != PP_SHOST6_0 || a6[1] != PP_SHOST6_1)
+        return 0;
+#endif
+#ifdef PP_DHOST6_0
+    if (fam != 6 || a6[2] != PP_DHOST6_0 || a6[3] != PP_DHOST6_1)
+        return 0;
+#endif
     return 1;
 }
 
-/* The filter on the traced (inner, or only) flow. */
-static __always_inline int pp_match_inner(struct pp_flow4 *f)
+/* The filter on the traced (inner, or only) flow (addresses as in pp_match_outer). */
+static __always_inline int pp_match_inner(struct pp_flow4 *f, u8 fam, u64 *a6)
 {
 #ifdef PP_SIP
     if (f->saddr != PP_SIP)
@@ -361,6 +494,14 @@ static __always_inline int pp_match_inner(struct pp_flow4 *f)
 #endif
 #ifdef PP_DIP
     if (f->daddr != PP_DIP)
+        return 0;
+#endif
+#ifdef PP_SIP6_0
+    if (fam != 6 || a6[0] != PP_SIP6_0 || a6[1] != PP_SIP6_1)
+        return 0;
+#endif
+#ifdef PP_DIP6_0
+    if (fam != 6 || a6[2] != PP_DIP6_0 || a6[3] != PP_DIP6_1)
         return 0;
 #endif
 #ifdef PP_UDP_PORT
@@ -414,20 +555,20 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
     if (l2)
         off = pp_l2(PP_AT(h, addr, 0, direct), 0, 1, &type);
     struct pp_flow4 f, o = {};
-    u8 proto = 0;
-    s32 l4 = pp_l3(h, addr, direct, type, off, &f, &proto);
+    u8 proto = 0, fam = 0, ofam = 0;
+    s32 l4 = pp_l3(h, addr, direct, type, off, &f, p->in6, &proto, &fam);
     if (l4 < 0)
         goto unparsed;
     if (l4 == 0 || proto != 17)
         return PP_NOMATCH;
-    l4 &= 0xff;
+    l4 &= 2 * PP_HDR_LEN - 1;   /* (already below that: a bound for the verifier) */
     if (pp_l4(h, addr, direct, proto, l4, &f) < 0)
         goto unparsed;
     u32 vni = 0;
     u8 tun = pp_tunnel_of(&f);
     if (tun != PP_TUN_NONE) {
-        /* what we parsed is the outer flow; the inner Ethernet + IPv4 + UDP follow */
-        if (!pp_match_outer(&f))
+        /* what we parsed is the outer flow; the inner Ethernet + IPv4/IPv6 + UDP follow */
+        if (!pp_match_outer(&f, fam, p->in6))
             return PP_NOMATCH;
         u8 *eth;
         s32 in = pp_tunnel_hdr(h, addr, direct, tun, l4 + 8, &vni, &eth);
@@ -436,28 +577,36 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
         if (in == 0)
             return PP_NOMATCH;
         o = f;
+        ofam = fam;
+        if (fam == 6) {
+            p->out6[0] = p->in6[0];
+            p->out6[1] = p->in6[1];
+            p->out6[2] = p->in6[2];
+            p->out6[3] = p->in6[3];
+        }
         in = pp_l2(eth, in, 0, &type);
-        if (type != 0x0800)
+        if (type != 0x0800 && type != 0x86dd)
             return PP_NOMATCH;
-        l4 = pp_l3(h, addr, direct, type, in, &f, &proto);
+        l4 = pp_l3(h, addr, direct, type, in, &f, p->in6, &proto, &fam);
         if (l4 <= 0 || proto != 17)
             return PP_NOMATCH;
-        l4 &= 0x1ff;
+        l4 &= 2 * PP_HDR_LEN - 1;
         if (pp_l4(h, addr, direct, proto, l4, &f) < 0)
             goto unparsed;
     }
-    if (!pp_match_inner(&f))
+    if (!pp_match_inner(&f, fam, p->in6))
         return PP_NOMATCH;
     /* a packet of the traced flow: from here on every result fills *p */
     p->in = f;
     p->out = o;
     p->vni = vni;
-    p->family = 4;
+    p->family = fam;
     p->tun = tun;
+    p->ofamily = ofam;
     p->id = 0;
     return pp_key_payload(h, addr, direct, l4 + 8, linear, &p->id);
 unparsed:
-    __builtin_memset(p, 0, sizeof(*p));
+    __builtin_memset(p, 0, PP_PKT_ZERO);
     return PP_UNPARSED;
 }
 
@@ -615,14 +764,22 @@ static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, ch
     *netns = pp_netns_of_net(SKBF_DEV(span, u64, PP_OFF_DEV_NET), 0);
 }
 
-/* A struct pp_flow record from the parse's IPv4 flow (family 0: not parsed, all zero). An
- * address and the 4 zero bytes after it are one 8-byte store. */
-static __always_inline void pp_flow_put(struct pp_flow *r, struct pp_flow4 *f, u8 family)
+/* A struct pp_flow record from the parse's flow (family 0: not parsed, all zero; 6: the
+ * addresses from a6). An IPv4 address and the 4 zero bytes after it are one 8-byte store. */
+static __always_inline void pp_flow_put(struct pp_flow *r, struct pp_flow4 *f, u64 *a6,
+                                        u8 family)
 {
-    r->saddr[0] = f->saddr;
-    r->saddr[1] = 0;
-    r->daddr[0] = f->daddr;
-    r->daddr[1] = 0;
+    if (family == 6) {
+        r->saddr[0] = a6[0];
+        r->saddr[1] = a6[1];
+        r->daddr[0] = a6[2];
+        r->daddr[1] = a6[3];
+    } else {
+        r->saddr[0] = f->saddr;
+        r->saddr[1] = 0;
+        r->daddr[0] = f->daddr;
+        r->daddr[1] = 0;
+    }
     r->family = family;
     r->protocol = family ? 17 : 0;
     r->sport = __builtin_bswap16(f->ports);
@@ -646,7 +803,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         init->first_ts = now;
         init->skb = skb;
         init->id = id;
-        pp_flow_put(&init->inner, &p->in, p->family);
+        pp_flow_put(&init->inner, &p->in, p->in6, p->family);
         init->stack_id = -1;
         v = paths.lookup_or_try_init(&id, init);
         if (!v) {
@@ -667,7 +824,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     if (p->tun != PP_TUN_NONE && v->tun.type == PP_TUN_NONE) {
         v->tun.type = p->tun;
         v->tun.vni = p->vni;
-        pp_flow_put(&v->tun.outer, &p->out, 4);
+        pp_flow_put(&v->tun.outer, &p->out, p->out6, p->ofamily);
     }
     /* Claim a hop slot. bcc's LLVM cannot use an atomic fetch-add's result, so read then add:
      * two CPUs racing on one packet may claim the same slot; the loser's hop is then missing
@@ -827,7 +984,7 @@ static __always_inline int pp_headers(u64 head, u32 start, u32 linear, int l2, i
     if (want >= 28 && want <= PP_HDR_LEN &&
         bpf_probe_read_kernel(s->h, want, (void *)(head + start)) == 0)
         return pp_parse(s->h, 0, 0, l2, linear, p);
-    __builtin_memset(p, 0, sizeof(*p));
+    __builtin_memset(p, 0, PP_PKT_ZERO);
     return PP_UNPARSED;
 }
 
@@ -884,10 +1041,10 @@ static __always_inline int pp_record_event(void *ctx, u64 skb, u16 hook, u8 kind
     e->kind = kind;
     e->flags = flags;
     e->stack_id = -1;
-    pp_flow_put(&e->inner, &p->in, p->family);
+    pp_flow_put(&e->inner, &p->in, p->in6, p->family);
     e->tun.type = p->tun;
     e->tun.vni = p->vni;
-    pp_flow_put(&e->tun.outer, &p->out, p->tun != PP_TUN_NONE ? 4 : 0);
+    pp_flow_put(&e->tun.outer, &p->out, p->out6, p->tun != PP_TUN_NONE ? p->ofamily : 0);
 #ifdef PP_STACKS
     if (kind == PP_KIND_DROP)
         e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
@@ -1096,7 +1253,9 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
     if (!ls || !ls->ts)
         return 0;
     u64 now = bpf_ktime_get_ns();
-    struct pp_pkt p = {.id = ls->id};
+    struct pp_pkt p;
+    __builtin_memset(&p, 0, PP_PKT_ZERO);
+    p.id = ls->id;
     struct pp_path *v = paths.lookup(&p.id);
     if (!v || now - ls->ts > PP_LASTSEEN_NS)
         return 0;

@@ -130,6 +130,10 @@ enum pp_counter {
     PP_CNT_LOST_PATHS_FULL, /* of the lost events, those lost because the path table was full */
     PP_CNT_RESCUED,         /* records that went to the rescue ring */
     PP_CNT_FROM_FRAGS,      /* IDs read from page fragments */
+    PP_CNT_IP6_EXT_UNWALKED,  /* IPv6 packets whose extension header chain was longer than the
+                                 program walks (or ran past the bytes it reads): not followed */
+    PP_CNT_GENEVE_OPTS_UNREAD,  /* Geneve packets whose options ran past the bytes the program
+                                   reads: inner headers not parsed */
     PP_CNT_COUNT
 };
 

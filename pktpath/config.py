@@ -15,7 +15,7 @@ from pktpath.errors import UserError
 METHODS = ("auto", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry")
 KINDS = ("pass", "drop", "deliver")
 BYTEORDERS = {"big": "big", "network": "big", "little": "little", "host": "little"}
-KEYS = ("shost", "dhost", "sip", "dip", "vxlan_port", "udp_port", "packet_id", "hooks", "netns",
+KEYS = ("shost", "dhost", "sip", "dip", "vxlan_port", "geneve_port", "udp_port", "packet_id", "hooks", "netns",
         "host", "ringbuf_pages")
 OVERRIDE_KEYS = KEYS + ("id_offset", "id_byteorder")
 HOOK_KEYS = ("name", "method", "target", "skb_arg", "kind")
@@ -43,7 +43,8 @@ class Config:
     dhost: str = None
     sip: str = None
     dip: str = None
-    vxlan_port: int = 4789
+    vxlan_port: int = 4789       # None: VXLAN not parsed
+    geneve_port: int = 6081      # None: Geneve not parsed
     udp_port: int = None
     id_offset: int = 0
     id_byteorder: str = "big"
@@ -90,13 +91,18 @@ class _Checker:
             self.fail(key, "must be one of %s, got %s" % (", ".join(choices), _short(value)))
         return value.lower()
 
-    def ipv4(self, key, value):
+    def ip(self, key, value):
+        """An IPv4 or IPv6 address, in its canonical text."""
         try:
             if isinstance(value, str):
-                return str(ipaddress.IPv4Address(value.strip()))
+                a = ipaddress.ip_address(value.strip())
+                if a.version == 4 and a.packed == bytes(4):
+                    self.fail(key, "0.0.0.0 matches nothing; leave the key out to match any")
+                return str(a)
         except ValueError:
             pass
-        self.fail(key, "must be an IPv4 address like 192.0.2.1, got %s" % _short(value))
+        self.fail(key, "must be an IPv4 or IPv6 address like 192.0.2.1 or 2001:db8::1, got %s"
+                  % _short(value))
 
     def string(self, key, value):
         if not isinstance(value, str) or not value.strip():
@@ -184,10 +190,16 @@ def _fields(raw, source):
     out = {}
     for key, value in raw.items():
         if value is None:
+            if key in ("vxlan_port", "geneve_port"):
+                out[key] = None    # null: that tunnel is not parsed
             continue
         if key in ("shost", "dhost", "sip", "dip"):
-            out[key] = c.ipv4(key, value)
-        elif key == "vxlan_port" or key == "udp_port":
+            out[key] = c.ip(key, value)
+        elif key in ("vxlan_port", "geneve_port") and source == CMDLINE and value in (0, "0"):
+            out[key] = None     # --geneve-port 0 (as null in YAML): that tunnel is not parsed
+        elif key in ("vxlan_port", "geneve_port"):
+            out[key] = c.int(key, value, 1, 65535)
+        elif key == "udp_port":
             out[key] = c.int(key, value, 1, 65535)
         elif key == "packet_id":
             c.mapping(key, value, ("offset", "byteorder"))
@@ -243,4 +255,16 @@ def load_config(path=None, overrides=None):
         path = os.fspath(path)
         values.update(_fields(_read_yaml(path), path))
     values.update(_fields({k: v for k, v in (overrides or {}).items() if v is not None}, CMDLINE))
+    source = CMDLINE if any((overrides or {}).get(k) is not None
+                            for k in ("shost", "dhost", "sip", "dip")) else path
+    for a, b, what in (("shost", "dhost", "underlay"), ("sip", "dip", "overlay")):
+        x, y = values.get(a), values.get(b)
+        if x and y and ipaddress.ip_address(x).version != ipaddress.ip_address(y).version:
+            raise ConfigError("%s: %s: %s and %s must both be IPv4 or both IPv6 (the %s is one "
+                              "family), got %s and %s" % (source, b, a, b, what, x, y))
+    vx, gn = values.get("vxlan_port", Config.vxlan_port), values.get("geneve_port",
+                                                                     Config.geneve_port)
+    if vx and vx == gn:
+        raise ConfigError("%s: geneve_port: the same port as vxlan_port (%d)"
+                          % (path or CMDLINE, vx))
     return Config(source=path, **values)

@@ -23,11 +23,12 @@ def _lab_session():
 
 @pytest.fixture
 def lab_up(_lab_session):
-    """The two-host VXLAN lab, healthy; built when missing (a lifecycle test may have removed
+    """The two-host VXLAN lab (IPv4 over IPv4), healthy; built when missing (a lifecycle test may have removed
     it) and removed at the end of the session."""
     lab = _lab_session
     st = lab.status()
-    if set(lab.LAB_NS) - set(st["namespaces"]) or not st["sink"] or st["faults"]:
+    if set(lab.LAB_NS) - set(st["namespaces"]) or not st["sink"] or st["faults"] or \
+            st["shape"] != lab.DEFAULT_SHAPE:
         lab.up()
     return lab
 

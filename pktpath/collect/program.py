@@ -122,8 +122,27 @@ def _addr_be32(ip):
     return "0x%08xU" % int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
 
 
+def _addr_defines(macro, ip):
+    """-D values for a filter address: IPv4 -> {PP_X: u32}; IPv6 -> {PP_X6_0, PP_X6_1}: its two
+    8-byte halves as the program loads them (network order, on x86)."""
+    a = ipaddress.ip_address(ip)
+    if a.version == 4:
+        return {macro: _addr_be32(ip)}
+    b = a.packed
+    return {"%s6_%d" % (macro, i): "0x%016xULL" % int.from_bytes(b[8 * i:8 * i + 8], "little")
+            for i in (0, 1)}
+
+
+# Geneve option bytes the header length is sized for (more may fit; longer are counted)
+GENEVE_OPTS = 32
+
+
 def hdr_len(id_offset):
-    need = 18 + 60 + 8 + 8 + 14 + 60 + 8 + id_offset + 4
+    """PP_HDR_LEN: header bytes read per hook, a power of two covering IPv4 with options (both
+    layers) + VXLAN, and IPv6 (both layers) + Geneve with GENEVE_OPTS bytes of options."""
+    v4 = 18 + 60 + 8 + 8 + 14 + 60 + 8
+    v6 = 18 + 40 + 8 + 8 + GENEVE_OPTS + 14 + 40 + 8
+    need = max(v4, v6) + id_offset + 4
     n = 128
     while n < need:
         n *= 2
@@ -179,7 +198,10 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
                                    offsets["PP_OFF_SKBHEAD_QLEN"] + 4)
     d["PP_WAKEUP_EVERY"] = 256
     d["PP_HDR_LEN"] = hdr_len(cfg.id_offset)
-    d["PP_VXLAN_PORT"] = cfg.vxlan_port
+    if cfg.vxlan_port:
+        d["PP_VXLAN_PORT"] = cfg.vxlan_port
+    if cfg.geneve_port:
+        d["PP_GENEVE_PORT"] = cfg.geneve_port
     d["PP_ID_OFFSET"] = cfg.id_offset
     d["PP_ID_BIG"] = 1 if cfg.id_byteorder == "big" else 0
     d["PP_RINGBUF_PAGES"] = cfg.ringbuf_pages
@@ -189,7 +211,7 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     for key, macro in (("shost", "PP_SHOST"), ("dhost", "PP_DHOST"),
                        ("sip", "PP_SIP"), ("dip", "PP_DIP")):
         if getattr(cfg, key):
-            d[macro] = _addr_be32(getattr(cfg, key))
+            d.update(_addr_defines(macro, getattr(cfg, key)))
     if cfg.udp_port:
         d["PP_UDP_PORT"] = cfg.udp_port
     return ["-D%s=%s" % (k, v) for k, v in sorted(d.items())]

@@ -31,6 +31,7 @@ def add_arguments(p):
     p.add_argument("--timeline", type=int, default=1, metavar="N",
                    help="show the timeline of the first N packets (default 1)")
     p.add_argument("--traffic", action="store_true", help=argparse.SUPPRESS)
+    overlay.add_shape_arguments(p)
 
 
 def traffic():
@@ -43,8 +44,8 @@ def traffic():
             print("pktpath demo: IDs %d-%d %s" % (start, start + count - 1,
                                                   "with fault " + fault if fault else "healthy"),
                   file=sys.stderr)
-            sender.send(overlay.DST_IP, overlay.PORT, count=count, start_id=start, rate=200,
-                        netns=overlay.SENDER_NS)
+            sender.send(overlay.addresses()["dip"], overlay.PORT, count=count, start_id=start,
+                        rate=200, netns=overlay.SENDER_NS)
     finally:
         overlay.clear_faults()
     return 0
@@ -56,13 +57,15 @@ def run(args):
     if os.geteuid() != 0:
         raise UserError("the demo builds network namespaces and loads BPF: run it as root "
                         "(sudo make demo)")
-    print("pktpath demo: building the two-host VXLAN lab (%s)" % ", ".join(overlay.LAB_NS),
-          file=sys.stderr)
-    overlay.up()
+    sh = {"underlay": args.underlay, "overlay": args.overlay, "tunnel": args.tunnel}
+    print("pktpath demo: building the two-host %s lab, %s over %s (%s)"
+          % ("Geneve" if args.tunnel == "geneve" else "VXLAN", args.overlay, args.underlay,
+             ", ".join(overlay.LAB_NS)), file=sys.stderr)
+    overlay.up(**sh)
     try:
         parser = argparse.ArgumentParser()
         trace.add_arguments(parser)
-        targv = ["-c", LAB_CONFIG, "--timeline", str(args.timeline)]
+        targv = ["-c", LAB_CONFIG, "--timeline", str(args.timeline)] + overlay.trace_args(sh)
         targv += ["--json", args.json] if args.json else []
         targv += ["--record", args.record] if args.record else []
         targs = parser.parse_args(targv)

@@ -26,12 +26,15 @@ from pktpath.errors import UserError
 def add_arguments(p):
     p.add_argument("-c", "--config", metavar="FILE", help="YAML config (see configs/vxlan.yaml)")
     f = p.add_argument_group("filter (overrides the config)")
-    f.add_argument("--shost", help="outer (underlay) source IPv4")
-    f.add_argument("--dhost", help="outer (underlay) destination IPv4")
-    f.add_argument("--sip", help="inner (overlay) source IPv4")
-    f.add_argument("--dip", help="inner (overlay) destination IPv4")
+    f.add_argument("--shost", help="outer (underlay) source IPv4 or IPv6")
+    f.add_argument("--dhost", help="outer (underlay) destination IPv4 or IPv6")
+    f.add_argument("--sip", help="inner (overlay) source IPv4 or IPv6")
+    f.add_argument("--dip", help="inner (overlay) destination IPv4 or IPv6")
     f.add_argument("--udp-port", type=int, metavar="PORT", help="destination UDP port traced")
-    f.add_argument("--vxlan-port", type=int, metavar="PORT", help="VXLAN UDP port (4789; flannel 8472)")
+    f.add_argument("--vxlan-port", type=int, metavar="PORT",
+                   help="VXLAN UDP port (4789; flannel 8472; 0: do not parse VXLAN)")
+    f.add_argument("--geneve-port", type=int, metavar="PORT",
+                   help="Geneve UDP port (6081; 0: do not parse Geneve)")
     f.add_argument("--id-offset", type=int, metavar="BYTES", help="packet ID offset in the payload")
     f.add_argument("--id-byteorder", choices=("big", "little"), help="packet ID byte order")
     f.add_argument("--netns", metavar="NS1,NS2",
@@ -75,7 +78,7 @@ def add_arguments(p):
 
 def overrides_from(args):
     ov = {k: getattr(args, k) for k in ("shost", "dhost", "sip", "dip", "udp_port", "vxlan_port",
-                                        "id_offset", "id_byteorder", "host")}
+                                        "geneve_port", "id_offset", "id_byteorder", "host")}
     if args.hooks:
         ov["hooks"] = [h.strip() for h in args.hooks.split(",") if h.strip()]
     if getattr(args, "netns", None):

@@ -135,6 +135,9 @@ F_ENCAP = DEFINES["PP_F_ENCAP"]
 F_FROM_MAP = DEFINES["PP_F_FROM_MAP"]
 F_HOP_SET = DEFINES["PP_F_HOP_SET"]
 TUN_NONE = DEFINES["PP_TUN_NONE"]
+# tunnel type -> its name in the output (PP_TUN_VXLAN -> "vxlan"); PP_TUN_NONE -> None
+TUNNELS = {v: k[len("PP_TUN_"):].lower() for k, v in DEFINES.items()
+           if k.startswith("PP_TUN_") and v != TUN_NONE}
 # counter index -> name (PP_CNT_LOST -> "lost"); INTERNAL ones are not reported
 COUNTERS = tuple(c[len("PP_CNT_"):].lower() for c in ENUMS["pp_counter"] if c != "PP_CNT_COUNT")
 INTERNAL_COUNTERS = ("submitted",)
@@ -158,7 +161,7 @@ _EV_INNER = itemgetter(*[_E["inner." + f] for f in _FLOW])
 _EV_OUTER = itemgetter(*[_E["tun.outer." + f] for f in _FLOW])
 _EVENT_FIELDS = itemgetter(*[_E[n] for n in (
     "ts", "skb", "location", "id", "netns", "ifindex", "reason", "hook", "cpu", "kind", "flags",
-    "port", "dev", "stack_id", "tun.vni")])
+    "port", "dev", "stack_id", "tun.vni", "tun.type")])
 _PA_INNER = itemgetter(*[_P["inner." + f] for f in _FLOW])
 _PA_OUTER = itemgetter(*[_P["tun.outer." + f] for f in _FLOW])
 
@@ -222,7 +225,7 @@ class Decoder:
     def decode(self, data):
         t = _FMT.unpack_from(data)
         (ts, skb, location, pid, netns, ifindex, reason, hook, cpu, kind, flags, port, dev,
-         stack_id, vni) = _EVENT_FIELDS(t)
+         stack_id, vni, tun) = _EVENT_FIELDS(t)
         encap = bool(flags & F_ENCAP)
         kind_name = KINDS[kind] if kind < len(KINDS) else "pass"
         is_drop = kind_name == "drop"
@@ -238,6 +241,7 @@ class Decoder:
             "ifindex": ifindex,
             "netns": netns,
             "encap": encap,
+            "tunnel": TUNNELS.get(tun, str(tun)) if encap else None,
             "vni": vni if encap else None,
             "src": src,
             "dst": dst,
@@ -305,6 +309,7 @@ class PathDecoder(Decoder):
         if nhops > MAX_HOPS:
             self.truncated += nhops - MAX_HOPS
         src, dst, osrc, odst = self._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
+        tname = TUNNELS.get(tun, str(tun)) if tun != TUN_NONE else None
         out = []
         # a record carries the hops its emitter claimed; another CPU may have claimed more since
         for i in range(min(nhops, MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE)):
@@ -326,6 +331,7 @@ class PathDecoder(Decoder):
                 "ifindex": ifindex,
                 "netns": netns,
                 "encap": encap,
+                "tunnel": tname if encap else None,
                 "vni": vni if encap else None,
                 "src": src,
                 "dst": dst,
@@ -371,6 +377,7 @@ class DeliveredJSON:
             self._names = names
         dumps = json.dumps
         src, dst, osrc, odst = self.d._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
+        tname = TUNNELS.get(tun, str(tun)) if tun != TUN_NONE else None
         parts, prev = [], -1
         for i in range(n):
             dt, hook, kind, flags, ifindex, netns, cpu, dev = \
@@ -386,14 +393,15 @@ class DeliveredJSON:
                     dumps(name), dumps(_dev(dev)), netns,
                     dumps(names.get(netns)))
             encap = bool(flags & F_ENCAP)
-            tkey = (encap, vni, src, dst, osrc, odst)
+            tkey = (encap, tname, vni, src, dst, osrc, odst)
             tail = self._tail.get(tkey)
             if tail is None:
                 if len(self._tail) > 4096:
                     self._tail.clear()
-                tail = self._tail[tkey] = '"encap":%s,"vni":%s,"src":%s,"dst":%s,' \
-                    '"outer_src":%s,"outer_dst":%s}' % (
-                        dumps(encap), dumps(vni if encap else None), dumps(src), dumps(dst),
+                tail = self._tail[tkey] = '"encap":%s,"tunnel":%s,"vni":%s,"src":%s,' \
+                    '"dst":%s,"outer_src":%s,"outer_dst":%s}' % (
+                        dumps(encap), dumps((tname or "vxlan") if encap else None),
+                        dumps(vni if encap else None), dumps(src), dumps(dst),
                         dumps(osrc if encap else None), dumps(odst if encap else None))
             parts.append('{"t_ns":%d,%s"cpu":%d,%s' % (first_ts + dt, head, cpu, tail))
         name = self.d.hook_name(hook)

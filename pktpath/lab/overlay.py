@@ -7,8 +7,14 @@ network namespaces on this machine, the shape of a Docker/flannel overlay:
 
 Addresses are RFC 5737 documentation ranges, every name starts with `pp-`. A UDP sink listens on
 pp-ctrB:5000. `up` is idempotent (it rebuilds), `down` removes everything, even a half-built lab.
+
+`up --underlay ipv6` runs the tunnel over IPv6 (2001:db8:1::1 -> 2001:db8:1::2), `--overlay ipv6`
+gives the containers IPv6 (2001:db8:2::1 -> 2001:db8:2::2): documentation prefixes (RFC 3849),
+added with `nodad`. `--tunnel geneve` uses Geneve devices instead of VXLAN where the kernel has
+them. The lab remembers its shape (RUN_DIR/shape) for `fault`, `clear` and `addresses()`.
 """
 import difflib
+import json
 import os
 import shutil
 import signal
@@ -25,18 +31,26 @@ LAB_NS = ("pp-hostA", "pp-hostB", "pp-ctrA", "pp-ctrB")
 SENDER_NS, RECEIVER_NS = "pp-ctrA", "pp-ctrB"
 SRC_IP, DST_IP = "198.51.100.1", "198.51.100.2"
 UNDERLAY_A, UNDERLAY_B = "192.0.2.1", "192.0.2.2"
-PORT, VNI, VXLAN_PORT = 5000, 42, 4789
+PORT, VNI, VXLAN_PORT, GENEVE_PORT = 5000, 42, 4789, 6081
+# family -> (A's address, B's address, prefix length)
+UNDERLAY = {"ipv4": (UNDERLAY_A, UNDERLAY_B, 24), "ipv6": ("2001:db8:1::1", "2001:db8:1::2", 64)}
+OVERLAY = {"ipv4": (SRC_IP, DST_IP, 24), "ipv6": ("2001:db8:2::1", "2001:db8:2::2", 64)}
+FAMILIES = ("ipv4", "ipv6")
+TUNNELS = ("vxlan", "geneve")
+DEFAULT_SHAPE = {"underlay": "ipv4", "overlay": "ipv4", "tunnel": "vxlan"}
 MAC = {"A": "02:00:00:00:00:0a", "B": "02:00:00:00:00:0b"}
 RUN_DIR = "/run/pktpath-lab"
 SINK_PID = os.path.join(RUN_DIR, "sink.pid")
 FAULT_FILE = os.path.join(RUN_DIR, "faults")
+SHAPE_FILE = os.path.join(RUN_DIR, "shape")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # name -> what it breaks, and what pktpath reports for it (checked by tests/test_lab_faults.py)
 FAULTS = {
     "no-listener": {
         "breaks": "stops the UDP sink on pp-ctrB:5000",
-        "expect": "dropped, reason NO_SOCKET, at __udp4_lib_rcv in pp-ctrB"},
+        "expect": "dropped, reason NO_SOCKET, at __udp4_lib_rcv (IPv6: __udp6_lib_rcv) in "
+                  "pp-ctrB"},
     "iptables-drop": {
         "breaks": "nftables in pp-ctrB drops datagrams to port 5000 whose packet ID is odd",
         "expect": "odd IDs dropped, reason NETFILTER_DROP, at nf_hook_slow in pp-ctrB; "
@@ -95,11 +109,44 @@ def _root_links():
     return out
 
 
-def _build_host(side, local, remote):
+def shape():
+    """The running lab's shape: {"underlay", "overlay": "ipv4"|"ipv6", "tunnel": "vxlan"|
+    "geneve"} (the default when the lab is down or older)."""
+    try:
+        with open(SHAPE_FILE) as f:
+            return dict(DEFAULT_SHAPE, **json.load(f))
+    except (OSError, ValueError):
+        return dict(DEFAULT_SHAPE)
+
+
+def addresses(sh=None):
+    """The filter for the lab of shape `sh` (default: the running one): {shost, dhost, sip, dip}."""
+    sh = sh or shape()
+    ua, ub, _ = UNDERLAY[sh["underlay"]]
+    oa, ob, _ = OVERLAY[sh["overlay"]]
+    return {"shost": ua, "dhost": ub, "sip": oa, "dip": ob}
+
+
+def trace_args(sh=None):
+    """Command-line flags that point `-c configs/lab.yaml` at the lab of shape `sh`."""
+    return [x for k, v in addresses(sh).items() for x in ("--" + k, v)]
+
+
+def _underlay(side, sh):
+    a, b, _ = UNDERLAY[sh["underlay"]]
+    return (a, b) if side == "A" else (b, a)
+
+
+def _nodad(addr):
+    return ["nodad"] if ":" in addr else []
+
+
+def _build_host(side, sh):
     host, ctr = "pp-host" + side, "pp-ctr" + side
+    local, remote = _underlay(side, sh)
     _ip("link", "add", "pp-br", "type", "bridge", ns=host)
     _ip("link", "set", "pp-br", "up", ns=host)
-    _add_vxlan(host, VNI, local, remote)
+    _add_tunnel(host, VNI, local, remote, sh)
     # container veth: created in the root ns with lab-only names, then moved and renamed
     _ip("link", "add", "pp-v" + side, "type", "veth", "peer", "name", "pp-e" + side)
     _ip("link", "set", "pp-v" + side, "netns", host)
@@ -107,41 +154,75 @@ def _build_host(side, local, remote):
     _ip("link", "set", "pp-e" + side, "name", "eth0", ns=ctr)
     _ip("link", "set", "pp-v" + side, "master", "pp-br", ns=host)
     _ip("link", "set", "pp-v" + side, "up", ns=host)
-    addr = SRC_IP if side == "A" else DST_IP
+    src, dst, plen = OVERLAY[sh["overlay"]]
+    addr, peer = (src, dst) if side == "A" else (dst, src)
     _ip("link", "set", "eth0", "address", MAC[side], "mtu", "1450", ns=ctr)
-    _ip("addr", "add", addr + "/24", "dev", "eth0", ns=ctr)
+    _ip("addr", "add", "%s/%d" % (addr, plen), "dev", "eth0", *_nodad(addr), ns=ctr)
     _ip("link", "set", "eth0", "up", ns=ctr)
-    # static neighbour: the first datagrams are not lost to ARP resolution
+    # static neighbour: the first datagrams are not lost to ARP / neighbour discovery
     other = "B" if side == "A" else "A"
-    _ip("neigh", "replace", DST_IP if side == "A" else SRC_IP, "lladdr", MAC[other], "dev",
-        "eth0", "nud", "permanent", ns=ctr)
+    _ip("neigh", "replace", peer, "lladdr", MAC[other], "dev", "eth0", "nud", "permanent", ns=ctr)
 
 
-def _add_vxlan(host, vni, local, remote, df=None):
-    extra = ["df", df] if df else []
-    _ip("link", "add", "pp-vx", "type", "vxlan", "id", str(vni), "local", local, "remote",
-        remote, "dstport", str(VXLAN_PORT), "dev", "pp-ul", *extra, ns=host)
+def _add_tunnel(host, vni, local, remote, sh=None, df=None):
+    """The host's tunnel device pp-vx (VXLAN, or Geneve), a port of its bridge. `df` (IPv4
+    underlay only: IPv6 never fragments in the path)."""
+    sh = sh or shape()
+    if sh["tunnel"] == "geneve":
+        _ip("link", "add", "pp-vx", "type", "geneve", "id", str(vni), "remote", remote,
+            "dstport", str(GENEVE_PORT), *(["df", df] if df and ":" not in local else []),
+            ns=host)
+    else:
+        extra = ["df", df] if df and ":" not in local else []
+        _ip("link", "add", "pp-vx", "type", "vxlan", "id", str(vni), "local", local, "remote",
+            remote, "dstport", str(VXLAN_PORT), "dev", "pp-ul", *extra, ns=host)
     _ip("link", "set", "pp-vx", "master", "pp-br", ns=host)
     _ip("link", "set", "pp-vx", "up", ns=host)
 
 
-def up():
+def geneve_supported():
+    """Whether this kernel can make Geneve devices (CONFIG_GENEVE): "" if so, else why not."""
+    p = _ip("link", "add", "pp-gnvchk", "type", "geneve", "id", "1", "remote", "192.0.2.9",
+            check=False)
+    if p.returncode == 0:
+        _ip("link", "del", "pp-gnvchk", check=False)
+        return ""
+    return (p.stderr or p.stdout).strip().splitlines()[0] if (p.stderr or p.stdout).strip() \
+        else "ip link add ... type geneve failed"
+
+
+def up(underlay="ipv4", overlay="ipv4", tunnel="vxlan"):
     """Build the lab (after removing any earlier or half-built one) and start the sink."""
     _require_root()
+    sh = {"underlay": underlay, "overlay": overlay, "tunnel": tunnel}
+    for key, choices in (("underlay", FAMILIES), ("overlay", FAMILIES), ("tunnel", TUNNELS)):
+        if sh[key] not in choices:
+            raise UserError("lab: --%s must be one of %s" % (key, ", ".join(choices)))
+    if tunnel == "geneve":
+        why = geneve_supported()
+        if why:
+            raise UserError("lab: --tunnel geneve: this kernel has no Geneve devices (%s; "
+                            "CONFIG_GENEVE); trace built Geneve frames with `send --geneve VNI`"
+                            % why)
     down()
     os.makedirs(RUN_DIR, exist_ok=True)
     try:
+        with open(SHAPE_FILE, "w") as f:
+            json.dump(sh, f)
         for ns in LAB_NS:
             _run(["ip", "netns", "add", ns])
             _ip("link", "set", "lo", "up", ns=ns)
         _ip("link", "add", "pp-ulA", "type", "veth", "peer", "name", "pp-ulB")
-        for side, addr in (("A", UNDERLAY_A), ("B", UNDERLAY_B)):
+        plen = UNDERLAY[underlay][2]
+        for side in ("A", "B"):
+            addr = _underlay(side, sh)[0]
             _ip("link", "set", "pp-ul" + side, "netns", "pp-host" + side)
             _ip("link", "set", "pp-ul" + side, "name", "pp-ul", ns="pp-host" + side)
-            _ip("addr", "add", addr + "/24", "dev", "pp-ul", ns="pp-host" + side)
+            _ip("addr", "add", "%s/%d" % (addr, plen), "dev", "pp-ul", *_nodad(addr),
+                ns="pp-host" + side)
             _ip("link", "set", "pp-ul", "up", ns="pp-host" + side)
-        _build_host("A", UNDERLAY_A, UNDERLAY_B)
-        _build_host("B", UNDERLAY_B, UNDERLAY_A)
+        _build_host("A", sh)
+        _build_host("B", sh)
         _start_sink()
     except BaseException:
         down()
@@ -150,6 +231,8 @@ def up():
 
 def _start_sink(*extra):
     env = dict(os.environ, PYTHONPATH=ROOT)
+    if shape()["overlay"] == "ipv6":
+        extra += ("--ipv6",)
     proc = subprocess.Popen(["ip", "netns", "exec", RECEIVER_NS, sys.executable, "-m",
                              "pktpath.lab.sink", "--port", str(PORT), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
@@ -219,7 +302,7 @@ def status():
         p = _ip("-o", "link", "show", ns=ns, check=False)
         links[ns] = [line.split(":", 2)[1].strip().split("@")[0] for line in p.stdout.splitlines()]
     return {"namespaces": _namespaces(), "links": links, "sink": _sink_running(),
-            "faults": active_faults(), "root_links": _root_links()}
+            "faults": active_faults(), "root_links": _root_links(), "shape": shape()}
 
 
 def apply_fault(name):
@@ -244,14 +327,13 @@ def apply_fault(name):
                             % p.stderr.strip().splitlines()[0])
     elif name == "vni-mismatch":
         _ip("link", "del", "pp-vx", ns="pp-hostB")
-        _add_vxlan("pp-hostB", VNI + 1, UNDERLAY_B, UNDERLAY_A)
+        _add_tunnel("pp-hostB", VNI + 1, *_underlay("B", shape()))
     elif name == "underlay-mtu":
-        for side, (local, remote) in (("A", (UNDERLAY_A, UNDERLAY_B)),
-                                      ("B", (UNDERLAY_B, UNDERLAY_A))):
+        for side in ("A", "B"):
             host = "pp-host" + side
             _ip("link", "set", "pp-ul", "mtu", "1280", ns=host)
             _ip("link", "del", "pp-vx", ns=host)
-            _add_vxlan(host, VNI, local, remote, df="set")
+            _add_tunnel(host, VNI, *_underlay(side, shape()), df="set")
     elif name == "rcvbuf-full":
         _stop_sink()
         _start_sink("--no-read", "--rcvbuf", "1")
@@ -272,12 +354,11 @@ def clear_faults():
         _run(["ip", "netns", "exec", RECEIVER_NS, "nft", "delete", "table", "inet", "pp_lab"],
              check=False)
     if "vni-mismatch" in faults or "underlay-mtu" in faults:
-        for side, (local, remote) in (("A", (UNDERLAY_A, UNDERLAY_B)),
-                                      ("B", (UNDERLAY_B, UNDERLAY_A))):
+        for side in ("A", "B"):
             host = "pp-host" + side
             _ip("link", "set", "pp-ul", "mtu", "1500", ns=host)
             _ip("link", "del", "pp-vx", ns=host, check=False)
-            _add_vxlan(host, VNI, local, remote)
+            _add_tunnel(host, VNI, *_underlay(side, shape()))
     if "link-down" in faults:
         _ip("link", "set", "pp-vB", "up", ns="pp-hostB")
     if {"no-listener", "rcvbuf-full"} & set(faults):
@@ -290,6 +371,17 @@ def add_arguments(p):
     p.add_argument("action", choices=("up", "down", "status", "fault", "clear"))
     p.add_argument("fault", nargs="?", help="fault name (with `fault`)")
     p.add_argument("--list", action="store_true", help="with `fault`: list the faults")
+    add_shape_arguments(p)
+
+
+def add_shape_arguments(p):
+    p.add_argument("--underlay", choices=FAMILIES, default="ipv4",
+                   help="with `up`: the tunnel's (underlay) address family (default ipv4)")
+    p.add_argument("--overlay", choices=FAMILIES, default="ipv4",
+                   help="with `up`: the containers' (overlay) address family (default ipv4)")
+    p.add_argument("--tunnel", choices=TUNNELS, default="vxlan",
+                   help="with `up`: the tunnel devices (default vxlan; geneve needs "
+                        "CONFIG_GENEVE)")
 
 
 def run(args):
@@ -298,9 +390,13 @@ def run(args):
                        headers=["FAULT", "WHAT IT BREAKS", "WHAT PKTPATH REPORTS"]))
         return 0
     if args.action == "up":
-        up()
-        print("lab up: %s; sink on %s:%d; trace it with -c configs/lab.yaml"
-              % (", ".join(LAB_NS), DST_IP, PORT))
+        sh = {"underlay": args.underlay, "overlay": args.overlay, "tunnel": args.tunnel}
+        up(**sh)
+        dst = OVERLAY[args.overlay][1]
+        extra = "" if sh == DEFAULT_SHAPE else " " + " ".join(trace_args(sh))
+        print("lab up (%s over %s %s): %s; sink on %s; trace it with -c configs/lab.yaml%s"
+              % (args.overlay, args.underlay, args.tunnel, ", ".join(LAB_NS),
+                 ("[%s]:%d" if ":" in dst else "%s:%d") % (dst, PORT), extra))
     elif args.action == "down":
         down()
         print("lab down: nothing left")
@@ -314,6 +410,7 @@ def run(args):
         if st["namespaces"]:
             print("sink: %s; faults: %s" % ("running" if st["sink"] else "stopped",
                                             ", ".join(st["faults"]) or "none"))
+            print("shape: %(overlay)s over %(underlay)s %(tunnel)s" % st["shape"])
     elif args.action == "fault":
         apply_fault(args.fault)
         print("fault %s: %s" % (args.fault, FAULTS[args.fault]["breaks"]))

@@ -40,6 +40,14 @@ def trace_start(packets):
     return min((p["first_ns"] for p in packets if p["first_ns"] is not None), default=None)
 
 
+def _vni_cell(h):
+    """The VNI column: the VNI (VXLAN), "geneve:VNI" for Geneve, empty when not encapsulated."""
+    if h["vni"] is None:
+        return ""
+    tunnel = h.get("tunnel")
+    return h["vni"] if tunnel in (None, "vxlan") else "%s:%s" % (tunnel, h["vni"])
+
+
 def render_timeline(packets, t0=None):
     """Every event of `packets`, packet by packet; TIME is ms since `t0` (default: the first event
     of these packets) and VERDICT is filled on each packet's last row."""
@@ -53,7 +61,7 @@ def render_timeline(packets, t0=None):
             rows.append(["%.3f" % ((h["t_ns"] - t0) / 1e6), "%.1f" % ((h["t_ns"] - prev) / 1e3),
                          "%.1f" % ((h["t_ns"] - first) / 1e3), h["hook"], h["dev"] or "",
                          ns_label(h["netns"], h.get("netns_name")), h["src"] or "", h["dst"] or "",
-                         outer, "" if h["vni"] is None else h["vni"], p["id"],
+                         outer, _vni_cell(h), p["id"],
                          _verdict_cell(p) if i == last else ""])
             prev = h["t_ns"]
     return _table(rows, ["TIME", "+PREV us", "+FIRST us", "EVENT", "DEVICE", "NAMESPACE", "SRC",

@@ -16,8 +16,8 @@ LAST_FIELDS = ("hook", "dev", "ifindex", "netns", "netns_name")
 DROP_FIELDS = ("reason", "reason_code", "location", "dev", "netns", "netns_name")
 DROP_OPTIONAL = ("stack",)
 DELIVERED_FIELDS = ("netns", "netns_name", "port")
-HOP_FIELDS = ("t_ns", "hook", "dev", "netns", "netns_name", "cpu", "encap", "vni", "src", "dst",
-              "outer_src", "outer_dst")
+HOP_FIELDS = ("t_ns", "hook", "dev", "netns", "netns_name", "cpu", "encap", "tunnel", "vni",
+              "src", "dst", "outer_src", "outer_dst")
 HOP_OPTIONAL = ("host",)   # merged recordings of several hosts
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode

@@ -25,6 +25,10 @@ from pktpath.process.stream import PacketStream
 
 FRAGS_NOTE = ("%d hook firings read the packet ID from page fragments (payload not in the "
               "linear skb data)")
+IP6_EXT_NOTE = ("%d hook firings saw an IPv6 packet whose extension header chain is longer than "
+                "the tracer walks (or runs past the header bytes it reads): not followed")
+GENEVE_OPTS_NOTE = ("%d hook firings saw a Geneve packet whose options run past the header "
+                    "bytes the tracer reads: its inner packet was not parsed")
 UNTIED_NOTE = ("%d lost records could not be tied to a packet ID: packets may be missing from "
                "this report, and every `lost` verdict is reported as `incomplete`")
 
@@ -57,6 +61,10 @@ def settle_end(end):
     changes nothing): IDs read from page fragments, losses not tied to an ID."""
     if end.get("from_frags"):
         _note(end, FRAGS_NOTE, end["from_frags"])
+    if end.get("ip6_ext_unwalked"):
+        _note(end, IP6_EXT_NOTE, end["ip6_ext_unwalked"])
+    if end.get("geneve_opts_unread"):
+        _note(end, GENEVE_OPTS_NOTE, end["geneve_opts_unread"])
     if untied(end):
         _note(end, UNTIED_NOTE, untied(end))
     return end

@@ -56,6 +56,8 @@ def _packet(pid, evs, names):
         kept += 1
         hop = {"t_ns": ev["t_ns"], "hook": get("hook"), "dev": get("dev"), "netns": netns,
                "netns_name": names.get(netns), "cpu": get("cpu"), "encap": get("encap"),
+               # recorded before Geneve (no "tunnel"): every encapsulated sighting was VXLAN
+               "tunnel": get("tunnel") or ("vxlan" if get("encap") else None),
                "vni": get("vni"), "src": get("src"), "dst": get("dst"),
                "outer_src": get("outer_src"), "outer_dst": get("outer_dst")}
         if "host" in ev:
@@ -128,7 +130,7 @@ def build_packets(events, netns_names=None, reuse_gap_ns=REUSE_GAP_NS):
 
 # what _packet and generations read of an event besides t_ns and skb: an event is kept as
 # (t_ns, skb, shape) where the shape (a dict of these keys) is shared by all events alike
-SHAPE_KEYS = ("hook", "kind", "cpu", "dev", "ifindex", "netns", "encap", "vni", "src", "dst",
+SHAPE_KEYS = ("hook", "kind", "cpu", "dev", "ifindex", "netns", "encap", "tunnel", "vni", "src", "dst",
               "outer_src", "outer_dst", "reason", "reason_code", "location", "port", "stack")
 
 

@@ -111,9 +111,14 @@ BAD = [
     ("udp_port: true", "udp_port", "must be an integer 1-65535, got True"),
     ("udp_port: 5000.0", "udp_port", "must be an integer 1-65535, got 5000.0"),
     ("udp_port: [5000]", "udp_port", "must be an integer 1-65535, got [5000]"),
-    ("shost: 192.0.2.300", "shost", "must be an IPv4 address like 192.0.2.1, got '192.0.2.300'"),
-    ("dip: 2001:db8::1", "dip", "must be an IPv4 address"),
-    ("sip: 3232235777", "sip", "must be an IPv4 address"),
+    ("shost: 192.0.2.300", "shost",
+     "must be an IPv4 or IPv6 address like 192.0.2.1 or 2001:db8::1, got '192.0.2.300'"),
+    ("dip: 2001:db8::zz", "dip", "must be an IPv4 or IPv6 address"),
+    ("sip: 3232235777", "sip", "must be an IPv4 or IPv6 address"),
+    ("sip: 0.0.0.0", "sip", "0.0.0.0 matches nothing"),
+    ("geneve_port: 0", "geneve_port", "must be an integer 1-65535, got 0"),
+    ("shost: 192.0.2.1\ndhost: 2001:db8::2", "dhost", "must both be IPv4 or both IPv6"),
+    ("geneve_port: 4789", "geneve_port", "the same port as vxlan_port (4789)"),
     ("packet_id: {offset: 65}", "packet_id.offset", "must be an integer 0-64, got 65"),
     ("packet_id: {offset: -1}", "packet_id.offset", "must be an integer 0-64"),
     ("packet_id: {byteorder: middle}", "packet_id.byteorder",
@@ -228,3 +233,33 @@ def test_any_overrides_give_config_or_config_error(overrides):
         load_config(None, overrides)
     except ConfigError as e:
         assert "\n" not in str(e) and str(e).startswith("command line: ")
+
+
+# ---- IPv6 addresses and the tunnel ports ----
+
+def test_ipv6_addresses_and_geneve_port(cfgfile):
+    cfg = load_config(cfgfile("shost: 2001:DB8:1::1\ndhost: 2001:db8:1::2\nsip: 198.51.100.1\n"
+                              "dip: 198.51.100.2\ngeneve_port: 6082\n"))
+    assert (cfg.shost, cfg.dhost, cfg.geneve_port, cfg.vxlan_port) == \
+        ("2001:db8:1::1", "2001:db8:1::2", 6082, 4789)
+    assert load_config().geneve_port == 6081
+    assert load_config(cfgfile("geneve_port: null\nvxlan_port: null\n")).geneve_port is None
+    cli = load_config(overrides={"geneve_port": 0, "vxlan_port": "0"})
+    assert (cli.geneve_port, cli.vxlan_port) == (None, None)
+
+
+def test_cflags_carry_ipv6_filters_and_tunnel_ports(cfgfile):
+    import ipaddress
+    from pktpath.collect import program
+    offsets = {m: 8 * i for i, (m, _s, _p) in enumerate(program.FIELDS)}
+    cfg = load_config(cfgfile("shost: 2001:db8:1::1\nsip: 198.51.100.1\ngeneve_port: 6082\n"))
+    d = dict(f[2:].split("=", 1) for f in program.cflags(cfg, offsets))
+    b = ipaddress.IPv6Address("2001:db8:1::1").packed
+    assert d["PP_SHOST6_0"] == "0x%016xULL" % int.from_bytes(b[:8], "little")
+    assert d["PP_SHOST6_1"] == "0x%016xULL" % int.from_bytes(b[8:], "little")
+    assert "PP_SHOST" not in d and d["PP_SIP"] == "0x016433c6U"
+    assert (d["PP_GENEVE_PORT"], d["PP_VXLAN_PORT"]) == ("6082", "4789")
+    off = program.cflags(load_config(overrides={"geneve_port": 0}), offsets)
+    assert not any(f.startswith("-DPP_GENEVE_PORT=") for f in off)
+    # IPv6 + Geneve with 32 bytes of options + IPv6 fit in the header bytes read
+    assert program.hdr_len(0) == program.hdr_len(64) == 256

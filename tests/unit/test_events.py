@@ -2,6 +2,8 @@
 header again, independently (a different reading of the same text), and checks every record,
 key, constant and counter against what records.py derived. Changing the header without the
 Python that reads it (or the Python's expectations without the header) fails here."""
+import ipaddress
+import json
 import os
 import re
 import socket
@@ -128,7 +130,8 @@ def test_counters_match_header_enum():
     assert records.COUNTERS == tuple(n[7:].lower() for n in names[:-1])
     # the names reported (tracer.counters, the stats file, recordings) stay what they were
     assert [n for n in records.COUNTERS if n not in records.INTERNAL_COUNTERS] == \
-        ["lost", "unreachable", "from_map", "lost_paths_full", "rescued", "from_frags"]
+        ["lost", "unreachable", "from_map", "lost_paths_full", "rescued", "from_frags",
+         "ip6_ext_unwalked", "geneve_opts_unread"]
     assert set(records.INTERNAL_COUNTERS) <= set(records.COUNTERS)
     # the C uses each by its enum name, and sizes the map by the count
     c = open(os.path.join(os.path.dirname(HEADER), "pktpath.c")).read()
@@ -296,3 +299,111 @@ def test_delivered_json_declines_what_it_does_not_cover():
     data = _path(hops=[_hop(0, 0, 0),                             # slot lost to a race
                        _hop(0, 2, records.F_HOP_SET)], id=2, final_kind=2, nhops=2, stack_id=-1)
     assert fast(data, {}) is None
+
+
+# ---- IPv6 and Geneve records ----
+
+def _a6(ip):
+    return socket.inet_pton(socket.AF_INET6, ip)
+
+
+def _flow_any(prefix, src, dst, sport=0, dport=0):
+    """A flow of either family (by the address text)."""
+    if ":" not in src:
+        return _flow(prefix, src, dst, sport, dport)
+    return {prefix + "family": 6, prefix + "protocol": 17, prefix + "saddr": _a6(src),
+            prefix + "daddr": _a6(dst), prefix + "sport": sport, prefix + "dport": dport}
+
+
+TUN_GENEVE = records.DEFINES["PP_TUN_GENEVE"]
+
+
+def test_tunnel_names_come_from_the_header():
+    assert records.TUNNELS == {records.DEFINES["PP_TUN_VXLAN"]: "vxlan", TUN_GENEVE: "geneve"}
+
+
+@pytest.mark.parametrize("outer,inner", [
+    (("2001:db8:1::1", "2001:db8:1::2"), ("198.51.100.1", "198.51.100.2")),
+    (("192.0.2.1", "192.0.2.2"), ("2001:db8:2::1", "2001:db8:2::2")),
+    (("2001:db8:1::1", "2001:db8:1::2"), ("2001:db8:2::1", "2001:db8:2::2"))])
+def test_decode_geneve_drop_with_ipv6(outer, inner):
+    data = _raw([_flow_any("inner.", inner[0], inner[1], 40000, 5000),
+                 _flow_any("tun.outer.", outer[0], outer[1], 51000, 6081)],
+                id=5, kind=1, reason=3, tun__type=TUN_GENEVE, tun__vni=77,
+                flags=records.F_ENCAP, dev=b"pp-ul")
+    d = records.Decoder(["kfree_skb"], {3: "NO_SOCKET"}).decode(data)
+    fmt = lambda a, p: ("[%s]:%d" if ":" in a else "%s:%d") % (a, p)  # noqa: E731
+    assert (d["src"], d["dst"]) == (fmt(inner[0], 40000), fmt(inner[1], 5000))
+    assert (d["outer_src"], d["outer_dst"]) == (fmt(outer[0], 51000), fmt(outer[1], 6081))
+    assert (d["tunnel"], d["vni"], d["reason"]) == ("geneve", 77, "NO_SOCKET")
+    plain = records.Decoder(["a"]).decode(_raw([_flow_any("inner.", inner[0], inner[1], 1, 2)]))
+    assert plain["tunnel"] is None and plain["vni"] is None and plain["outer_src"] is None
+
+
+def test_decode_path_geneve_ipv6_to_packet_json():
+    """A pp_path record of a Geneve packet over IPv6 -> hops -> the packet record: the schema,
+    the addresses, "tunnel" and the VNI on each encapsulated hop, the timeline's cells."""
+    from pktpath.output import report, schema
+    from pktpath.process import reconstruct
+    hops = [_hop(0, 0, records.F_HOP_SET | records.F_ENCAP, dt=0, dev=b"pp-ul", netns=1),
+            _hop(1, 0, records.F_HOP_SET | records.F_ENCAP, dt=9, dev=b"pp-ul", netns=2),
+            _hop(2, 1, records.F_HOP_SET | records.F_ENCAP, dt=20, dev=b"pp-ul", netns=2)]
+    data = _path([_flow_any("inner.", "2001:db8:2::1", "2001:db8:2::2", 40000, 5000),
+                  _flow_any("tun.outer.", "2001:db8:1::1", "2001:db8:1::2", 51000, 6081)],
+                 hops, first_ts=1000, skb=7, id=3, tun__type=TUN_GENEVE, tun__vni=77,
+                 final_kind=1, reason=3, location=0x10, nhops=3, stack_id=-1)
+    evs = records.PathDecoder(["net_dev_queue", "netif_receive_skb", "kfree_skb"],
+                              {3: "NO_SOCKET"}, lambda a: "__udp6_lib_rcv+0x10").decode_path(data)
+    (pkt,) = reconstruct.build_packets(evs, {1: "pp-hostA", 2: "pp-hostB"})
+    assert schema.check(pkt) == []
+    assert pkt["verdict"] == "dropped" and pkt["drop"]["netns_name"] == "pp-hostB"
+    for h in pkt["path"]:
+        assert (h["tunnel"], h["vni"]) == ("geneve", 77)
+        assert h["src"] == "[2001:db8:2::1]:40000" and h["dst"] == "[2001:db8:2::2]:5000"
+        assert h["outer_src"] == "[2001:db8:1::1]:51000"
+        assert h["outer_dst"] == "[2001:db8:1::2]:6081"
+    line = json.loads(schema.packet_line(pkt))
+    assert line["path"][0]["tunnel"] == "geneve"
+    text = report.render_timeline([pkt])
+    assert "geneve:77" in text and "[2001:db8:1::1]:51000 > [2001:db8:1::2]:6081" in text
+
+
+def _random_delivered_any(rng, pid):
+    """As _random_delivered, with either family in each layer and any tunnel type."""
+    rec = bytearray(_random_delivered(rng, pid))
+    v = {}
+    for prefix in ("inner.", "tun.outer."):
+        if rng.random() < 0.5:
+            a = lambda: str(ipaddress.IPv6Address(rng.randrange(2 ** 128)))  # noqa: E731
+            v.update(_flow_any(prefix, a(), a(), rng.randrange(65536), 5000))
+    tun = rng.choice([0, 1, TUN_GENEVE])
+    fields = dict(v, **{"tun.type": tun})
+    for name, value in fields.items():
+        off = records.PATH.offset(name)
+        if isinstance(value, bytes):
+            rec[off:off + len(value)] = value
+        else:
+            size = {"family": 1, "protocol": 1, "type": 1, "sport": 2, "dport": 2}[
+                name.rsplit(".", 1)[1]]
+            rec[off:off + size] = value.to_bytes(size, "little")
+    return bytes(rec)
+
+
+def test_delivered_json_is_the_general_path_with_ipv6_and_geneve():
+    import io
+    import random
+    from pktpath.process import reconstruct
+    from pktpath.output import report
+    rng = random.Random(11)
+    dec = records.PathDecoder(["a", "b", "c"])
+    fast = records.DeliveredJSON(dec)
+    seen = set()
+    for pid in range(400):
+        rec = _random_delivered_any(rng, pid)
+        ref = io.StringIO()
+        report.write_json(reconstruct.build_packets(dec.decode_path(rec), {}), ref)
+        assert fast(rec, {}) == ref.getvalue()
+        seen.update(h["tunnel"] for line in ref.getvalue().splitlines()
+                    for h in json.loads(line)["path"])
+        seen.add("[" in ref.getvalue())
+    assert {"vxlan", "geneve", None, True} <= seen

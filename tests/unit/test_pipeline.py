@@ -225,3 +225,12 @@ def test_delivered_past_the_quota_are_streamed_and_counted_both_ways(tmp_path):
     assert sorted(js.splitlines()) == sorted(rjs.splitlines())
     summary = [line for line in text.splitlines() if " packets: " in line]
     assert summary and summary[0] in rtext
+
+
+def test_unparsed_ipv6_and_geneve_counts_are_notes():
+    end = pipeline.settle_end({"ip6_ext_unwalked": 3, "geneve_opts_unread": 2})
+    assert any(w.startswith("3 hook firings saw an IPv6 packet whose extension header chain")
+               for w in end["warnings"])
+    assert any(w.startswith("2 hook firings saw a Geneve packet whose options")
+               for w in end["warnings"])
+    assert pipeline.settle_end(dict(end))["warnings"] == end["warnings"]   # once only

@@ -34,7 +34,7 @@ def test_clean_vxlan_delivery():
     assert {h["outer_dst"] for h in encap} == {"192.0.2.2:4789"}
     assert all(h["outer_src"].startswith("192.0.2.1:") for h in encap)
     assert all(h["vni"] is None and h["outer_src"] is None for h in path if not h["encap"])
-    assert set(path[0]) == {"t_ns", "hook", "dev", "netns", "netns_name", "cpu", "encap", "vni",
+    assert set(path[0]) == {"t_ns", "hook", "dev", "netns", "netns_name", "cpu", "encap", "tunnel", "vni",
                             "src", "dst", "outer_src", "outer_dst"}
 
 

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--dst", "300.1.1.1", "--port", "5000"], "not an IPv4 address"),
+    (["--dst", "300.1.1.1", "--port", "5000"], "not an IPv4 or IPv6 address"),
     (["--dst", "127.0.0.1", "--port", "70000"], "out of range"),
     (["--dst", "127.0.0.1", "--port", "5000", "--count", "-1"], "--count"),
     (["--dst", "127.0.0.1", "--port", "5000", "--size", "2"], "--size"),
@@ -82,3 +82,40 @@ def test_bench_floor_uses_the_tracers_hooks(args, specs):
     finally:
         sys.path.pop(0)
     assert bench.hook_specs(args) == specs
+
+
+@pytest.mark.parametrize("src,dst", [("198.51.100.1", "198.51.100.2"),
+                                     ("2001:db8:2::1", "2001:db8:2::2")])
+def test_geneve_frames_carry_options_and_the_inner_id(src, dst):
+    import ipaddress
+    lens = set()
+    for pid in range(1, 9):
+        f = sender.geneve_frame(77, pid, src, dst, 40000, 5000, struct.pack(">I", pid) + b"x")
+        ver_optlen, flags, proto, vni_rsvd = struct.unpack("!BBHI", f[:8])
+        assert ver_optlen >> 6 == 0 and proto == 0x6558 and vni_rsvd >> 8 == 77
+        optlen = (ver_optlen & 0x3f) * 4
+        lens.add(optlen)
+        eth = f[8 + optlen:]
+        etype = struct.unpack("!H", eth[12:14])[0]
+        ip = eth[14:]
+        v6 = ":" in src
+        assert etype == (0x86dd if v6 else 0x0800)
+        hl = 40 if v6 else (ip[0] & 0xf) * 4
+        assert ip[6 if v6 else 9] == 17
+        if not v6:
+            assert sender._csum(ip[:20]) == 0                         # header checksum
+        udp = ip[hl:]
+        a, b = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+        pseudo = a + b + (struct.pack("!IxxxB", len(udp), 17) if v6 else
+                          struct.pack("!xBH", 17, len(udp)))
+        assert sender._csum(pseudo + udp) == 0                       # UDP checksum
+        assert struct.unpack("!HH", udp[:4]) == (40000, 5000)
+        assert struct.unpack(">I", udp[8:12])[0] == pid
+    assert lens == {4, 12, 20, 28}
+
+
+def test_geneve_arguments_checked():
+    with pytest.raises(UserError, match="VNI must be"):
+        sender.send("192.0.2.2", 5000, geneve=2 ** 24, inner=("198.51.100.1", "198.51.100.2", 1))
+    with pytest.raises(UserError, match="same family"):
+        sender.send("192.0.2.2", 5000, geneve=1, inner=("198.51.100.1", "2001:db8::2", 1))
