@@ -1054,13 +1054,15 @@ static __always_inline void pp_dropparse(u64 skb, struct pp_skbf *s, struct pp_d
     struct pp_scratch *sc = scratch.lookup(&zero);
     if (!sc)
         return;
+    /* the headers a drop shows: up to outer IPv6 + UDP + VXLAN + Ethernet + IPv6 + TCP */
     u64 want = linear;
-    if (want > PP_HDR_LEN)
-        want = PP_HDR_LEN;
+    if (want > PP_DROP_HDR_LEN)
+        want = PP_DROP_HDR_LEN;
     asm volatile("" : "+r"(want));
-    if (want < 20 || want > PP_HDR_LEN ||
+    if (want < 20 || want > PP_DROP_HDR_LEN ||
         bpf_probe_read_kernel(sc->h, want, (void *)(s->head + start)))
         return;
+    linear = want;   /* what lies past the copy is never read */
     u8 *h = sc->h;
     u16 type;
     u32 off = 0;
@@ -1148,11 +1150,17 @@ static __always_inline struct pp_dropinfo *pp_dropdetail(u64 skb, u64 location, 
     if (!d)
         return 0;
     __builtin_memset(d, 0, sizeof(*d));
+    /* the skb fields pp_skb_fields reads and its socket, in one read */
     struct pp_skbf s;
-    if (pp_skb_fields(skb, 0, &s))
+    u64 span[(PP_DROP_SPAN_LEN + 7) / 8];
+    if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + PP_SKB_SPAN_START)))
         return 0;
-    u64 sk = 0;
-    bpf_probe_read_kernel(&sk, sizeof(sk), (void *)(skb + PP_OFF_SKB_SK));
+    s.head = SKBF(span, u64, PP_OFF_SKB_HEAD);
+    s.netdev = SKBF(span, u64, PP_OFF_SKB_DEV);
+    s.tail = SKBF(span, u32, PP_OFF_SKB_TAIL);
+    s.mac = SKBF(span, u16, PP_OFF_SKB_MAC);
+    s.net = SKBF(span, u16, PP_OFF_SKB_NET);
+    u64 sk = SKBF(span, u64, PP_OFF_SKB_SK);
     u16 port;
     pp_where(s.netdev, 0, &d->netns, &d->ifindex, d->dev, &port, 0);
     d->sk_state = PP_NO_SK_STATE;

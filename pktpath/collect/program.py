@@ -157,6 +157,14 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     `extra`: more -D values (the `drops` command's, see drop_defines)."""
     d = dict(offsets)
     d.update(extra or {})
+    if extra and "PP_OFF_SKB_SK" in extra:
+        # `drops` reads the span and skb->sk in one read (bpf/pktpath.c, pp_dropdetail)
+        start = min(offsets[m] for m, _ in SPAN) & ~7
+        if extra["PP_OFF_SKB_SK"] < start:
+            raise UserError("sk_buff layout not supported (sk before the fields read)")
+        d["PP_DROP_SPAN_LEN"] = max([offsets[m] + size for m, size in SPAN] +
+                                    [extra["PP_OFF_SKB_SK"] + 8]) - start
+        d["PP_DROP_HDR_LEN"] = min(160, hdr_len(cfg.id_offset))
     d.update(paged or {})
     d.update(direct or {})
     if stacks:
