@@ -1122,13 +1122,286 @@ static __always_inline int pp_pass(void *ctx, u64 skb, u16 hook, int direct)
 }
 
 #ifdef PP_DROPS_ALL
-/* The drop monitor (--drops all, dropwatch mode): count every drop on the machine by location,
- * reason and netns. Both CPUs update one hash: the count is added atomically, and a missing
- * key is inserted only if still missing (BPF_NOEXIST); the CPU that loses that race adds to
- * the entry the winner inserted. */
-static __always_inline void pp_dropwatch(u64 skb, u64 location, u32 reason)
+#ifdef PP_DROP_DETAIL
+/* The `drops` command: the drop monitor also names the flow of each drop. Per drop: the skb's
+ * device, netns and socket state, its headers parsed (pp_dflow; through a VXLAN tunnel to the
+ * inner flow), the filters (PP_DF_*), then the exact counts (dropcounts, dropflows) and, within
+ * the quota of its (location, reason) (pp_dropquota_take), one struct pp_dropinfo record. */
+BPF_PERCPU_ARRAY(dropinit, struct pp_dropinfo, 1);
+BPF_HASH(dropquota, struct pp_dropkey, struct pp_dropquota, 4096);
+BPF_TABLE("lru_hash", struct pp_dropflow, u64, dropflows, PP_DROP_FLOWS);
+
+/* L3 (IPv4, IPv6, ARP) and L4 (TCP, UDP, ICMP, ICMPv6) of a drop at `off` of the header copy
+ * `h` (`linear` bytes of it valid), into d and f: the UDP header's offset (for the tunnel), or
+ * 0. IPv6 extension headers are not walked: the protocol is then the first one's. */
+static __always_inline u32 pp_dflow(u8 *h, u32 off, u32 linear, u16 type,
+                                    struct pp_dropinfo *d, struct pp_flow *f)
+{
+    u8 proto;
+    u32 l4;
+    d->ethertype = type;
+    if (type == 0x0800) {
+        if (off > PP_HDR_LEN - 20 || off + 20 > linear)
+            return 0;
+        u8 vihl = h[off];
+        if ((vihl >> 4) != 4 || (vihl & 0xf) < 5)
+            return 0;
+        proto = h[off + 9];
+        f->family = 4;
+        f->protocol = proto;
+        f->saddr[0] = *(u32 *)(h + off + 12);
+        f->daddr[0] = *(u32 *)(h + off + 16);
+        if (rd16(h, off + 6) & 0x1fff)
+            return 0;   /* a later fragment: no L4 header */
+        l4 = off + (vihl & 0xf) * 4;
+    } else if (type == 0x86dd) {
+        if (off > PP_HDR_LEN - 40 || off + 40 > linear)
+            return 0;
+        proto = h[off + 6];
+        f->family = 6;
+        f->protocol = proto;
+        __builtin_memcpy(f->saddr, h + off + 8, 16);
+        __builtin_memcpy(f->daddr, h + off + 24, 16);
+        l4 = off + 40;
+    } else if (type == 0x0806) {
+        /* ARP for IPv4: the sender's and target's addresses, the opcode */
+        if (off > PP_HDR_LEN - 28 || off + 28 > linear || rd16(h, off + 2) != 0x0800)
+            return 0;
+        f->family = 4;
+        d->msg_type = rd16(h, off + 6);
+        f->saddr[0] = *(u32 *)(h + off + 14);
+        f->daddr[0] = *(u32 *)(h + off + 24);
+        return 0;
+    } else {
+        return 0;
+    }
+    if (l4 > PP_HDR_LEN - 20)
+        return 0;
+    if (proto == 6 /* TCP */) {
+        if (l4 + 14 > linear)
+            return 0;
+        f->sport = rd16(h, l4);
+        f->dport = rd16(h, l4 + 2);
+        d->tcp_flags = h[l4 + 13];
+    } else if (proto == 17 /* UDP */) {
+        if (l4 + 8 > linear)
+            return 0;
+        f->sport = rd16(h, l4);
+        f->dport = rd16(h, l4 + 2);
+        return l4;
+    } else if (proto == 1 || proto == 58 /* ICMP, ICMPv6 */) {
+        if (l4 + 2 > linear)
+            return 0;
+        d->msg_type = h[l4];
+        d->msg_code = h[l4 + 1];
+    }
+    return 0;
+}
+
+/* The headers of a dropped skb, from its MAC header when it has one, else its network header:
+ * into d (flow, tunnel, TCP flags, ICMP type). */
+static __always_inline void pp_dropparse(u64 skb, struct pp_skbf *s, struct pp_dropinfo *d)
+{
+    int l2 = s->mac != 0xffff && s->mac != s->net;
+    u32 start = l2 ? s->mac : s->net;
+    if (start == 0xffff || start >= s->tail)
+        return;
+    u32 linear = s->tail - start;
+    u32 zero = 0;
+    struct pp_scratch *sc = scratch.lookup(&zero);
+    if (!sc)
+        return;
+    /* the headers a drop shows: up to outer IPv6 + UDP + VXLAN + Ethernet + IPv6 + TCP */
+    u64 want = linear;
+    if (want > PP_DROP_HDR_LEN)
+        want = PP_DROP_HDR_LEN;
+    asm volatile("" : "+r"(want));
+    if (want < 20 || want > PP_DROP_HDR_LEN ||
+        bpf_probe_read_kernel(sc->h, want, (void *)(s->head + start)))
+        return;
+    linear = want;   /* what lies past the copy is never read */
+    u8 *h = sc->h;
+    u16 type;
+    u32 off = 0;
+    if (l2) {
+        off = pp_l2(h, 0, 1, &type);
+    } else {
+        type = (h[0] >> 4) == 6 ? 0x86dd : 0x0800;
+    }
+    u32 l4 = pp_dflow(h, off, linear, type, d, &d->flow);
+    if (!l4 || d->flow.dport != PP_VXLAN_PORT)
+        return;
+    /* VXLAN: flags (0x08: VNI valid), 3 reserved, VNI, 1 reserved; then the inner Ethernet */
+    if (l4 > PP_HDR_LEN - 30 || l4 + 30 > linear)
+        return;
+    u8 *vx = h + l4 + 8;
+    if (!(vx[0] & 0x08))
+        return;
+    d->tun.type = PP_TUN_VXLAN;
+    d->tun.vni = rd32(vx, 4) >> 8;
+    d->tun.outer = d->flow;
+    __builtin_memset(&d->flow, 0, sizeof(d->flow));
+    u32 in = pp_l2(vx + 8, l4 + 16, 0, &type);
+    pp_dflow(h, in, linear, type, d, &d->flow);
+}
+
+/* The filters of `drops` (PP_DF_*: --proto, --port, --host; --reason and --netns are tested
+ * before the parse): 1 if the drop is counted and shown. */
+static __always_inline int pp_drop_match(struct pp_dropinfo *d)
+{
+#ifdef PP_DF_ETHERTYPE
+    if (d->ethertype != PP_DF_ETHERTYPE)
+        return 0;
+#endif
+#ifdef PP_DF_PROTO_MATCH
+    if (!PP_DF_PROTO_MATCH(d->flow.protocol))
+        return 0;
+#endif
+#ifdef PP_DF_PORT
+    if (d->flow.sport != PP_DF_PORT && d->flow.dport != PP_DF_PORT)
+        return 0;
+#endif
+#ifdef PP_DF_HOST0
+    if (!(d->flow.saddr[0] == PP_DF_HOST0 && d->flow.saddr[1] == PP_DF_HOST1) &&
+        !(d->flow.daddr[0] == PP_DF_HOST0 && d->flow.daddr[1] == PP_DF_HOST1) &&
+        !(d->tun.outer.saddr[0] == PP_DF_HOST0 && d->tun.outer.saddr[1] == PP_DF_HOST1) &&
+        !(d->tun.outer.daddr[0] == PP_DF_HOST0 && d->tun.outer.daddr[1] == PP_DF_HOST1))
+        return 0;
+#endif
+    return 1;
+}
+
+/* A detail record for this drop (location, reason) while its quota lasts: PP_DROP_BURST per
+ * PP_DROP_WINDOW_NS. Two CPUs may race on `used`: at most a record or two over the quota. */
+static __always_inline struct pp_dropquota *pp_dropquota_take(u64 location, u32 reason, u64 now)
+{
+    struct pp_dropkey qk = {.location = location, .reason = reason};
+    u64 w = now / PP_DROP_WINDOW_NS;
+    struct pp_dropquota *q = dropquota.lookup(&qk);
+    if (!q) {
+        struct pp_dropquota init = {.window = w};
+        dropquota.insert(&qk, &init);
+        q = dropquota.lookup(&qk);
+        if (!q)
+            return 0;
+    }
+    if (q->window != w) {
+        q->window = w;
+        q->used = 0;
+    }
+    if (q->used >= PP_DROP_BURST)
+        return 0;
+    __sync_fetch_and_add(&q->used, 1);
+    return q;
+}
+
+/* Fill the per-CPU detail record of this drop (NULL: filtered out). */
+static __always_inline struct pp_dropinfo *pp_dropdetail(u64 skb, u64 location, u32 reason)
+{
+#ifdef PP_DF_REASON_MATCH
+    if (!PP_DF_REASON_MATCH(reason))
+        return 0;
+#endif
+    u32 zero = 0;
+    struct pp_dropinfo *d = dropinit.lookup(&zero);
+    if (!d)
+        return 0;
+    __builtin_memset(d, 0, sizeof(*d));
+    /* the skb fields pp_skb_fields reads and its socket, in one read */
+    struct pp_skbf s;
+    u64 span[(PP_DROP_SPAN_LEN + 7) / 8];
+    if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + PP_SKB_SPAN_START)))
+        return 0;
+    s.head = SKBF(span, u64, PP_OFF_SKB_HEAD);
+    s.netdev = SKBF(span, u64, PP_OFF_SKB_DEV);
+    s.tail = SKBF(span, u32, PP_OFF_SKB_TAIL);
+    s.mac = SKBF(span, u16, PP_OFF_SKB_MAC);
+    s.net = SKBF(span, u16, PP_OFF_SKB_NET);
+    u64 sk = SKBF(span, u64, PP_OFF_SKB_SK);
+    u16 port;
+    pp_where(s.netdev, 0, &d->netns, &d->ifindex, d->dev, &port, 0);
+    d->sk_state = PP_NO_SK_STATE;
+    if (pp_is_kptr(sk)) {
+        bpf_probe_read_kernel(&d->sk_state, 1, (void *)(sk + PP_OFF_SK_STATE));
+        if (!d->netns) {
+            u64 net = 0;
+            bpf_probe_read_kernel(&net, sizeof(net), (void *)(sk + PP_OFF_SK_NET));
+            d->netns = pp_netns_of_net(net, 0);
+        }
+    }
+#ifdef PP_DF_NETNS_MATCH
+    if (!PP_DF_NETNS_MATCH(d->netns))
+        return 0;
+#endif
+    pp_dropparse(skb, &s, d);
+    if (!pp_drop_match(d))
+        return 0;
+    d->location = location;
+    d->reason = reason;
+    return d;
+}
+#endif
+
+/* The drop monitor (--drops all, dropwatch mode; and `drops`): count every drop on the machine
+ * by location, reason and netns. Both CPUs update one hash: the count is added atomically, and
+ * a missing key is inserted only if still missing (BPF_NOEXIST); the CPU that loses that race
+ * adds to the entry the winner inserted. With PP_DROP_DETAIL (`drops`), only the drops that
+ * pass its filters, each counted per flow too and, within its quota, shown in detail. */
+static __always_inline void pp_count_key(struct pp_dropkey *dk)
+{
+    u64 *n = dropcounts.lookup(dk);
+    if (!n) {
+        u64 one = 1;
+        if (dropcounts.insert(dk, &one) == 0)   /* BPF_NOEXIST */
+            return;
+        n = dropcounts.lookup(dk);   /* another CPU inserted it meanwhile (or the map is full) */
+        if (!n)
+            return;
+    }
+    __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void pp_dropwatch(void *ctx, u64 skb, u64 location, u32 reason)
 {
     struct pp_dropkey dk = {.location = location, .reason = reason};
+#ifdef PP_DROP_DETAIL
+    struct pp_dropinfo *d = pp_dropdetail(skb, location, reason);
+    if (!d)
+        return;
+    dk.netns = d->netns;
+    pp_count_key(&dk);
+    struct pp_dropflow fk = {.flow = d->flow, .reason = reason, .netns = d->netns,
+                             .vni = d->tun.vni, .ethertype = d->ethertype, .tun = d->tun.type};
+    u64 *fn = dropflows.lookup(&fk);
+    if (fn) {
+        __sync_fetch_and_add(fn, 1);
+    } else {
+        u64 one = 1;
+        if (dropflows.insert(&fk, &one) != 0) {
+            fn = dropflows.lookup(&fk);
+            if (fn)
+                __sync_fetch_and_add(fn, 1);
+        }
+    }
+    u64 now = bpf_ktime_get_ns();
+    struct pp_dropquota *q = pp_dropquota_take(location, reason, now);
+    if (!q)
+        return;
+    d->ts = now;
+    u64 pt = bpf_get_current_pid_tgid();
+    d->pid = pt >> 32;
+    d->tid = (u32)pt;
+    bpf_get_current_comm(d->comm, sizeof(d->comm));
+    d->cpu = bpf_get_smp_processor_id();
+    d->stack_id = -1;
+#ifdef PP_STACKS
+    d->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
+#endif
+    if (events.ringbuf_output(d, sizeof(*d), pp_wakeup()) < 0) {
+        __sync_fetch_and_add(&q->lost, 1);
+        pp_count(PP_CNT_LOST);
+    }
+#else
     u64 dev = 0;
     bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + PP_OFF_SKB_DEV));
     if (pp_is_kptr(dev)) {
@@ -1136,16 +1409,8 @@ static __always_inline void pp_dropwatch(u64 skb, u64 location, u32 reason)
         bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + PP_OFF_DEV_NET));
         dk.netns = pp_netns_of_net(net, 0);
     }
-    u64 *n = dropcounts.lookup(&dk);
-    if (!n) {
-        u64 one = 1;
-        if (dropcounts.insert(&dk, &one) == 0)   /* BPF_NOEXIST */
-            return;
-        n = dropcounts.lookup(&dk);   /* another CPU inserted it meanwhile (or the map is full) */
-        if (!n)
-            return;
-    }
-    __sync_fetch_and_add(n, 1);
+    pp_count_key(&dk);
+#endif
 }
 #endif
 
@@ -1154,7 +1419,10 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
                                    int direct)
 {
 #ifdef PP_DROPS_ALL
-    pp_dropwatch(skb, location, reason);
+    pp_dropwatch(ctx, skb, location, reason);
+#endif
+#ifdef PP_DROPS_ONLY
+    return 0;   /* `drops`: no traced flow */
 #endif
     return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DROP), location, reason, direct);
 }

@@ -119,6 +119,51 @@ struct pp_dropkey {
     __u32 netns;            /* netns inode of skb->dev, 0 if none */
 };
 
+/* `drops` (the drop monitor with details): one record per drop shown in detail. Details are
+ * rate-limited per (location, reason) in the kernel (pp_dropquota); every drop is counted in
+ * `dropcounts` all the same, and per flow in `dropflows` (struct pp_dropflow). */
+#define PP_COMM_LEN 16
+#define PP_NO_SK_STATE 0xff
+
+struct pp_dropinfo {
+    __u64 ts;               /* bpf_ktime_get_ns() */
+    __u64 location;         /* kfree_skb caller */
+    __u32 reason;           /* enum skb_drop_reason */
+    __u32 netns;            /* netns inode of skb->dev (else of skb->sk), 0 if none */
+    __u32 ifindex;
+    __u32 pid;              /* the task on CPU (tgid): may be unrelated to the packet */
+    __u32 tid;
+    __s32 stack_id;         /* with --stack: id in the stacks map, else -1 */
+    __u16 ethertype;        /* the (inner) packet's L3 protocol: 0x0800, 0x86dd, 0x0806; 0: none */
+    __u8  tcp_flags;        /* TCP: the header's flags byte */
+    __u8  sk_state;         /* skb->sk's state (TCP_*), PP_NO_SK_STATE: no socket */
+    __u8  msg_type;         /* ICMP/ICMPv6 type; ARP: the opcode */
+    __u8  msg_code;         /* ICMP/ICMPv6 code */
+    __u16 cpu;
+    char  dev[PP_DEV_LEN];
+    char  comm[PP_COMM_LEN];
+    struct pp_flow flow;    /* inner flow when tunnelled (tun.type != PP_TUN_NONE), else the only */
+    struct pp_tunnel tun;
+};
+
+/* `drops`: the key of the `dropflows` LRU hash (value: __u64 drops) */
+struct pp_dropflow {
+    struct pp_flow flow;
+    __u32 reason;
+    __u32 netns;
+    __u32 vni;              /* tunnelled: the VNI, else 0 */
+    __u16 ethertype;
+    __u8  tun;
+    __u8  _dpad;
+};
+
+/* `drops`: the value of the `dropquota` hash (key: struct pp_dropkey with netns 0) */
+struct pp_dropquota {
+    __u64 window;           /* ts / PP_DROP_WINDOW_NS of the current window */
+    __u32 used;             /* details emitted in this window */
+    __u32 lost;             /* details that found the ring buffer full */
+};
+
 /* The `counters` per-CPU array: one __u64 per CPU at each index (user space sums the CPUs).
  * User space reports each as the lower-case name after PP_CNT_ (pp_wakeup's SUBMITTED is
  * internal). */

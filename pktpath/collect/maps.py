@@ -73,6 +73,13 @@ class MapReader:
         return [tuple(key.unpack(k)[f] for f in ("location", "reason", "netns")) +
                 struct.unpack("<Q", v) for k, v in table.items()]
 
+    def drop_flows(self):
+        """[(pp_dropflow key bytes, count)] of the `drops` command's per-flow counts."""
+        table = self.maps.get("dropflows")
+        if table is None or not self.drops_all:
+            return []
+        return [(k, struct.unpack("<Q", v)[0]) for k, v in table.items()]
+
     def lost_ids(self):
         """{packet ID: events lost} for packets that lost events to a full ring buffer."""
         table = self.maps.get("lostids")

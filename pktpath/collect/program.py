@@ -170,10 +170,20 @@ def direct_pkt(btf):
 
 
 def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=False,
-           drops_all=False, summary=True, paths=65536, paged=None, direct=None):
+           drops_all=False, summary=True, paths=65536, paged=None, direct=None, extra=None):
     """-D flags for config `cfg` (pktpath.config.Config) and BTF `offsets`; `stacks` records the
-    kernel stack at each drop of a traced packet, `drops_all` counts every drop (dropwatch)."""
+    kernel stack at each drop of a traced packet, `drops_all` counts every drop (dropwatch);
+    `extra`: more -D values (the `drops` command's, see drop_defines)."""
     d = dict(offsets)
+    d.update(extra or {})
+    if extra and "PP_OFF_SKB_SK" in extra:
+        # `drops` reads the span and skb->sk in one read (bpf/pktpath.c, pp_dropdetail)
+        start = min(offsets[m] for m, _ in SPAN) & ~7
+        if extra["PP_OFF_SKB_SK"] < start:
+            raise UserError("sk_buff layout not supported (sk before the fields read)")
+        d["PP_DROP_SPAN_LEN"] = max([offsets[m] + size for m, size in SPAN] +
+                                    [extra["PP_OFF_SKB_SK"] + 8]) - start
+        d["PP_DROP_HDR_LEN"] = min(160, hdr_len(cfg.id_offset))
     d.update(paged or {})
     d.update(direct or {})
     if stacks:
@@ -215,6 +225,47 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     if cfg.udp_port:
         d["PP_UDP_PORT"] = cfg.udp_port
     return ["-D%s=%s" % (k, v) for k, v in sorted(d.items())]
+
+
+# what the `drops` command reads besides FIELDS: the skb's socket and its state
+DROP_FIELDS = (("PP_OFF_SKB_SK", "sk_buff", "sk"),
+               ("PP_OFF_SK_STATE", "sock", "__sk_common.skc_state"))
+PROTOCOLS = {"tcp": (6,), "udp": (17,), "icmp": (1, 58), "any": ()}
+
+
+def _addr_halves(ip):
+    """An IPv4/IPv6 address as the two u64 halves of a struct pp_flow address (as loaded on x86:
+    little-endian; an IPv4 address takes the first 4 bytes, the rest zero)."""
+    b = ipaddress.ip_address(ip).packed.ljust(16, b"\0")
+    return ("0x%016xULL" % int.from_bytes(b[:8], "little"),
+            "0x%016xULL" % int.from_bytes(b[8:], "little"))
+
+
+def _any_of(values):
+    return "(" + "||".join("(x)==%d" % v for v in values) + ")"
+
+
+def drop_defines(btf, proto="any", port=None, host=None, netns=(), reasons=(), burst=10,
+                 window_s=1.0, flows=16384):
+    """-D values of the `drops` command (bpf/pktpath.c, pp_dropdetail): its BTF offsets, the
+    filters (`netns`: inodes, `reasons`: enum skb_drop_reason values), the detail quota (`burst`
+    records per (location, reason) per `window_s`), the size of the per-flow count table."""
+    d = {m: btf.offset(struct, path) for m, struct, path in DROP_FIELDS}
+    d.update(PP_DROPS_ONLY=1, PP_DROP_DETAIL=1, PP_DROP_BURST=int(burst),
+             PP_DROP_WINDOW_NS="%dULL" % max(1, int(window_s * 1e9)), PP_DROP_FLOWS=flows)
+    if proto == "arp":
+        d["PP_DF_ETHERTYPE"] = "0x0806"
+    elif PROTOCOLS.get(proto):
+        d["PP_DF_PROTO_MATCH(x)"] = _any_of(PROTOCOLS[proto])
+    if port:
+        d["PP_DF_PORT"] = int(port)
+    if host:
+        d["PP_DF_HOST0"], d["PP_DF_HOST1"] = _addr_halves(host)
+    if netns:
+        d["PP_DF_NETNS_MATCH(x)"] = _any_of(sorted(netns))
+    if reasons:
+        d["PP_DF_REASON_MATCH(x)"] = _any_of(sorted(reasons))
+    return d
 
 
 def _arg(method, i):

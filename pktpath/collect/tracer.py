@@ -34,7 +34,7 @@ class Tracer:
     `text`/`cflags`: the program as last built (a fallback builds it again)."""
 
     def __init__(self, cfg, plan, btf, stacks=False, drops_all=False, summary=True,
-                 frags=True, kallsyms=None, cache=True):
+                 frags=True, kallsyms=None, cache=True, extra=None):
         self.cfg, self.btf, self.cache = cfg, btf, cache
         self.plan = list(plan)
         self.drops_all = drops_all
@@ -43,7 +43,7 @@ class Tracer:
         self.frags = bool(paged)
         self.direct, self.direct_why = capmod.in_place_reads(btf, self.plan)
         self._build = dict(offsets=program.resolve_offsets(btf), paged=paged, stacks=stacks,
-                           drops_all=drops_all, summary=summary)
+                           drops_all=drops_all, summary=summary, extra=extra)
         self.cflags = self._cflags()
         self.coverage, self.cached, self.compile_s, self.attach_s = [], False, 0.0, 0.0
         self._programs = None   # loader.Programs, once started
@@ -55,7 +55,7 @@ class Tracer:
         b = self._build
         return program.cflags(self.cfg, b["offsets"], paged=b["paged"], direct=self.direct,
                               stacks=b["stacks"], drops_all=b["drops_all"],
-                              summary=b["summary"])
+                              summary=b["summary"], extra=b["extra"])
 
     def start(self, on_event):
         """Compile (or take the compile from the cache), load and attach; when tp_btf hooks are
@@ -122,6 +122,10 @@ class Tracer:
     def drop_counts(self):
         """See maps.MapReader.drop_counts."""
         return self._maps.drop_counts()
+
+    def drop_flows(self):
+        """See maps.MapReader.drop_flows."""
+        return self._maps.drop_flows()
 
     def lost_ids(self):
         """See maps.MapReader.lost_ids."""

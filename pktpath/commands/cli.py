@@ -13,6 +13,8 @@ from pktpath.errors import UserError
 # PASSTHROUGH module whose run(args) gets every argument as args.args
 SUBCOMMANDS = {
     "report": ("pktpath.commands.report", "rebuild the report from a recording (no root needed)"),
+    "drops": ("pktpath.commands.drops", "machine-wide drop monitor: every drop's flow, reason "
+              "and location, exact counts"),
     "send": ("pktpath.lab.sender", "send UDP datagrams stamped with packet IDs"),
     "lab": ("pktpath.lab.overlay", "build/remove the built-in two-host VXLAN lab"),
     "demo": ("pktpath.commands.demo", "lab up -> trace -> send with a fault -> report -> lab down"),
@@ -26,6 +28,7 @@ EPILOG = """examples:
   sudo ./run.py -c configs/lab.yaml --duration 10 --json out.jsonl
   sudo ./run.py -c configs/lab.yaml -- ./run.py send --netns pp-ctrA --dst 198.51.100.2 --port 5000
   ./run.py report rec.jsonl                   # re-analyze a recording without root
+  sudo ./run.py drops --proto tcp             # every drop: its flow, reason and location
 subcommands: """ + ", ".join(SUBCOMMANDS)
 
 

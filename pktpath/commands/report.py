@@ -23,6 +23,15 @@ def add_arguments(p):
 def run(args):
     if args.timeline < 0:
         raise UserError("--timeline must be 0 or more, got %d" % args.timeline)
+    from pktpath.process import drops as dropsmod
+    if dropsmod.is_drops_recording(args.files[0]):
+        if len(args.files) > 1:
+            raise UserError("a drops recording is reported on its own")
+        out = jsonfile.open_json(args.json if args.json != "-" else None)
+        write = (lambda text: None) if args.json == "-" else print
+        dropsmod.replay(args.files[0], write, json_out=sys.stdout if args.json == "-" else out)
+        jsonfile.close_json(out, args.json)
+        return 0
     # one packet at a time, in ID order: to the JSON and the report, never all held at once
     packets, meta, end = pipeline.recorded(args.files)
     if args.json == "-":

@@ -73,7 +73,9 @@ def c_offsets(struct_name, prefix="", base=0):
 
 RECORDS = [("pp_event", records.EVENT), ("pp_hop", records.HOP), ("pp_path", records.PATH),
            ("pp_flow", records.LAYOUTS["pp_flow"]), ("pp_tunnel", records.LAYOUTS["pp_tunnel"]),
-           ("pp_dropkey", records.DROPKEY)]
+           ("pp_dropkey", records.DROPKEY), ("pp_dropinfo", records.LAYOUTS["pp_dropinfo"]),
+           ("pp_dropflow", records.LAYOUTS["pp_dropflow"]),
+           ("pp_dropquota", records.LAYOUTS["pp_dropquota"])]
 
 
 @pytest.mark.parametrize("cname,layout", RECORDS)

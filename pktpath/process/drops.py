@@ -1,0 +1,132 @@
+"""The `drops` command's stream: detail dicts (events/dropinfo.py) and symbolized count snapshots
+in, text lines, --json objects and --record lines out. The same object replays a recording
+(`report` of a drops recording), so both give the same output.
+
+A drops recording is JSON Lines: {"type": "meta", "recording": "drops", ...}, then in order
+{"type": "drop", <detail>} and {"type": "interval", "seconds": S, "counts": [...]}, and last
+{"type": "end", "counts": [...], "flows": [...], "lost": N, "netns_names": {...}}.
+"""
+import json
+
+from pktpath.errors import UserError
+from pktpath.output import drophints
+from pktpath.output import drops as out
+
+RECORDING = "drops"
+
+
+class DropMonitor:
+    """`write(text)`: where the text goes (stdout); `json_out`: an open --json file or None;
+    `rec`: a recording.RecordingWriter or None; `netns_names`: {inode (str): name}."""
+
+    def __init__(self, write, netns_names, json_out=None, rec=None):
+        self.write, self.netns_names = write, netns_names
+        self.json_out, self.rec = json_out, rec
+        self.shown = {}             # (location, reason) -> details shown, whole run
+        self._shown_iv = {}         # the same since the last interval
+        self._previous = None       # counts at the last interval
+        self._hinted = set()
+        self.details = 0
+
+    def detail(self, d):
+        key = (d["location"], d["reason"])
+        self.shown[key] = self.shown.get(key, 0) + 1
+        self._shown_iv[key] = self._shown_iv.get(key, 0) + 1
+        self.details += 1
+        text = out.detail_line(d)
+        if d["reason"] not in self._hinted:
+            self._hinted.add(d["reason"])
+            h = drophints.hint(d["reason"])
+            if h:
+                text += "\n  hint (%s): %s" % (d["reason"], h)
+        self.write(text)
+        if self.json_out is not None:
+            self.json_out.write(json.dumps(d, separators=(",", ":")) + "\n")
+        if self.rec is not None:
+            self.rec._write("drop", d)
+
+    def interval(self, counts, seconds):
+        """Every --interval: the drops counted since the last one (exact), and how many of them
+        were not shown."""
+        counts = [tuple(c) for c in counts]
+        table = out.drop_table(counts, str, {}, self.netns_names, out.as_dict(self._previous or ()))
+        more = out.more_lines(counts, self._shown_iv, self._previous)
+        self.write("== drops in the last %gs (exact counts) ==\n%s%s"
+                   % (seconds, table, "".join("\n" + m for m in more)))
+        if self.rec is not None:
+            self.rec._write("interval", {"seconds": seconds, "counts": counts})
+        self._previous, self._shown_iv = counts, {}
+
+    def finish(self, counts, flows, lost=0, duration_s=None):
+        """At the end: the whole run's counts, the details not shown, the top flows, the hints;
+        the --json summary object and the recording's end line."""
+        counts = [tuple(c) for c in counts]
+        total = sum(c[3] for c in counts)
+        nshown = sum(self.shown.values())
+        parts = ["== all drops counted (%d, exact; %d shown in detail, %d not shown%s) ==\n%s"
+                 % (total, nshown, max(0, total - nshown),
+                    ", %d details lost: ring buffer full" % lost if lost else "",
+                    out.drop_table(counts, str, {}, self.netns_names)),
+                 ]
+        more = out.more_lines(counts, self.shown)
+        if more:
+            parts.append("\n".join(more))
+        parts.append("== top flows dropped ==\n" + out.top_flows(flows, self.netns_names))
+        reasons = {c[1] for c in counts}
+        parts.append("== hints ==\n" + out.hints_section(reasons))
+        self.write("\n\n".join(parts))
+        if self.json_out is not None:
+            self.json_out.write(json.dumps(out.summary_object(counts, flows, self.shown, lost,
+                                                              duration_s)) + "\n")
+        if self.rec is not None:
+            self.rec.end({"counts": counts, "flows": flows, "lost": lost,
+                          "duration_s": duration_s, "netns_names": self.netns_names})
+
+
+# frames above the drop's location: the probe and kfree_skb itself
+_OWN_FRAMES = ("bpf_prog_", "bpf_trace_run", "kfree_skb", "sk_skb_reason_drop", "__kfree_skb")
+
+
+def clean_stack(frames):
+    """A drop's stack from its location down: the probe's and kfree_skb's frames removed."""
+    i = 0
+    while i < len(frames) and (frames[i] or "").startswith(_OWN_FRAMES):
+        i += 1
+    return frames[i:]
+
+
+def is_drops_recording(path):
+    """Whether `path` is a recording of the `drops` command (its meta line says so)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+        meta = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("recording") == RECORDING
+
+
+def replay(path, write, json_out=None):
+    """Feed a drops recording through a DropMonitor: the output of the live run."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    if not lines or lines[0].get("recording") != RECORDING:
+        raise UserError("%s: not a drops recording" % path)
+    meta, end = lines[0], None
+    names = dict(meta.get("netns_names") or {})
+    for rec in lines[1:]:
+        if rec.get("type") == "end":
+            end = rec
+            names.update(rec.get("netns_names") or {})
+    mon = DropMonitor(write, names, json_out=json_out)
+    for rec in lines[1:]:
+        kind = rec.pop("type", None)
+        if kind == "drop":
+            mon.detail(rec)
+        elif kind == "interval":
+            mon.interval(rec["counts"], rec["seconds"])
+    if end is None:
+        write("%s: no end line: the run was interrupted, no summary" % path)
+        return mon
+    mon.finish(end["counts"], end["flows"], end.get("lost", 0), end.get("duration_s"))
+    return mon
