@@ -40,3 +40,27 @@ def fault(lab_up):
         lab_up.apply_fault(name)
     yield inject
     lab_up.clear_faults()
+
+
+@pytest.fixture
+def check_fault_verdicts():
+    """check(name, packets, expect): see _check_fault_verdicts."""
+    return _check_fault_verdicts
+
+
+def _check_fault_verdicts(name, packets, expect):
+    """The verdicts of 6 lab packets (IDs 1-6) sent with lab fault `name`: `expect` maps ID parity
+    (or None: any) to (verdict, drop reason or None, namespace); rcvbuf-full drops the last one."""
+    if name == "rcvbuf-full":
+        verdicts = [packets[i]["verdict"] for i in range(1, 7)]
+        assert "delivered" in verdicts and verdicts[-1] == "dropped"
+        assert packets[6]["drop"]["reason"] == "SOCKET_RCVBUFF"
+        assert packets[6]["drop"]["netns_name"] == "pp-ctrB"
+        return
+    for pid, pkt in packets.items():
+        verdict, reason, ns = expect.get(pid % 2, expect.get(None))
+        assert pkt["verdict"] == verdict, (name, pkt)
+        where = pkt["drop"] if verdict == "dropped" else pkt["delivered"]
+        assert where["netns_name"] == ns, (name, pkt)
+        if reason:
+            assert pkt["drop"]["reason"] == reason, (name, pkt)

@@ -130,7 +130,7 @@ FAULT_EXPECT = {
 
 @pytest.mark.parametrize("name", sorted(FAULT_EXPECT))
 @pytest.mark.parametrize("underlay,over", [("ipv6", "ipv4"), ("ipv4", "ipv6")])
-def test_every_fault_in_each_shape(lab_shape, tmp_path, underlay, over, name):
+def test_every_fault_in_each_shape(lab_shape, tmp_path, underlay, over, name, check_fault_verdicts):
     a = lab_shape(underlay, over)
     overlay.apply_fault(name)
     size, expect = FAULT_EXPECT[name]
@@ -138,16 +138,4 @@ def test_every_fault_in_each_shape(lab_shape, tmp_path, underlay, over, name):
             "--count", "6", "--size", str(size)]
     packets, _ = trace(tmp_path, a, send)
     assert sorted(packets) == list(range(1, 7))
-    if name == "rcvbuf-full":
-        verdicts = [packets[i]["verdict"] for i in range(1, 7)]
-        assert "delivered" in verdicts and verdicts[-1] == "dropped"
-        assert packets[6]["drop"]["reason"] == "SOCKET_RCVBUFF"
-        assert packets[6]["drop"]["netns_name"] == "pp-ctrB"
-        return
-    for pid, pkt in packets.items():
-        verdict, reason, ns = expect.get(pid % 2, expect.get(None))
-        assert pkt["verdict"] == verdict, (name, pkt)
-        where = pkt["drop"] if verdict == "dropped" else pkt["delivered"]
-        assert where["netns_name"] == ns, (name, pkt)
-        if reason:
-            assert pkt["drop"]["reason"] == reason, (name, pkt)
+    check_fault_verdicts(name, packets, expect)

@@ -88,7 +88,7 @@ FAULT_EXPECT = {
 
 
 @pytest.mark.parametrize("name", sorted(FAULT_EXPECT) + ["rcvbuf-full"])
-def test_fault_reported_as_promised(lab_up, fault, tmp_path, name):
+def test_fault_reported_as_promised(lab_up, fault, tmp_path, name, check_fault_verdicts):
     fault(name)
     size, expect = FAULT_EXPECT.get(name, (64, {}))
     out = tmp_path / "v.jsonl"
@@ -100,19 +100,7 @@ def test_fault_reported_as_promised(lab_up, fault, tmp_path, name):
     assert p.returncode == 0, p.stderr
     packets = {json.loads(l)["id"]: json.loads(l) for l in out.read_text().splitlines()}
     assert sorted(packets) == list(range(1, 7))
-    if name == "rcvbuf-full":
-        verdicts = [packets[i]["verdict"] for i in range(1, 7)]
-        assert "delivered" in verdicts and verdicts[-1] == "dropped"
-        assert packets[6]["drop"]["reason"] == "SOCKET_RCVBUFF"
-        assert packets[6]["drop"]["netns_name"] == "pp-ctrB"
-        return
-    for pid, pkt in packets.items():
-        verdict, reason, ns = expect.get(pid % 2, expect.get(None))
-        assert pkt["verdict"] == verdict, (name, pkt)
-        where = pkt["drop"] if verdict == "dropped" else pkt["delivered"]
-        assert where["netns_name"] == ns, (name, pkt)
-        if reason:
-            assert pkt["drop"]["reason"] == reason, (name, pkt)
+    check_fault_verdicts(name, packets, expect)
 
 
 def test_demo_shows_delivered_and_dropped(tmp_path):
