@@ -1498,9 +1498,6 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
  * In summary mode those extra datagrams only count while their path is still open (an ID is
  * not delivered twice). A reader that has already consumed the datagram leaves no trace: that
  * packet is reported lost at its last sighting. */
-#ifdef PP_SUMMARY
-static __always_inline int pp_deliver_lastseen(void *ctx, u64 sk, u16 hook, int direct);
-#endif
 static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
 {
     if (!pp_is_kptr(sk))
@@ -1514,21 +1511,11 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
 #endif
     int found = pp_scan_queues(ctx, sk, hook, direct);
 #ifdef PP_SUMMARY
-    /* A callback that ties no open packet to its datagram is counted: user space then cannot
-     * say `lost` of a packet last seen on its way to a receiver (it may have been delivered) */
-    if (!pp_deliver_lastseen(ctx, sk, hook, direct) && !found)
-        pp_count(PP_CNT_DELIVER_UNTIED);
-#endif
-    return 0;
-}
-
-#ifdef PP_SUMMARY
-/* The reader may have taken the datagram already (between the queueing and this callback; also
- * when the scan delivered others of the same batch). It is then the packet this CPU saw last,
- * moments ago, in the socket's own namespace: deliver that one if its path is still open (the
- * CPU that calls sk_data_ready queued its own datagram in that batch). 1 if it delivered. */
-static __always_inline int pp_deliver_lastseen(void *ctx, u64 sk, u16 hook, int direct)
-{
+    /* The reader may have taken the datagram already (between the queueing and this callback;
+     * also when the scan delivered others of the same batch). It is then the packet this CPU
+     * saw last, moments ago, in the socket's own namespace: deliver that one if its path is
+     * still open (the CPU that calls sk_data_ready queued its own datagram in that batch). */
+    (void)found;
     u32 zero = 0;
     struct pp_lastseen *ls = lastseen.lookup(&zero);
     if (!ls || !ls->ts)
@@ -1544,10 +1531,10 @@ static __always_inline int pp_deliver_lastseen(void *ctx, u64 sk, u16 hook, int 
     if (pp_netns_of_net(skn, direct) != ls->netns)
         return 0;
     ls->ts = 0;
-    return pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, 0,
-                      direct) == PP_H_DELIVERED;
-}
+    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, 0, direct);
 #endif
+    return 0;
+}
 
 /* kretprobe hooks: the entry stashes the skb per task, the return emits the event with the
  * function's return value in `reason` (nonzero: the function refused the packet). */

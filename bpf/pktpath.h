@@ -179,10 +179,6 @@ enum pp_counter {
                                  program walks (or ran past the bytes it reads): not followed */
     PP_CNT_GENEVE_OPTS_UNREAD,  /* Geneve packets whose options ran past the bytes the program
                                    reads: inner headers not parsed */
-    PP_CNT_DELIVER_UNTIED,  /* summary mode: delivery callbacks that tied no open packet to the
-                               datagram they announced (a batch bigger than the scan, or a
-                               datagram that is not traced): a packet reported lost at its
-                               receiver may have been delivered */
     PP_CNT_COUNT
 };
 

@@ -29,9 +29,6 @@ IP6_EXT_NOTE = ("%d hook firings saw an IPv6 packet whose extension header chain
                 "the tracer walks (or runs past the header bytes it reads): not followed")
 GENEVE_OPTS_NOTE = ("%d hook firings saw a Geneve packet whose options run past the header "
                     "bytes the tracer reads: its inner packet was not parsed")
-UNTIED_DELIVERY_NOTE = ("%d delivery callbacks tied no open packet to their datagram: a packet "
-                        "last seen on its way to a receiver may have been delivered, so every "
-                        "`lost` verdict is reported as `incomplete`")
 UNTIED_NOTE = ("%d lost records could not be tied to a packet ID: packets may be missing from "
                "this report, and every `lost` verdict is reported as `incomplete`")
 
@@ -70,19 +67,15 @@ def settle_end(end):
         _note(end, GENEVE_OPTS_NOTE, end["geneve_opts_unread"])
     if untied(end):
         _note(end, UNTIED_NOTE, untied(end))
-    if end.get("deliver_untied"):
-        _note(end, UNTIED_DELIVERY_NOTE, end["deliver_untied"])
     return end
 
 
 def finish(packets, end, aggregate=None):
     """Packets (sorted by ID, then first_ns) after the policy: IDs the tracer lost events of are
     `incomplete` where they would be `lost` (and get a record when it lost them all); when it
-    lost records it could not tie to an ID, or a delivery it could not tie to a packet, every
-    `lost` verdict is `incomplete`. A live
+    lost records it could not tie to an ID, every `lost` verdict is `incomplete`. A live
     trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy."""
-    lost = lost_counts(end.get("lost_ids"))
-    suspect = untied(end) > 0 or (end.get("deliver_untied") or 0) > 0
+    lost, suspect = lost_counts(end.get("lost_ids")), untied(end) > 0
     seen = aggregate.close(lost, suspect) if aggregate is not None else ()
     return reconstruct.mark_incomplete_sorted(packets, lost, all_lost_suspect=suspect,
                                               also_seen=seen)
@@ -227,7 +220,7 @@ def _load(paths, on_event):
     """(meta, end) merged over the recordings `paths`; `on_event` gets every event (placed on
     its host's wall clock when there are several recordings)."""
     names, coverage, lost = {}, [], {}
-    end = {"lost": 0, "unreachable": 0, "deliver_untied": 0, "warnings": []}
+    end = {"lost": 0, "unreachable": 0, "warnings": []}
     for path in paths:
         if len(paths) > 1:
             evs = []
@@ -241,7 +234,7 @@ def _load(paths, on_event):
             e = {"warnings": [NO_END % path]}
         settle_end(e)
         names.update(e.get("netns_names") or {})
-        for key in ("lost", "unreachable", "deliver_untied"):
+        for key in ("lost", "unreachable"):
             end[key] += e.get(key) or 0
         end["warnings"] += e.get("warnings", [])
         for pid, n in lost_counts(e.get("lost_ids")).items():

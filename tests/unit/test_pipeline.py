@@ -171,20 +171,6 @@ def test_untied_losses_make_lost_incomplete_both_ways(tmp_path):
     assert "5 lost records could not be tied" in end["warnings"][0]
 
 
-def test_untied_deliveries_make_lost_incomplete_both_ways(tmp_path):
-    """A delivery callback that tied no packet to its datagram (kernel counter deliver_untied):
-    a packet last seen on its way to the receiver may have been delivered, so none is `lost`,
-    live or from the recording."""
-    text, js, rec = live(tmp_path, {"deliver_untied": 2}, {})
-    assert ("lost", None) not in verdicts(js).values()
-    assert "incomplete" in {v for v, _n in verdicts(js).values()}
-    end = json.loads(rec.read_text().splitlines()[-1])
-    assert end["deliver_untied"] == 2
-    assert any("2 delivery callbacks tied no open packet" in w for w in end["warnings"])
-    rtext, rjs = report(rec)
-    assert rtext == text + "\n" and rjs == js   # print() ends the report with a newline
-
-
 def test_per_id_losses_are_kept_in_the_recording(tmp_path):
     _text, js, rec = live(tmp_path, {"lost": 4}, {3: 2, 6: 1, 99: 1})
     end = json.loads(rec.read_text().splitlines()[-1])
