@@ -1124,8 +1124,8 @@ static __always_inline int pp_pass(void *ctx, u64 skb, u16 hook, int direct)
 #ifdef PP_DROPS_ALL
 #ifdef PP_DROP_DETAIL
 /* The `drops` command: the drop monitor also names the flow of each drop. Per drop: the skb's
- * device, netns and socket state, its headers parsed (pp_dflow; through a VXLAN tunnel to the
- * inner flow), the filters (PP_DF_*), then the exact counts (dropcounts, dropflows) and, within
+ * device, netns and socket state, its headers parsed (pp_dflow; through a VXLAN or Geneve tunnel
+ * to the inner flow), the filters (PP_DF_*), then the exact counts (dropcounts, dropflows) and, within
  * the quota of its (location, reason) (pp_dropquota_take), one struct pp_dropinfo record. */
 BPF_PERCPU_ARRAY(dropinit, struct pp_dropinfo, 1);
 BPF_HASH(dropquota, struct pp_dropkey, struct pp_dropquota, 4096);
@@ -1211,7 +1211,8 @@ static __always_inline void pp_dropparse(u64 skb, struct pp_skbf *s, struct pp_d
     struct pp_scratch *sc = scratch.lookup(&zero);
     if (!sc)
         return;
-    /* the headers a drop shows: up to outer IPv6 + UDP + VXLAN + Ethernet + IPv6 + TCP */
+    /* the headers a drop shows: up to outer IPv6 + UDP + Geneve with 32 bytes of options (or
+     * VXLAN) + Ethernet + IPv6 + TCP (PP_DROP_HDR_LEN) */
     u64 want = linear;
     if (want > PP_DROP_HDR_LEN)
         want = PP_DROP_HDR_LEN;
@@ -1229,19 +1230,27 @@ static __always_inline void pp_dropparse(u64 skb, struct pp_skbf *s, struct pp_d
         type = (h[0] >> 4) == 6 ? 0x86dd : 0x0800;
     }
     u32 l4 = pp_dflow(h, off, linear, type, d, &d->flow);
-    if (!l4 || d->flow.dport != PP_VXLAN_PORT)
+    if (!l4)
         return;
-    /* VXLAN: flags (0x08: VNI valid), 3 reserved, VNI, 1 reserved; then the inner Ethernet */
-    if (l4 > PP_HDR_LEN - 30 || l4 + 30 > linear)
+    /* a tunnel by outer UDP destination port (the tracer's pp_tunnel_of), its header by the
+     * tracer's pp_tunnel_hdr (VXLAN; Geneve with options): the inner Ethernet at `in` */
+    struct pp_flow4 of = {.ports = (u32)__builtin_bswap16(d->flow.dport) << 16};
+    u8 tun = pp_tunnel_of(&of);
+    if (tun == PP_TUN_NONE || l4 + 16 > linear)
         return;
-    u8 *vx = h + l4 + 8;
-    if (!(vx[0] & 0x08))
+    u32 vni = 0;
+    u8 *eth;
+    s32 in = pp_tunnel_hdr(h, 0, 0, tun, l4 + 8, &vni, &eth);
+    if (in <= 0)
         return;
-    d->tun.type = PP_TUN_VXLAN;
-    d->tun.vni = rd32(vx, 4) >> 8;
+    d->tun.type = tun;
+    d->tun.vni = vni;
     d->tun.outer = d->flow;
     __builtin_memset(&d->flow, 0, sizeof(d->flow));
-    u32 in = pp_l2(vx + 8, l4 + 16, 0, &type);
+    d->ethertype = 0;   /* the inner packet, unless it lies past the bytes we read */
+    if (in + 14 > linear)
+        return;
+    in = pp_l2(eth, in, 0, &type);
     pp_dflow(h, in, linear, type, d, &d->flow);
 }
 

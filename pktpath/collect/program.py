@@ -183,7 +183,10 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
             raise UserError("sk_buff layout not supported (sk before the fields read)")
         d["PP_DROP_SPAN_LEN"] = max([offsets[m] + size for m, size in SPAN] +
                                     [extra["PP_OFF_SKB_SK"] + 8]) - start
-        d["PP_DROP_HDR_LEN"] = min(160, hdr_len(cfg.id_offset))
+        # the headers a drop shows: 802.1Q + outer IPv6 + UDP + Geneve with GENEVE_OPTS bytes of
+        # options + Ethernet + IPv6 + the TCP flags (174), in whole 8-byte words
+        need = 18 + 40 + 8 + 8 + GENEVE_OPTS + 14 + 40 + 14
+        d["PP_DROP_HDR_LEN"] = min((need + 7) & ~7, hdr_len(cfg.id_offset))
     d.update(paged or {})
     d.update(direct or {})
     if stacks:

@@ -55,6 +55,12 @@ def _udp_noports(netns):
     return int(udp[1][udp[0].index("NoPorts")])
 
 
+def _udp6_noports(netns):
+    out = subprocess.run(_ns(netns, "cat", "/proc/net/snmp6"), capture_output=True, text=True,
+                         check=True).stdout
+    return int(dict(ln.split() for ln in out.splitlines() if ln.strip())["Udp6NoPorts"])
+
+
 def send(start, count, rate=500):
     return RUN + ["send", "--netns", overlay.SENDER_NS, "--dst", overlay.DST_IP, "--port",
                   str(overlay.PORT), "--start-id", str(start), "--count", str(count),
@@ -162,3 +168,56 @@ def test_drops_all_of_the_tracer_counts_the_same_way(fault, tmp_path):
     assert p.returncode == 0, p.stderr
     table = p.stdout[p.stdout.index("all drops on this machine"):]
     assert any("NO_SOCKET" in ln and overlay.RECEIVER_NS in ln for ln in table.splitlines())
+
+
+@pytest.fixture
+def lab_shape(lab_up):
+    """lab_shape(underlay): the lab rebuilt with that underlay (the next lab_up restores the
+    default shape)."""
+    def build(underlay):
+        if underlay != overlay.DEFAULT_SHAPE["underlay"]:
+            overlay.up(underlay=underlay)
+        return overlay.addresses()
+    return build
+
+
+@pytest.mark.parametrize("underlay,inner", [("ipv4", "ipv4"), ("ipv4", "ipv6"),
+                                            ("ipv6", "ipv6")])
+def test_geneve_no_socket_inner_flow(lab_shape, tmp_path, underlay, inner):
+    """Geneve frames built by `send --geneve` (options of 4 to 28 bytes), dropped NO_SOCKET in
+    the receiving host (nothing listens on 6081): each drop with tunnel geneve, the VNI, the
+    inner flow and the outer addresses; the count is the kernel's Udp NoPorts delta."""
+    a = lab_shape(underlay)
+    isrc, idst, _ = overlay.OVERLAY[inner]
+    noports = _udp6_noports if underlay == "ipv6" else _udp_noports
+    before = noports("pp-hostB")
+    cmd = RUN + ["send", "--netns", "pp-hostA", "--dst", a["dhost"], "--port",
+                 str(overlay.PORT), "--geneve", "77", "--inner-src", isrc, "--inner-dst", idst,
+                 "--count", "8", "--rate", "200"]
+    details, summary, p, rec = drops(tmp_path, ["--netns", "pp-hostB", "--reason", "NO_SOCKET",
+                                                "--limit", "50"],
+                                     cmd)
+    expected = noports("pp-hostB") - before
+    assert expected >= 8
+    assert len(details) == summary["drops"] == expected, ([detail_text(d) for d in details],
+                                                          expected)
+    gn = [d for d in details if d["tunnel"] == "geneve"]
+    assert len(gn) == 8, [detail_text(d) for d in details]
+    for d in gn:
+        assert d["vni"] == 77 and d["proto"] == "udp", d
+        assert d["netns_name"] == "pp-hostB"
+        assert d["src"] == "%s:40000" % hostport(isrc)
+        assert d["dst"] == "%s:%d" % (hostport(idst), overlay.PORT)
+        assert d["outer_src"].rsplit(":", 1)[0] == hostport(a["shost"])
+        assert d["outer_dst"] == "%s:%d" % (hostport(a["dhost"]), overlay.GENEVE_PORT)
+    line = "(geneve vni 77 %s:" % hostport(a["shost"])
+    assert sum(line in ln for ln in p.stdout.splitlines()) == 8, p.stdout
+    top = p.stdout[p.stdout.index("top flows dropped"):]
+    assert "geneve" in top and "77" in top, top
+    r = subprocess.run(RUN + ["report", str(rec)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "".join(ln for ln in p.stdout.splitlines(True) if not ln.startswith("sent "))
+
+
+def hostport(addr):
+    return "[%s]" % addr if ":" in addr else addr

@@ -227,3 +227,105 @@ def test_decode_flow():
     f = dropinfo.decode_flow(key, 9, REASONS)
     assert f == {"drops": 9, "proto": "udp", "src": "10.0.0.1:1", "dst": "10.0.0.2:2",
                  "reason": "NO_SOCKET", "netns": 5, "tunnel": "vxlan", "vni": 42}
+
+
+def geneve_record(outer6=True, inner6=True, **kw):
+    """A NO_SOCKET drop of a Geneve frame at the receiving host (as the kernel fills it)."""
+    o = {"tun.type": 2, "tun.vni": 77, "tun.outer.family": 6 if outer6 else 4,
+         "tun.outer.protocol": 17,
+         "tun.outer.saddr": v6("2001:db8:1::1") if outer6 else v4("192.0.2.1"),
+         "tun.outer.daddr": v6("2001:db8:1::2") if outer6 else v4("192.0.2.2"),
+         "tun.outer.sport": 51000, "tun.outer.dport": 6081}
+    i = {"ethertype": 0x86dd if inner6 else 0x0800, "flow.family": 6 if inner6 else 4,
+         "flow.protocol": 17,
+         "flow.saddr": v6("2001:db8:2::1") if inner6 else v4("198.51.100.1"),
+         "flow.daddr": v6("2001:db8:2::2") if inner6 else v4("198.51.100.2"),
+         "flow.sport": 40000, "flow.dport": 5000, "tcp_flags": 0}
+    base = dict(reason=2, location=0xffffffff81000020, netns=4026532246, dev=b"pp-ul",
+                comm=b"python3", **o, **i)
+    base.update(kw)
+    return record(**base)
+
+
+def test_decode_geneve_inner_flow_outer_ipv6():
+    d = decoder().decode(geneve_record())
+    assert (d["tunnel"], d["vni"], d["proto"]) == ("geneve", 77, "udp")
+    assert (d["src"], d["dst"]) == ("[2001:db8:2::1]:40000", "[2001:db8:2::2]:5000")
+    assert (d["outer_src"], d["outer_dst"]) == ("[2001:db8:1::1]:51000", "[2001:db8:1::2]:6081")
+    line = out.detail_line(d)
+    assert ("pp-hostB(4026532246) pp-ul udp [2001:db8:2::1]:40000 > [2001:db8:2::2]:5000 "
+            "(geneve vni 77 [2001:db8:1::1]:51000 > [2001:db8:1::2]:6081) "
+            "NO_SOCKET at __udp4_lib_rcv+0x4bc") in line
+    d = decoder().decode(geneve_record(outer6=False, inner6=False))
+    assert "198.51.100.1:40000 > 198.51.100.2:5000 (geneve vni 77 192.0.2.1:51000 > " \
+           "192.0.2.2:6081)" in out.detail_line(d)
+    # the JSON object of a detail is the decoded dict, as written
+    buf = io.StringIO()
+    mon = dropsmod.DropMonitor(lambda _t: None, dict(NAMES), json_out=buf)
+    mon.detail(d)
+    j = json.loads(buf.getvalue().splitlines()[0])
+    assert (j["tunnel"], j["vni"], j["src"], j["outer_dst"]) == (
+        "geneve", 77, "198.51.100.1:40000", "192.0.2.2:6081")
+
+
+def test_decode_tunnel_whose_inner_packet_was_not_read():
+    """Geneve options running past the bytes the kernel reads: the tunnel, VNI and outer flow,
+    no inner flow (proto "?")."""
+    d = decoder().decode(geneve_record(ethertype=0, **{"flow.family": 0, "flow.protocol": 0,
+                                                       "flow.saddr": v4("0.0.0.0"),
+                                                       "flow.daddr": v4("0.0.0.0"),
+                                                       "flow.sport": 0, "flow.dport": 0}))
+    assert d["proto"] == "?" and d["src"] is None and d["tunnel"] == "geneve"
+    line = out.detail_line(d)
+    assert " pp-ul ? (geneve vni 77 [2001:db8:1::1]:51000 > [2001:db8:1::2]:6081) " in line
+
+
+def test_decode_geneve_flow_and_top_flows():
+    key = dropinfo.DROPFLOW.pack({"flow.family": 6, "flow.protocol": 17,
+                                  "flow.saddr": v6("2001:db8:2::1"),
+                                  "flow.daddr": v6("2001:db8:2::2"), "flow.sport": 40000,
+                                  "flow.dport": 5000, "reason": 2, "netns": 4026532246,
+                                  "vni": 77, "ethertype": 0x86dd, "tun": 2})
+    f = dropinfo.decode_flow(key, 8, REASONS)
+    assert f == {"drops": 8, "proto": "udp", "src": "[2001:db8:2::1]:40000",
+                 "dst": "[2001:db8:2::2]:5000", "reason": "NO_SOCKET", "netns": 4026532246,
+                 "tunnel": "geneve", "vni": 77}
+    rows = out.top_flows([f], NAMES).splitlines()
+    assert rows[2].split() == ["8", "udp", "[2001:db8:2::1]:40000", "[2001:db8:2::2]:5000",
+                               "geneve", "vni", "77", "NO_SOCKET", "pp-hostB(4026532246)"]
+
+
+def test_report_of_a_geneve_recording_is_the_live_output(tmp_path, capsys):
+    path = tmp_path / "gn.rec"
+    rec = recording.RecordingWriter(str(path))
+    rec.meta({"recording": dropsmod.RECORDING, "netns_names": NAMES})
+    lines, live_json = [], io.StringIO()
+    mon = dropsmod.DropMonitor(lines.append, dict(NAMES), json_out=live_json, rec=rec)
+    for i in range(4):
+        mon.detail(decoder().decode(geneve_record(ts=2_000_000_000 + i, inner6=bool(i % 2))))
+    counts = [("__udp4_lib_rcv+0x4bc", "NO_SOCKET", 4026532246, 4)]
+    flows = [dropinfo.decode_flow(dropinfo.DROPFLOW.pack(
+        {"flow.family": 4, "flow.protocol": 17, "flow.saddr": v4("198.51.100.1"),
+         "flow.daddr": v4("198.51.100.2"), "flow.sport": 40000, "flow.dport": 5000,
+         "reason": 2, "netns": 4026532246, "vni": 77, "ethertype": 0x0800, "tun": 2}), 4,
+        REASONS)]
+    mon.finish(counts, flows, lost=0, duration_s=1.0)
+    rec.close()
+    text = "\n".join(lines)
+    assert text.count("(geneve vni 77 [2001:db8:1::1]:51000 > [2001:db8:1::2]:6081)") == 4
+    out_json = tmp_path / "r.json"
+    assert reportcmd.run(reportcmd_args([str(path)], json=str(out_json))) == 0
+    assert capsys.readouterr().out == text + "\n"
+    assert out_json.read_text() == live_json.getvalue()
+    objs = [json.loads(ln) for ln in live_json.getvalue().splitlines()]
+    assert [o["tunnel"] for o in objs[:-1]] == ["geneve"] * 4
+    assert objs[-1]["top_flows"][0]["tunnel"] == "geneve"
+
+
+def test_drop_header_bytes_cover_geneve_over_ipv6():
+    """PP_DROP_HDR_LEN: 802.1Q + IPv6 + UDP + Geneve with 32 bytes of options + Ethernet + IPv6
+    + the TCP flags byte."""
+    flags = program.cflags(_cfg(), _offsets(), extra=program.drop_defines(_BTF()))
+    n = int([f for f in flags if f.startswith("-DPP_DROP_HDR_LEN=")][0].split("=")[1])
+    assert n >= 18 + 40 + 8 + 8 + program.GENEVE_OPTS + 14 + 40 + 14 and n % 8 == 0
+    assert n <= program.hdr_len(_cfg().id_offset)
