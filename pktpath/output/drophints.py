@@ -14,8 +14,11 @@ HINTS = {
     "SOCKET_FILTER": "a socket filter (SO_ATTACH_FILTER / BPF) on the socket refused it",
     "PROTO_MEM": "the protocol's memory limit is reached: check net.ipv4.udp_mem / tcp_mem and "
                  "/proc/net/sockstat",
-    "NETFILTER_DROP": "a firewall rule dropped it: check `iptables -L -v -n -x` / `nft list "
-                      "ruleset` in that namespace (the rule whose counter grows)",
+    "NETFILTER_DROP": "a firewall rule dropped it (the kernel does not say which table or chain "
+                      "at the drop; --stack names the hook): in that namespace find the rule "
+                      "whose counter grows (`iptables -L -v -n -x` with -t raw/mangle/nat/filter, "
+                      "`nft list ruleset` with counters) or trace the flow (`nft monitor trace` "
+                      "after a `meta nftrace set 1` rule; iptables: -t raw ... -j TRACE)",
     "OTHERHOST": "addressed to another host's MAC (promiscuous or bridged device): usually "
                  "harmless",
     "IP_CSUM": "bad IPv4 header checksum: a corrupting link, NIC or middlebox",
@@ -111,3 +114,4 @@ HINTS = {
 def hint(reason):
     """The hint of reason `reason` (its name), or None."""
     return HINTS.get(reason)
+

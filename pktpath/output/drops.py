@@ -81,6 +81,8 @@ def detail_line(d):
     if d["sk_state"]:
         parts.append("sk %s" % d["sk_state"])
     parts.append("%s at %s" % (d["reason"], d["location"]))
+    if d.get("nf_hook"):
+        parts.append("in hook %s" % d["nf_hook"])
     parts.append("[on CPU: %s/%d, may be unrelated]" % (d["comm"] or "?", d["pid"]))
     line = " ".join(parts)
     if d.get("stack"):

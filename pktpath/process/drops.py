@@ -29,6 +29,9 @@ class DropMonitor:
         self.details = 0
 
     def detail(self, d):
+        # NETFILTER_DROP: the netfilter hook, from the stack (see netfilter_hook)
+        d.setdefault("nf_hook", netfilter_hook(d.get("stack"))
+                     if d["reason"] == "NETFILTER_DROP" else None)
         key = (d["location"], d["reason"])
         self.shown[key] = self.shown.get(key, 0) + 1
         self._shown_iv[key] = self._shown_iv.get(key, 0) + 1
@@ -93,6 +96,57 @@ def clean_stack(frames):
     while i < len(frames) and (frames[i] or "").startswith(_OWN_FRAMES):
         i += 1
     return frames[i:]
+
+
+# ---- NETFILTER_DROP: which netfilter hook dropped it. The kernel keeps no trace of the table,
+# chain or rule at the drop (no netfilter tracepoint; the skb holds none of it), but the drop's
+# stack shows the hook: the caller of nf_hook_slow, and the table type (nftables or legacy
+# iptables) and family from the frames above it. ----
+
+# caller of nf_hook_slow (or nf_hook_slow_list) -> (family, hook)
+NF_HOOK_CALLERS = {
+    "ip_rcv": ("ipv4", "PREROUTING"), "ip_list_rcv": ("ipv4", "PREROUTING"),
+    "ip_sublist_rcv": ("ipv4", "PREROUTING"), "ip_local_deliver": ("ipv4", "INPUT"),
+    "ip_forward": ("ipv4", "FORWARD"), "__ip_local_out": ("ipv4", "OUTPUT"),
+    "ip_output": ("ipv4", "POSTROUTING"), "ip_mc_output": ("ipv4", "POSTROUTING"),
+    "ipv6_rcv": ("ipv6", "PREROUTING"), "ipv6_list_rcv": ("ipv6", "PREROUTING"),
+    "ip6_sublist_rcv": ("ipv6", "PREROUTING"), "ip6_input": ("ipv6", "INPUT"),
+    "ip6_forward": ("ipv6", "FORWARD"), "__ip6_local_out": ("ipv6", "OUTPUT"),
+    "ip6_output": ("ipv6", "POSTROUTING"), "ip6_finish_output2": ("ipv6", "POSTROUTING"),
+    "arp_rcv": ("arp", "INPUT"), "arp_xmit": ("arp", "OUTPUT"),
+    "br_handle_frame": ("bridge", "PREROUTING"), "br_pass_frame_up": ("bridge", "INPUT"),
+    "__br_forward": ("bridge", "FORWARD"), "br_forward_finish": ("bridge", "POSTROUTING"),
+    "br_dev_queue_push_xmit": ("bridge", "POSTROUTING"),
+    "__netif_receive_skb_core": ("netdev", "INGRESS"), "nf_hook_ingress": ("netdev", "INGRESS"),
+    "nf_hook_egress": ("netdev", "EGRESS"), "__dev_queue_xmit": ("netdev", "EGRESS"),
+}
+# a frame above nf_hook_slow -> what the rules are
+NF_TABLE_TYPES = (("nft_do_chain", "nftables"), ("ipt_do_table", "iptables-legacy"),
+                  ("ip6t_do_table", "ip6tables-legacy"), ("arpt_do_table", "arptables-legacy"),
+                  ("ebt_do_table", "ebtables-legacy"))
+
+
+def _func(frame):
+    return (frame or "").split("+", 1)[0].split(" ", 1)[0]
+
+
+def netfilter_hook(stack):
+    """"ipv4 INPUT (nftables)" from a NETFILTER_DROP's symbolized stack (frames from the drop's
+    location down), or None when the stack does not show it."""
+    funcs = [_func(f) for f in stack or ()]
+    for i, fn in enumerate(funcs):
+        if fn not in ("nf_hook_slow", "nf_hook_slow_list"):
+            continue
+        j = i + 1
+        while j < len(funcs) and funcs[j] in ("nf_hook_slow_list", "nf_hook", "NF_HOOK"):
+            j += 1
+        where = NF_HOOK_CALLERS.get(funcs[j]) if j < len(funcs) else None
+        if not where:
+            return None
+        kind = next((name for above in funcs[:i] for table_fn, name in NF_TABLE_TYPES
+                     if above == table_fn), None)
+        return "%s %s%s" % (where[0], where[1], " (%s)" % kind if kind else "")
+    return None
 
 
 def is_drops_recording(path):

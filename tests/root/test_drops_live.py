@@ -84,7 +84,8 @@ def tcp_blocked(lab_up):
 def test_tcp_syn_blocked_by_iptables(tcp_blocked, tmp_path):
     """One drop line per SYN the rule dropped: its flow, flags, reason and namespace."""
     cmd = _ns(overlay.SENDER_NS, sys.executable, "-c", CONNECT % (3, overlay.DST_IP, TCP_PORT))
-    details, summary, p, _ = drops(tmp_path, ["--proto", "tcp", "--port", str(TCP_PORT)], cmd)
+    details, summary, p, _ = drops(tmp_path, ["--proto", "tcp", "--port", str(TCP_PORT),
+                                              "--stack"], cmd)
     n = _rule_packets(overlay.RECEIVER_NS, TCP_PORT)
     assert n >= 3 and len(details) == n == summary["drops"], (n, details, summary)
     for d in details:
@@ -95,9 +96,13 @@ def test_tcp_syn_blocked_by_iptables(tcp_blocked, tmp_path):
         assert d["netns"] == ns_inode(overlay.RECEIVER_NS)
         assert d["netns_name"] == overlay.RECEIVER_NS
         assert d["tunnel"] is None and d["vni"] is None
+        # the netfilter hook, from the stack (the rule's table/chain is not visible)
+        assert d["nf_hook"].startswith("ipv4 INPUT"), (d["nf_hook"], d["stack"])
     lines = [ln for ln in p.stdout.splitlines() if "NETFILTER_DROP at" in ln]
-    assert len(lines) == n and all("[SYN]" in ln and overlay.RECEIVER_NS in ln for ln in lines)
+    assert len(lines) == n and all("[SYN]" in ln and overlay.RECEIVER_NS in ln
+                                   and " in hook ipv4 INPUT" in ln for ln in lines)
     assert "hint (NETFILTER_DROP)" in p.stdout and "iptables" in p.stdout
+    assert "nft monitor trace" in p.stdout
 
 
 def test_udp_no_listener_and_report(fault, tmp_path):

@@ -329,3 +329,71 @@ def test_drop_header_bytes_cover_geneve_over_ipv6():
     n = int([f for f in flags if f.startswith("-DPP_DROP_HDR_LEN=")][0].split("=")[1])
     assert n >= 18 + 40 + 8 + 8 + program.GENEVE_OPTS + 14 + 40 + 14 and n % 8 == 0
     assert n <= program.hdr_len(_cfg().id_offset)
+
+
+# stacks measured on Linux 6.18 (iptables-nft INPUT and OUTPUT rules; br_netfilter's hook)
+STACK_INPUT = ["nft_do_chain+0x3e8", "nft_do_chain_ipv4+0x66", "nf_hook_slow+0x43",
+               "ip_local_deliver+0xd5", "__netif_receive_skb_one_core+0x8d"]
+STACK_OUTPUT = ["nft_do_chain+0x3e8", "nft_do_chain_ipv4+0x66", "nf_hook_slow+0x43",
+                "__ip_local_out+0x11c", "ip_local_out+0x1c", "__ip_queue_xmit+0x16b"]
+
+
+def test_netfilter_hook_from_the_stack():
+    assert dropsmod.netfilter_hook(STACK_INPUT) == "ipv4 INPUT (nftables)"
+    assert dropsmod.netfilter_hook(STACK_OUTPUT) == "ipv4 OUTPUT (nftables)"
+    assert dropsmod.netfilter_hook(["ipt_do_table+0x1", "nf_hook_slow+0x43",
+                                    "ip_forward+0x2"]) == "ipv4 FORWARD (iptables-legacy)"
+    assert dropsmod.netfilter_hook(["ip6_mc_input+0x15e", "ip_sabotage_in+0x6d",
+                                    "nf_hook_slow+0x43", "ipv6_rcv+0x11e"]) == "ipv6 PREROUTING"
+    assert dropsmod.netfilter_hook(["nft_do_chain+0x1", "nf_hook_slow+0x43",
+                                    "nf_hook_slow_list+0x9", "ip_sublist_rcv+0x2"]) == \
+        "ipv4 PREROUTING (nftables)"
+    assert dropsmod.netfilter_hook(["nf_hook_slow+0x43", "mystery_fn+0x1"]) is None
+    assert dropsmod.netfilter_hook(["nft_do_chain+0x3e8"]) is None
+    assert dropsmod.netfilter_hook(None) is None
+
+
+def _nf_run(stack, json_out=None, rec=None):
+    lines = []
+    mon = dropsmod.DropMonitor(lines.append, dict(NAMES), json_out=json_out, rec=rec)
+    mon.detail(decoder(stack=lambda sid: stack).decode(record(stack_id=3)))
+    mon.detail(decoder().decode(record(ts=2_000_000_001)))                   # no --stack
+    mon.detail(decoder(stack=lambda sid: STACK_INPUT).decode(
+        record(ts=2_000_000_002, reason=2, stack_id=3)))                     # not netfilter
+    mon.finish([("nft_do_chain+0x3e8", "NETFILTER_DROP", 4026532384, 2),
+                ("nft_do_chain+0x3e8", "NO_SOCKET", 4026532384, 1)], [], 0, 1.0)
+    return "\n".join(lines)
+
+
+def test_netfilter_drop_line_json_and_recording(tmp_path, capsys):
+    path = tmp_path / "nf.rec"
+    rec = recording.RecordingWriter(str(path))
+    rec.meta({"recording": dropsmod.RECORDING, "netns_names": NAMES})
+    buf = io.StringIO()
+    text = _nf_run(STACK_INPUT, json_out=buf, rec=rec)
+    rec.close()
+    lines = text.splitlines()
+    assert "NETFILTER_DROP at nft_do_chain+0x3e8 in hook ipv4 INPUT (nftables) [on CPU" \
+        in lines[0]
+    assert "hint (NETFILTER_DROP)" in text and "nft monitor trace" in text
+    assert "table or chain" in text and "--stack" in text
+    objs = [json.loads(ln) for ln in buf.getvalue().splitlines()]
+    assert [o.get("nf_hook") for o in objs[:3]] == ["ipv4 INPUT (nftables)", None, None]
+    no_stack = [ln for ln in lines if "NETFILTER_DROP at" in ln][1]
+    assert " in hook " not in no_stack
+    assert reportcmd.run(reportcmd_args([str(path)], json=str(tmp_path / "r.json"))) == 0
+    assert capsys.readouterr().out == text + "\n"
+    assert (tmp_path / "r.json").read_text() == buf.getvalue()
+
+
+def test_report_of_an_older_recording_without_nf_hook(tmp_path, capsys):
+    """A recording made before nf_hook existed: its drops get it from their stacks."""
+    path = tmp_path / "old.rec"
+    d = decoder(stack=lambda sid: STACK_OUTPUT).decode(record(stack_id=1))
+    assert "nf_hook" not in d
+    with open(path, "w") as f:
+        f.write(json.dumps({"type": "meta", "recording": dropsmod.RECORDING}) + "\n")
+        f.write(json.dumps(dict(d, type="drop")) + "\n")
+        f.write(json.dumps({"type": "end", "counts": [], "flows": [], "lost": 0}) + "\n")
+    assert reportcmd.run(reportcmd_args([str(path)])) == 0
+    assert "in hook ipv4 OUTPUT (nftables)" in capsys.readouterr().out
