@@ -3,13 +3,15 @@
 bpftrace counter on skb:kfree_skb (`@[args->location, args->reason] = count()`).
 
 The lab with the no-listener fault: every datagram the senders push from pp-ctrA is dropped in
-pp-ctrB (NO_SOCKET). Configurations, alternated in one run as a, d, a, t, a, d, a, t, ..., a
-(each monitored measurement is compared with the untraced ones just before and after it, as
-bench/bench.py does):
+pp-ctrB (NO_SOCKET). Configurations, alternated in one run as a, d, a, t, a, t, a, d, a, ...
+(the order of d and t swaps every round; each monitored measurement is paired with the untraced
+ones just before and after it, as bench/bench.py does, so that the load other processes put on
+a shared machine drifts out of the ratio as far as it can):
   a) nothing attached
   d) `run.py drops` (every drop counted by location/reason/netns and by flow, details limited)
   t) bpftrace counting drops by location and reason
-Reports pps and the paired ratios d/a, t/a (medians over the rounds), and d/t.
+Reports pps and the paired ratios d/a, t/a and d/t (d/a over t/a of the same round): medians over
+the rounds with a 90% bootstrap interval of the median (bench.median_ci), and every round's.
 
 Usage: sudo python3 bench/drops_bench.py [--seconds S] [--rounds N] [--senders K] [--json]
 (run it through /work/tools/roottest.sh on shared machines: it uses the lab)
@@ -91,9 +93,13 @@ def main():
                 nonlocal base
                 a.append(bench.load(args.seconds, args.senders, base))
                 base = bench.next_base(base, args.senders)
+            # warm-up, not counted: the first load after the lab is built runs slow (measured:
+            # 32k pps, then 100-180k)
+            bench.load(1.0, args.senders, base)
+            base = bench.next_base(base, args.senders)
             untraced()
             for i in range(args.rounds):
-                for key in ("d", "t"):
+                for key in (("d", "t") if i % 2 == 0 else ("t", "d")):
                     proc = starts[key](tmp)
                     try:
                         v = bench.load(args.seconds, args.senders, base)
@@ -106,24 +112,33 @@ def main():
                     ratios[key].append(v / ((before + a[-1]) / 2))
     finally:
         overlay.clear_faults()
-    res = {"untraced_pps": statistics.median(a),
-           "drops_pps": statistics.median(pps["d"]),
-           "bpftrace_pps": statistics.median(pps["t"]),
-           "drops_vs_untraced": statistics.median(ratios["d"]),
-           "bpftrace_vs_untraced": statistics.median(ratios["t"]),
-           "rounds": args.rounds, "seconds": args.seconds, "senders": args.senders}
-    res["drops_vs_bpftrace"] = res["drops_vs_untraced"] / res["bpftrace_vs_untraced"]
+    med = statistics.median
+    ratios["dt"] = [d / t for d, t in zip(ratios["d"], ratios["t"])]
+    res = {"untraced_pps": med(a),
+           "drops_pps": med(pps["d"]),
+           "bpftrace_pps": med(pps["t"]),
+           "rounds": args.rounds, "seconds": args.seconds, "senders": args.senders,
+           "untraced_all_pps": [round(x) for x in a]}
+    for key, name in (("d", "drops_vs_untraced"), ("t", "bpftrace_vs_untraced"),
+                      ("dt", "drops_vs_bpftrace")):
+        res[name] = med(ratios[key])
+        res[name + "_ci90"] = [round(x, 3) for x in bench.median_ci(ratios[key], med)]
+        res[name + "_all"] = [round(x, 3) for x in ratios[key]]
     if args.json:
         print(json.dumps(res))
         return
-    print("all-dropped flood, %d senders, %d rounds of %gs (paired medians)"
-          % (args.senders, args.rounds, args.seconds))
-    print("  untraced          %10.0f pps" % res["untraced_pps"])
-    print("  run.py drops      %10.0f pps  %.3fx of untraced" % (res["drops_pps"],
-                                                               res["drops_vs_untraced"]))
-    print("  bpftrace counter  %10.0f pps  %.3fx of untraced" % (res["bpftrace_pps"],
-                                                               res["bpftrace_vs_untraced"]))
-    print("  drops / bpftrace  %.3f" % res["drops_vs_bpftrace"])
+    print("all-dropped flood, %d senders, %d rounds of %gs (paired ratios: median [90%% interval "
+          "of the median] and each round's)" % (args.senders, args.rounds, args.seconds))
+    print("  untraced          %10.0f pps  (rounds: %s)" % (
+        res["untraced_pps"], " ".join(str(x) for x in res["untraced_all_pps"])))
+    for label, pkey, name in (("run.py drops", "drops_pps", "drops_vs_untraced"),
+                              ("bpftrace counter", "bpftrace_pps", "bpftrace_vs_untraced")):
+        print("  %-16s  %10.0f pps  %.3fx of untraced [%.3f, %.3f]  (rounds: %s)" % (
+            label, res[pkey], res[name], res[name + "_ci90"][0], res[name + "_ci90"][1],
+            " ".join("%.3f" % x for x in res[name + "_all"])))
+    print("  drops / bpftrace  %.3f [%.3f, %.3f]  (rounds: %s)" % (
+        res["drops_vs_bpftrace"], res["drops_vs_bpftrace_ci90"][0],
+        res["drops_vs_bpftrace_ci90"][1], " ".join("%.3f" % x for x in res["drops_vs_bpftrace_all"])))
 
 
 if __name__ == "__main__":
