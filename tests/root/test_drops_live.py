@@ -187,7 +187,7 @@ def lab_shape(lab_up):
 
 
 @pytest.mark.parametrize("underlay,inner", [("ipv4", "ipv4"), ("ipv4", "ipv6"),
-                                            ("ipv6", "ipv6")])
+                                            ("ipv6", "ipv4"), ("ipv6", "ipv6")])
 def test_geneve_no_socket_inner_flow(lab_shape, tmp_path, underlay, inner):
     """Geneve frames built by `send --geneve` (options of 4 to 28 bytes), dropped NO_SOCKET in
     the receiving host (nothing listens on 6081): each drop with tunnel geneve, the VNI, the
