@@ -145,7 +145,8 @@ static __always_inline u64 pp_skbcheck(u64 head, u64 ts, u32 id, u32 tail)
     return head ^ ts ^ ((u64)id << 32 | tail) ^ 0x5bd1e9955bd1e995ULL;
 }
 
-/* The packet ID `skb` carried (same buffer, not too long ago), or -1 */
+/* The packet ID `skb` carried (same buffer, not too long ago), or -1; -2 when that packet is
+ * done (see pp_skbmap_close) */
 static __always_inline s64 pp_skbmap_get(u64 skb, u64 head, u32 tail)
 {
     struct pp_skbinfo *e = pp_skbslot(head, tail);
@@ -153,10 +154,12 @@ static __always_inline s64 pp_skbmap_get(u64 skb, u64 head, u32 tail)
         return -1;
     u64 ts = e->ts;
     u32 id = e->id;
-    if (e->check != pp_skbcheck(head, ts, id, tail) ||
-        bpf_ktime_get_ns() - ts > PP_MAP_TTL_NS)
+    u64 check = e->check, want = pp_skbcheck(head, ts, id, tail);
+    if (bpf_ktime_get_ns() - ts > PP_MAP_TTL_NS)
         return -1;
-    return id;
+    if (check == want)
+        return id;
+    return check == ~want ? -2 : -1;
 }
 
 static __always_inline void pp_skbmap_put(u64 skb, u64 head, u32 tail, u32 id, u64 now)
@@ -179,6 +182,19 @@ static __always_inline void pp_skbmap_del(u64 skb, u64 head, u32 tail)
     if (e && e->skb == skb)
         e->skb = 0;
 }
+
+#ifdef PP_SUMMARY
+/* The packet in `skb` is done, and says so to a later look at the same skb and buffer: a
+ * delivery callback that finds the datagram still queued (the next callbacks of a batch see
+ * the same tail) must not deliver it a second time. A lookup for its ID misses (pp_skbmap_get
+ * gives -2); a new packet on the same skb and buffer overwrites the slot. */
+static __always_inline void pp_skbmap_close(u64 skb, u64 head, u32 tail)
+{
+    struct pp_skbinfo *e = pp_skbslot(head, tail);
+    if (e && e->skb == skb && e->head == head && e->tail == tail)
+        e->check = ~pp_skbcheck(head, e->ts, e->id, tail);
+}
+#endif
 
 /* The tracer lost a record of packet `id`: count it, and remember the ID (its verdict will be
  * `incomplete`, not `lost`). */
@@ -796,6 +812,10 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     u32 id = p->id;
     struct pp_path *v = paths.lookup(&id);
     if (!v) {
+        /* a datagram still queued whose packet was delivered already (the next callbacks of a
+         * batch see the same tail): not a second delivery */
+        if (kind == PP_KIND_DELIVER && skb && pp_skbmap_get(skb, head, tail) == -2)
+            return PP_H_CLOSED;
         u32 zero = 0;
         struct pp_path *init = pathinit.lookup(&zero);
         if (!init)
@@ -859,9 +879,11 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     /* the packet is done: its skbs and buffers will be reused for other packets */
     u64 last = v->last_skb;
     if (last)
-        pp_skbmap_del(last, v->last_head, v->last_tail);
-    if (skb && (skb != last || head != v->last_head || tail != v->last_tail))
-        pp_skbmap_del(skb, head, tail);
+        pp_skbmap_close(last, v->last_head, v->last_tail);
+    if (skb && (skb != last || head != v->last_head || tail != v->last_tail)) {
+        pp_skbmap_put(skb, head, tail, id, now);
+        pp_skbmap_close(skb, head, tail);
+    }
     v->final_kind = kind;
     v->location = location;
     v->reason = reason;
@@ -1431,26 +1453,60 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
  * PP_READER_SCAN from the tail of UDP's reader_queue. The receive queue's tail is looked at as
  * PP_KIND_DELIVER, the others as PP_KIND_DELIVER_OLDER (delivered only while their path is
  * open), and a scan stops at the first of those already delivered (queues are in arrival order:
- * so are the ones before it). Summary mode looks deeper: since Linux 6.18 one CPU may queue a
- * batch of datagrams that other CPUs handed it (udp_prod_queue), and more may follow before
- * the batch's callbacks run; each one stops at the first delivered datagram, so depth only
- * costs while datagrams are open. (Events mode records every datagram it looks at.)
+ * so are the ones before it). Events mode records every datagram it looks at.
+ *
+ * Batches (summary mode): since Linux 6.18 one CPU may queue a batch of datagrams that other
+ * CPUs handed it (udp_prod_queue), then call sk_data_ready once per datagram, each time with
+ * the batch's last one as the tail. A batch can be deeper than one scan: the scan that runs out
+ * of depth leaves where it stopped in `resume` (per CPU: the batch's callbacks run back to back
+ * on the CPU that queued it), and the next callback for the same socket continues from there
+ * after its tail. nb datagrams come with nb callbacks, each able to deliver PP_DELIVER_SCAN.
+ * A resume point is only followed while it is still linked in a queue (a reader that took it
+ * unlinked it) and for PP_RESUME_NS.
  * One loop, not unrolled, so that pp_handle is inlined once here. */
 #ifdef PP_SUMMARY
-#define PP_DELIVER_SCAN 8
+#ifndef PP_DELIVER_SCAN
+#define PP_DELIVER_SCAN 8   /* (tests set a shallow depth: PKTPATH_DELIVER_SCAN, program.py) */
+#endif
+struct pp_resume {
+    u64 sk;
+    u64 skb;
+    u64 ts;
+};
+BPF_PERCPU_ARRAY(resume, struct pp_resume, 1);
 #else
 #define PP_DELIVER_SCAN 3
 #endif
 #define PP_READER_SCAN 3
+
+/* `skb` is still linked in a queue (not taken by a reader: __skb_unlink clears next) */
+static __always_inline int pp_linked(u64 skb, int direct)
+{
+    u64 next = PP_RD(u64, skb + PP_OFF_SKB_NEXT, direct);
+    return pp_is_kptr(next) && PP_RD(u64, next + PP_OFF_SKB_PREV, direct) == skb;
+}
+
 static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct)
 {
-    u64 q = 0, skb = 0;
+    u64 q = 0, skb = 0, from = 0;
+    u64 readerq = sk + PP_OFF_UDP_READERQ;
     u32 qlen = 0, j = 0;
     int found = 0;
+#ifdef PP_SUMMARY
+    u32 zero = 0;
+    u64 now = bpf_ktime_get_ns();
+    struct pp_resume *rs = resume.lookup(&zero);
+    if (rs && rs->sk == sk) {
+        if (now - rs->ts < PP_RESUME_NS && pp_is_kptr(rs->skb) && pp_linked(rs->skb, direct))
+            from = rs->skb;
+        else
+            rs->sk = 0;
+    }
+#endif
     #pragma clang loop unroll(disable)
     for (u32 i = 0; i < PP_DELIVER_SCAN + PP_READER_SCAN; i++) {
         if (i == 0 || i == PP_DELIVER_SCAN) {
-            q = sk + (i ? PP_OFF_UDP_READERQ : PP_OFF_SK_QHEAD);
+            q = i ? readerq : sk + PP_OFF_SK_QHEAD;
             if (direct) {
                 skb = PP_RD(u64, q + PP_OFF_SKBHEAD_PREV, 2);
                 qlen = PP_RD(u32, q + PP_OFF_SKBHEAD_QLEN, 2);
@@ -1462,7 +1518,7 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
             }
             j = 0;
         }
-        if (!pp_is_kptr(skb) || skb == q || j >= qlen) {
+        if (!pp_is_kptr(skb) || skb == q || skb == readerq || j >= qlen) {
             if (i >= PP_DELIVER_SCAN)
                 break;
             i = PP_DELIVER_SCAN - 1;  /* on to the reader queue */
@@ -1470,13 +1526,22 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
         }
         int r = pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0,
                           sk, direct);
-        /* Not the end of the scan: the datagrams before the tail may be open too. Since 6.18 a
-         * CPU that finds another CPU enqueueing to the socket only adds its skb to a list
-         * (udp_prod_queue) and returns; the other CPU queues the whole batch, then calls
-         * sk_data_ready once per datagram, each time with the batch's last one as the tail.
-         * Stopping at a delivered tail left the others open: reported lost. */
+        /* Not the end of the scan: the datagrams before the tail may be open too (a batch: see
+         * above). Stopping at a delivered tail left the others open: reported lost. */
         if (r == PP_H_DELIVERED)
             found = 1;
+#ifdef PP_SUMMARY
+        if (i == 0 && r == PP_H_CLOSED && from && rs) {
+            /* the tail was delivered by an earlier callback of this batch: on where that
+             * callback's scan stopped (a new tail is a new batch: scanned from the tail, the
+             * resume point kept for the callbacks after) */
+            skb = from;
+            rs->sk = 0;
+            j++;
+            pp_count(PP_CNT_DELIVER_RESUMED);
+            continue;
+        }
+#endif
         if (r == PP_H_CLOSED) {
             /* a datagram queued before it was delivered already: so were those before it (and
              * the reader queue's, older still, once this scan delivered the ones after it) */
@@ -1487,6 +1552,14 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
         }
         skb = PP_RD(u64, skb + PP_OFF_SKB_PREV, direct);
         j++;
+#ifdef PP_SUMMARY
+        if (i == PP_DELIVER_SCAN - 1 && rs && pp_is_kptr(skb) && skb != q && j < qlen) {
+            /* out of depth with more datagrams behind: the next callback goes on from here */
+            rs->sk = sk;
+            rs->skb = skb;
+            rs->ts = now;
+        }
+#endif
     }
     return found;
 }
