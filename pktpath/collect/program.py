@@ -197,7 +197,7 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
         # a shallower delivery scan, for tests: every batch deeper than it must be resumed
         depth = os.environ.get("PKTPATH_DELIVER_SCAN")
         if depth:
-            d["PP_DELIVER_SCAN"] = max(1, int(depth))
+            d["PP_DELIVER_SCAN"] = max(2, int(depth))   # the tail + 1
     if drops_all:
         d["PP_DROPS_ALL"] = 1
     start = min(offsets[m] for m, _ in SPAN) & ~7  # keep u64 fields 8-aligned on the stack

@@ -28,14 +28,14 @@ def udp_snmp():
     return dict(zip(rows[0], map(int, rows[1])))
 
 
-@pytest.mark.parametrize("scan", [None, 1], ids=["default-scan", "shallow-scan"])
+@pytest.mark.parametrize("scan", [None, 2], ids=["default-scan", "shallow-scan"])
 def test_flood_from_two_senders_matches_the_kernel(lab_up, tmp_path, scan):
     """Two sender processes (two CPUs enqueue to the sink's socket at once: since Linux 6.18
     one of them queues a batch of datagrams and calls sk_data_ready once per datagram), as fast
     as they can. Every packet sent has one verdict; `delivered` is what the sink read,
     `dropped` what the socket refused, nothing is `lost`. (The ring buffer is made large enough
     not to overflow: records lost there would turn every `lost` into `incomplete` and hide the
-    bug.) `shallow-scan`: the delivery scan looks at one datagram per callback, so every batch
+    bug.) `shallow-scan`: the delivery scan looks at two datagrams per callback, so every batch
     deeper than that is delivered by callbacks that resume where the last one stopped (rare
     at the default depth, where a batch deeper than 8 needs a stalled CPU): no datagram may
     be missed or delivered twice, and the resume path must have run."""
