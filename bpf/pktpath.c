@@ -78,9 +78,6 @@ BPF_PERCPU_ARRAY(lastseen, struct pp_lastseen, 1);
 BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #endif
 
-/* internal kind: a datagram found behind the queue tail at delivery (see pp_deliver) */
-#define PP_KIND_DELIVER_OLDER 3
-
 #define PP_MATCH 0
 #define PP_NOMATCH 1
 #define PP_UNPARSED 2
@@ -145,7 +142,8 @@ static __always_inline u64 pp_skbcheck(u64 head, u64 ts, u32 id, u32 tail)
     return head ^ ts ^ ((u64)id << 32 | tail) ^ 0x5bd1e9955bd1e995ULL;
 }
 
-/* The packet ID `skb` carried (same buffer, not too long ago), or -1 */
+/* The packet ID `skb` carried (same buffer, not too long ago), or -1; -2 when that packet is
+ * done (see pp_skbmap_close) */
 static __always_inline s64 pp_skbmap_get(u64 skb, u64 head, u32 tail)
 {
     struct pp_skbinfo *e = pp_skbslot(head, tail);
@@ -153,10 +151,12 @@ static __always_inline s64 pp_skbmap_get(u64 skb, u64 head, u32 tail)
         return -1;
     u64 ts = e->ts;
     u32 id = e->id;
-    if (e->check != pp_skbcheck(head, ts, id, tail) ||
-        bpf_ktime_get_ns() - ts > PP_MAP_TTL_NS)
+    u64 check = e->check, want = pp_skbcheck(head, ts, id, tail);
+    if (bpf_ktime_get_ns() - ts > PP_MAP_TTL_NS)
         return -1;
-    return id;
+    if (check == want)
+        return id;
+    return check == ~want ? -2 : -1;
 }
 
 static __always_inline void pp_skbmap_put(u64 skb, u64 head, u32 tail, u32 id, u64 now)
@@ -178,6 +178,17 @@ static __always_inline void pp_skbmap_del(u64 skb, u64 head, u32 tail)
     struct pp_skbinfo *e = pp_skbslot(head, tail);
     if (e && e->skb == skb)
         e->skb = 0;
+}
+
+/* The packet in `skb` is done, and says so to a later look at the same skb and buffer: a
+ * delivery callback that finds the datagram still queued (the next callbacks of a batch see
+ * the same tail) must not deliver it a second time. A lookup for its ID misses (pp_skbmap_get
+ * gives -2); a new packet on the same skb and buffer overwrites the slot. */
+static __always_inline void pp_skbmap_close(u64 skb, u64 head, u32 tail)
+{
+    struct pp_skbinfo *e = pp_skbslot(head, tail);
+    if (e && e->skb == skb && e->head == head && e->tail == tail)
+        e->check = ~pp_skbcheck(head, e->ts, e->id, tail);
 }
 
 /* The tracer lost a record of packet `id`: count it, and remember the ID (its verdict will be
@@ -796,6 +807,10 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     u32 id = p->id;
     struct pp_path *v = paths.lookup(&id);
     if (!v) {
+        /* a datagram still queued whose packet was delivered already (the next callbacks of a
+         * batch see the same tail): not a second delivery */
+        if (kind == PP_KIND_DELIVER && skb && pp_skbmap_get(skb, head, tail) == -2)
+            return PP_H_CLOSED;
         u32 zero = 0;
         struct pp_path *init = pathinit.lookup(&zero);
         if (!init)
@@ -859,9 +874,11 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     /* the packet is done: its skbs and buffers will be reused for other packets */
     u64 last = v->last_skb;
     if (last)
-        pp_skbmap_del(last, v->last_head, v->last_tail);
-    if (skb && (skb != last || head != v->last_head || tail != v->last_tail))
-        pp_skbmap_del(skb, head, tail);
+        pp_skbmap_close(last, v->last_head, v->last_tail);
+    if (skb && (skb != last || head != v->last_head || tail != v->last_tail)) {
+        pp_skbmap_put(skb, head, tail, id, now);
+        pp_skbmap_close(skb, head, tail);
+    }
     v->final_kind = kind;
     v->location = location;
     v->reason = reason;
@@ -1094,17 +1111,17 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #ifndef PP_SUMMARY
     if (rc == PP_MATCH && kind == PP_KIND_PASS)
         pp_skbmap_put(skb, s.head, s.tail, p.id, now);
-    if (kind != PP_KIND_PASS)
-        pp_skbmap_del(skb, s.head, s.tail);   /* dropped or delivered: the skb carries others */
+    if (kind != PP_KIND_PASS) {
+        /* a queued datagram already delivered (a batch's later callbacks see the same tail) */
+        if (kind == PP_KIND_DELIVER && pp_skbmap_get(skb, s.head, s.tail) == -2)
+            return PP_H_CLOSED;
+        /* dropped or delivered: the skb carries others */
+        if (rc == PP_MATCH)
+            pp_skbmap_put(skb, s.head, s.tail, p.id, now);
+        pp_skbmap_close(skb, s.head, s.tail);
+    }
 #endif
     u8 flags = (p.tun != PP_TUN_NONE ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
-    if (kind == PP_KIND_DELIVER_OLDER) {
-        kind = PP_KIND_DELIVER;
-#ifdef PP_SUMMARY
-        if (!paths.lookup(&p.id))
-            return PP_H_CLOSED;   /* already delivered (or never seen): so are older ones */
-#endif
-    }
 #ifdef PP_SUMMARY
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                       s.head, s.tail, rc == PP_MATCH && kind == PP_KIND_PASS, s.netdev,
@@ -1437,53 +1454,142 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
 }
 
 /* Look at up to PP_DELIVER_SCAN datagrams from the tail of the receive queue, then up to
- * PP_READER_SCAN from the tail of UDP's reader_queue. The receive queue's tail is looked at as
- * PP_KIND_DELIVER, the others as PP_KIND_DELIVER_OLDER (delivered only while their path is
- * open), and a scan stops at the first of those already delivered (queues are in arrival order:
- * so are the ones before it). Summary mode looks deeper: since Linux 6.18 one CPU may queue a
- * batch of datagrams that other CPUs handed it (udp_prod_queue), and more may follow before
- * the batch's callbacks run; each one stops at the first delivered datagram, so depth only
- * costs while datagrams are open. (Events mode records every datagram it looks at.)
+ * PP_READER_SCAN from the tail of UDP's reader_queue. The receive queue's tail is parsed
+ * (pp_handle); the datagrams behind it are known by the skb map (pp_deliver_known): delivered
+ * while their packet is open, and a scan stops at the first one already delivered (queues are
+ * in arrival order: so are the ones before it).
+ *
+ * Batches (summary mode): since Linux 6.18 one CPU may queue a batch of datagrams that other
+ * CPUs handed it (udp_prod_queue), then call sk_data_ready once per datagram, each time with
+ * the batch's last one as the tail. A batch can be deeper than one scan: the scan that runs out
+ * of depth leaves where it stopped in `resume` (per CPU: the batch's callbacks run back to back
+ * on the CPU that queued it), and the next callback for the same socket continues from there
+ * after its tail. nb datagrams come with nb callbacks, each able to deliver PP_DELIVER_SCAN.
+ * A resume point is only followed while it is still linked in a queue (a reader that took it
+ * unlinked it) and for PP_RESUME_NS.
  * One loop, not unrolled, so that pp_handle is inlined once here. */
 #ifdef PP_SUMMARY
-#define PP_DELIVER_SCAN 8
+#ifndef PP_DELIVER_SCAN
+#define PP_DELIVER_SCAN 8   /* (tests set a shallow depth: PKTPATH_DELIVER_SCAN, program.py) */
+#endif
+struct pp_resume {
+    u64 sk;
+    u64 skb;
+    u64 ts;
+};
+BPF_PERCPU_ARRAY(resume, struct pp_resume, 1);
 #else
 #define PP_DELIVER_SCAN 3
 #endif
 #define PP_READER_SCAN 3
+
+/* `skb` is still linked in a queue (not taken by a reader: __skb_unlink clears next) */
+static __always_inline int pp_linked(u64 skb, int direct)
+{
+    u64 next = PP_RD(u64, skb + PP_OFF_SKB_NEXT, direct);
+    return pp_is_kptr(next) && PP_RD(u64, next + PP_OFF_SKB_PREV, direct) == skb;
+}
+
+/* The tail (prev) and length of the queue at `q` */
+static __always_inline void pp_queue_tail(u64 q, int direct, u64 *tail, u32 *qlen)
+{
+    if (direct) {
+        *tail = PP_RD(u64, q + PP_OFF_SKBHEAD_PREV, 2);
+        *qlen = PP_RD(u32, q + PP_OFF_SKBHEAD_QLEN, 2);
+        return;
+    }
+    u64 qh[(PP_SKBHEAD_SPAN_LEN + 7) / 8] = {};
+    bpf_probe_read_kernel(qh, sizeof(qh), (void *)q);
+    *tail = *(u64 *)((u8 *)qh + PP_OFF_SKBHEAD_PREV);
+    *qlen = *(u32 *)((u8 *)qh + PP_OFF_SKBHEAD_QLEN);
+}
+
+/* A datagram behind the tail: known by the skb map alone (no parse: the parse is inlined once,
+ * for the tail; a loop of parses was too much for the verifier). Every traced packet's skb is
+ * in the map from its first sighting at a pass hook, open, and closed once it is done.
+ * PP_H_DELIVERED, PP_H_CLOSED (done already), or 0 (not a traced packet, or not known here). */
+static __always_inline int pp_deliver_known(void *ctx, u64 skb, u16 hook, u64 sk, int direct)
+{
+    struct pp_skbf s;
+    if (pp_skb_fields(skb, direct, &s))
+        return 0;
+    s64 id = pp_skbmap_get(skb, s.head, s.tail);
+    if (id == -2)
+        return PP_H_CLOSED;
+    if (id < 0)
+        return 0;
+    struct pp_pkt p;
+    __builtin_memset(&p, 0, PP_PKT_ZERO);
+    p.id = (u32)id;
+    u64 now = bpf_ktime_get_ns();
+#ifdef PP_SUMMARY
+    if (!paths.lookup(&p.id))
+        return PP_H_CLOSED;
+    return pp_summary(ctx, skb, hook, PP_KIND_DELIVER, 0, 0, sk, &p, PP_F_FROM_MAP, now,
+                      s.head, s.tail, 0, 0, direct ? 2 : 0);
+#else
+    pp_skbmap_close(skb, s.head, s.tail);
+    pp_record_event(ctx, skb, hook, PP_KIND_DELIVER, 0, 0, sk, &p, PP_F_FROM_MAP, now, 0,
+                    direct ? 2 : 0);
+    return PP_H_DELIVERED;
+#endif
+}
+
 static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct)
 {
-    u64 q = 0, skb = 0;
-    u32 qlen = 0, j = 0;
+    u64 rq = sk + PP_OFF_SK_QHEAD, readerq = sk + PP_OFF_UDP_READERQ;
+    u64 skb = 0, from = 0;
+    u32 qlen = 0, j = 1, start = 1;
     int found = 0;
+#ifdef PP_SUMMARY
+    u32 zero = 0;
+    u64 now = bpf_ktime_get_ns();
+    struct pp_resume *rs = resume.lookup(&zero);
+    if (rs && rs->sk == sk) {
+        if (now - rs->ts < PP_RESUME_NS && pp_is_kptr(rs->skb) && pp_linked(rs->skb, direct))
+            from = rs->skb;
+        else
+            rs->sk = 0;
+    }
+#endif
+    /* the receive queue's tail: parsed (it may be new to the skb map) */
+    pp_queue_tail(rq, direct, &skb, &qlen);
+    if (pp_is_kptr(skb) && skb != rq && qlen) {
+        int r = pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DELIVER), 0, sk, direct);
+        if (r == PP_H_DELIVERED)
+            found = 1;
+        if (r == PP_H_CLOSED) {
+#ifdef PP_SUMMARY
+            if (from && rs) {
+                /* delivered by an earlier callback of this batch: on where that callback's
+                 * scan stopped (a new tail is a new batch: scanned from the tail, the resume
+                 * point kept for the callbacks after it) */
+                skb = from;
+                rs->sk = 0;
+                pp_count(PP_CNT_DELIVER_RESUMED);
+            } else
+#endif
+            start = PP_DELIVER_SCAN;    /* those before it were delivered too */
+        } else {
+            skb = PP_RD(u64, skb + PP_OFF_SKB_PREV, direct);
+        }
+    } else {
+        start = PP_DELIVER_SCAN;
+    }
+    /* the datagrams behind it, then the reader queue's tail and those behind it */
     #pragma clang loop unroll(disable)
-    for (u32 i = 0; i < PP_DELIVER_SCAN + PP_READER_SCAN; i++) {
-        if (i == 0 || i == PP_DELIVER_SCAN) {
-            q = sk + (i ? PP_OFF_UDP_READERQ : PP_OFF_SK_QHEAD);
-            if (direct) {
-                skb = PP_RD(u64, q + PP_OFF_SKBHEAD_PREV, 2);
-                qlen = PP_RD(u32, q + PP_OFF_SKBHEAD_QLEN, 2);
-            } else {
-                u64 qh[(PP_SKBHEAD_SPAN_LEN + 7) / 8] = {};
-                bpf_probe_read_kernel(qh, sizeof(qh), (void *)q);
-                skb = *(u64 *)((u8 *)qh + PP_OFF_SKBHEAD_PREV);
-                qlen = *(u32 *)((u8 *)qh + PP_OFF_SKBHEAD_QLEN);
-            }
+    for (u32 i = start; i < PP_DELIVER_SCAN + PP_READER_SCAN; i++) {
+        if (i == PP_DELIVER_SCAN) {
+            pp_queue_tail(readerq, direct, &skb, &qlen);
             j = 0;
         }
-        if (!pp_is_kptr(skb) || skb == q || j >= qlen) {
+        if (!pp_is_kptr(skb) || skb == rq || skb == readerq || j >= qlen) {
             if (i >= PP_DELIVER_SCAN)
                 break;
             i = PP_DELIVER_SCAN - 1;  /* on to the reader queue */
             continue;
         }
-        int r = pp_handle(ctx, skb, PP_HK(hook, i ? PP_KIND_DELIVER_OLDER : PP_KIND_DELIVER), 0,
-                          sk, direct);
-        /* Not the end of the scan: the datagrams before the tail may be open too. Since 6.18 a
-         * CPU that finds another CPU enqueueing to the socket only adds its skb to a list
-         * (udp_prod_queue) and returns; the other CPU queues the whole batch, then calls
-         * sk_data_ready once per datagram, each time with the batch's last one as the tail.
-         * Stopping at a delivered tail left the others open: reported lost. */
+        int r = pp_deliver_known(ctx, skb, hook, sk, direct);
         if (r == PP_H_DELIVERED)
             found = 1;
         if (r == PP_H_CLOSED) {
@@ -1496,6 +1602,14 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
         }
         skb = PP_RD(u64, skb + PP_OFF_SKB_PREV, direct);
         j++;
+#ifdef PP_SUMMARY
+        if (i == PP_DELIVER_SCAN - 1 && rs && pp_is_kptr(skb) && skb != rq && j < qlen) {
+            /* out of depth with more datagrams behind: the next callback goes on from here */
+            rs->sk = sk;
+            rs->skb = skb;
+            rs->ts = now;
+        }
+#endif
     }
     return found;
 }

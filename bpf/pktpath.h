@@ -179,6 +179,7 @@ enum pp_counter {
                                  program walks (or ran past the bytes it reads): not followed */
     PP_CNT_GENEVE_OPTS_UNREAD,  /* Geneve packets whose options ran past the bytes the program
                                    reads: inner headers not parsed */
+    PP_CNT_DELIVER_RESUMED, /* delivery scans that went on where a batch's last scan stopped */
     PP_CNT_COUNT
 };
 

@@ -31,6 +31,7 @@ FIELDS = (
     ("PP_OFF_SKBHEAD_PREV", "sk_buff_head", "prev"),
     ("PP_OFF_SKBHEAD_QLEN", "sk_buff_head", "qlen"),
     ("PP_OFF_SKB_PREV", "sk_buff", "prev"),
+    ("PP_OFF_SKB_NEXT", "sk_buff", "next"),
 )
 # sk_buff fields copied in one read, with their sizes (dev is 170 bytes before the others: one
 # longer read costs less than a second read at every matching hop)
@@ -195,6 +196,11 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
         d["PP_SUMMARY"] = 1
         d["PP_PATHS"] = paths
         d["PP_LASTSEEN_NS"] = "1000000ULL"  # 1 ms: a device-to-socket call chain takes us
+        d["PP_RESUME_NS"] = "1000000ULL"    # 1 ms: one batch's callbacks run back to back
+        # a shallower delivery scan, for tests: every batch deeper than it must be resumed
+        depth = os.environ.get("PKTPATH_DELIVER_SCAN")
+        if depth:
+            d["PP_DELIVER_SCAN"] = max(2, int(depth))   # the tail + 1
     if drops_all:
         d["PP_DROPS_ALL"] = 1
     start = min(offsets[m] for m, _ in SPAN) & ~7  # keep u64 fields 8-aligned on the stack
