@@ -6,6 +6,7 @@ clang compile is ~0.7 s of a ~1.1 s start-up). Pure ctypes on the bpf syscall, n
 """
 import base64
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -52,6 +53,10 @@ def load(insns, insn_cnt, name, prog_type, attach_type=0, btf_id=0, log_size=Non
     struct.pack_into("<I", attr, 68, attach_type)       # expected_attach_type
     struct.pack_into("<I", attr, 108, btf_id)           # attach_btf_id
     fd, err = _bpf(_PROG_LOAD, attr)
+    for _ in range(4):  # the verifier gives up with EAGAIN when a signal arrives: try again
+        if fd >= 0 or err != errno.EAGAIN:
+            break
+        fd, err = _bpf(_PROG_LOAD, attr)
     if fd < 0:
         lines = log.value.decode(errors="replace").strip().splitlines() if log else []
         # the verifier ends with a "processed N insns" summary: the error is the line before

@@ -74,7 +74,7 @@ class Programs:
                     status = "attached"
                 except Exception as e:
                     why = "attach failed: %s" % first_line(e)
-            coverage.append({"hook": hook.name, "target": hook.target,
+            coverage.append({"hook": hook.name, "target": hook.target, "kind": hook.kind,
                              "requested": hook.requested, "method": hook.method,
                              "status": status, "why": why})
         return coverage

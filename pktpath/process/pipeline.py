@@ -29,6 +29,8 @@ IP6_EXT_NOTE = ("%d hook firings saw an IPv6 packet whose extension header chain
                 "the tracer walks (or runs past the header bytes it reads): not followed")
 GENEVE_OPTS_NOTE = ("%d hook firings saw a Geneve packet whose options run past the header "
                     "bytes the tracer reads: its inner packet was not parsed")
+BLIND_NOTE = ("no delivery hook was attached (%d hooks): a packet not seen dropped may have "
+              "been delivered, so no packet is reported `lost` (those are `incomplete`)")
 UNTIED_NOTE = ("%d lost records could not be tied to a packet ID: packets may be missing from "
                "this report, and every `lost` verdict is reported as `incomplete`")
 
@@ -56,6 +58,14 @@ def _note(end, template, n):
         warnings.append(template % n)
 
 
+def delivery_blind(coverage):
+    """True when the trace could not see deliveries: hooks are known by kind (recordings from
+    before kinds were kept are not judged) and none of the delivery hooks was attached."""
+    rows = [c for c in coverage or () if "kind" in c]
+    return bool(rows) and not any(c["kind"] == "deliver" and c["status"] == "attached"
+                                  for c in rows)
+
+
 def settle_end(end):
     """The finishing policy's notes on one trace's end record (in place; applying it twice
     changes nothing): IDs read from page fragments, losses not tied to an ID."""
@@ -67,6 +77,8 @@ def settle_end(end):
         _note(end, GENEVE_OPTS_NOTE, end["geneve_opts_unread"])
     if untied(end):
         _note(end, UNTIED_NOTE, untied(end))
+    if end.get("no_delivery_hook"):
+        _note(end, BLIND_NOTE, end["no_delivery_hook"])
     return end
 
 
@@ -75,16 +87,19 @@ def finish(packets, end, aggregate=None):
     `incomplete` where they would be `lost` (and get a record when it lost them all); when it
     lost records it could not tie to an ID, every `lost` verdict is `incomplete`. A live
     trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy."""
-    lost, suspect = lost_counts(end.get("lost_ids")), untied(end) > 0
+    lost = lost_counts(end.get("lost_ids"))
+    suspect = untied(end) > 0 or bool(end.get("no_delivery_hook"))
     seen = aggregate.close(lost, suspect) if aggregate is not None else ()
     return reconstruct.mark_incomplete_sorted(packets, lost, all_lost_suspect=suspect,
                                               also_seen=seen)
 
 
-def live_end(counters, lost_ids, netns_names, events, streamed):
+def live_end(counters, lost_ids, netns_names, events, streamed, coverage=()):
     """The end record of a live trace (the recording's end line, the report's notes)."""
     end = dict(counters, netns_names=netns_names, events=events,
                lost_ids={str(k): v for k, v in sorted(lost_ids.items())})
+    if delivery_blind(coverage):
+        end["no_delivery_hook"] = sum(c["status"] == "attached" for c in coverage)
     settle_end(end)
     if streamed:
         end["streamed_delivered"] = streamed
@@ -174,11 +189,11 @@ class LivePipeline:
         """The --json lines settle() left for after the report."""
         self.stream.write_backlog()
 
-    def end(self, counters, lost_ids):
+    def end(self, counters, lost_ids, coverage=()):
         """(packets, end record) once the last record is in: the policy applied, the recording
         (if any) ended and closed."""
         end = live_end(counters, lost_ids, self.netns_names(), self.stream.events,
-                       self.stream.streamed)
+                       self.stream.streamed, coverage)
         packets = list(finish(self.stream.finish(), end, self.stream.agg))
         if self.rec:
             self.rec.end(end)
@@ -188,7 +203,7 @@ class LivePipeline:
     def report(self, counters, lost_ids, meta, timeline=50):
         """(packets, report text) of the finished trace: end(), then the sinks (the packets go
         to the --json output, which the caller closes)."""
-        packets, end = self.end(counters, lost_ids)
+        packets, end = self.end(counters, lost_ids, meta.get("coverage"))
         return packets, emit(packets, meta, end, self.json_out, timeline, self.stream.agg)[0]
 
 
@@ -236,6 +251,8 @@ def _load(paths, on_event):
         names.update(e.get("netns_names") or {})
         for key in ("lost", "unreachable"):
             end[key] += e.get(key) or 0
+        if e.get("no_delivery_hook"):   # one blind host: no `lost` in the merged report
+            end["no_delivery_hook"] = end.get("no_delivery_hook", 0) + e["no_delivery_hook"]
         end["warnings"] += e.get("warnings", [])
         for pid, n in lost_counts(e.get("lost_ids")).items():
             lost[pid] = n if pid not in lost else lost[pid] + n

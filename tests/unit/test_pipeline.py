@@ -106,7 +106,7 @@ META = {"version": 1, "host": "lab", "config": {}, "hooks": HOOKS, "netns_names"
 
 
 def live(tmp_path, counters, lost_ids, mode="summary", record=True, timeline=50,
-         keep_delivered=10000):
+         keep_delivered=10000, meta=META):
     """(report text, JSON text, recording path) of a live trace that saw the records."""
     rec_path = tmp_path / ("rec-%s.jsonl" % mode)
     rec = RecordingWriter(str(rec_path)) if record else None
@@ -115,14 +115,14 @@ def live(tmp_path, counters, lost_ids, mode="summary", record=True, timeline=50,
                                  summary=mode == "summary", json_out=out, rec=rec,
                                  keep_delivered=keep_delivered)
     if rec:
-        rec.meta(META)
+        rec.meta(meta)
     for data in summary_records() if mode == "summary" else event_records():
         pipe.on_record(data)
     pipe.flush()
     pipe.settle()
     _packets, text = pipe.report(dict({"lost": 0, "unreachable": 0, "from_map": 0,
                                        "lost_paths_full": 0, "rescued": 0, "from_frags": 0},
-                                      **counters), lost_ids, META, timeline)
+                                      **counters), lost_ids, meta, timeline)
     return text, out.getvalue(), rec_path
 
 
@@ -169,6 +169,25 @@ def test_untied_losses_make_lost_incomplete_both_ways(tmp_path):
     end = json.loads(rec.read_text().splitlines()[-1])
     assert end["lost"] == 5 and end["lost_ids"] == {}
     assert "5 lost records could not be tied" in end["warnings"][0]
+
+
+def _coverage(deliver_status):
+    return [{"hook": h, "kind": "deliver" if h == "sk_data_ready" else "pass",
+             "method": "tp_btf", "status": deliver_status if h == "sk_data_ready" else "attached",
+             "why": ""} for h in HOOKS]
+
+
+def test_without_a_delivery_hook_nothing_is_lost_both_ways(tmp_path):
+    """A trace whose delivery hook could not be attached cannot tell delivered from lost: no
+    packet is `lost` (incomplete, with a note), live and from the recording."""
+    text, js, rec = live(tmp_path, {}, {}, meta=dict(META, coverage=_coverage("skipped")))
+    seen = {v for v, _ in verdicts(js).values()}
+    assert "lost" not in seen and "incomplete" in seen, seen
+    assert "no delivery hook was attached" in text
+    assert report(rec) == (text + "\n", js)
+    # the same records with the delivery hook attached: some are lost
+    _text, js, _rec = live(tmp_path, {}, {}, meta=dict(META, coverage=_coverage("attached")))
+    assert "lost" in {v for v, _ in verdicts(js).values()}
 
 
 def test_per_id_losses_are_kept_in_the_recording(tmp_path):
