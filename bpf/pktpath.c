@@ -74,9 +74,21 @@ struct pp_pathkey {
 };
 BPF_TABLE("hash", struct pp_pathkey, struct pp_path, paths, PP_PATHS);
 /* packet ID -> the skb of the path of that ID begun last: where a packet that moved to another
- * skb (a clone: a packet tap, a bridge flood; a copy) is looked for. Stale entries (paths
- * closed since) only cost a lookup that misses; the LRU evicts them. */
-BPF_TABLE("lru_hash", u64, u64, pathskb, PP_PATHS);
+ * skb (a clone: a packet tap, a bridge flood; a copy) is looked for. A direct-mapped cache (an
+ * array indexed by a hash of the ID, as skbids): a few instructions where a hash map insert
+ * costs ~200 ns per packet. An entry evicted by another ID, stale (its path closed since) or
+ * torn by two CPUs only makes that lookup miss (the packet then begins a path of its own). */
+struct pp_pathskb {
+    u64 id;
+    u64 skb;
+};
+BPF_ARRAY(pathskb, struct pp_pathskb, PP_MAP_ENTRIES);
+
+static __always_inline struct pp_pathskb *pp_pathskb_slot(u64 id)
+{
+    u32 idx = (u32)((id * 0x9E3779B97F4A7C15ULL) >> 40) & (PP_MAP_ENTRIES - 1);
+    return pathskb.lookup(&idx);
+}
 BPF_PERCPU_ARRAY(pathinit, struct pp_path, 1);
 /* per CPU: the last traced packet seen passing a hook, and where. A UDP datagram is queued to
  * its socket in the same softirq call chain that saw it at the device, on the same CPU. */
@@ -852,10 +864,10 @@ static __always_inline struct pp_path *pp_path_of(struct pp_pathkey *key, u16 ho
     }
     if (exact)
         return 0;
-    u64 *first = pathskb.lookup(&key->id);
-    if (!first || *first == key->skb)
+    struct pp_pathskb *first = pp_pathskb_slot(key->id);
+    if (!first || first->id != key->id || first->skb == key->skb)
         return 0;
-    struct pp_pathkey k = {.skb = *first, .id = key->id};
+    struct pp_pathkey k = {.skb = first->skb, .id = key->id};
     v = paths.lookup(&k);
     if (!v)
         return 0;
@@ -903,7 +915,11 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
             pp_lost(id);
             return 0;
         }
-        pathskb.update(&key.id, &key.skb);
+        struct pp_pathskb *ps = pp_pathskb_slot(key.id);
+        if (ps) {
+            ps->id = key.id;
+            ps->skb = key.skb;
+        }
     }
     v->last_ts = now;
     /* skb -> ID for the hooks that cannot parse the packet: written when the packet shows up

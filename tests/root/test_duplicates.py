@@ -98,3 +98,22 @@ def test_two_senders_of_the_same_ids_at_once(lab_up, tmp_path, mode):
         assert len(places) == len(set(places)), p
         assert p["path"][0]["netns_name"] == overlay.SENDER_NS, p
     assert "packet IDs are not unique: 20 packets had the ID of another packet" in text
+
+
+@pytest.mark.parametrize("mode", ["summary", "events"])
+def test_two_senders_with_a_packet_tap_at_the_receiver(lab_up, tmp_path, mode):
+    """As above with a packet socket open in the receiving namespace (what tcpdump does): the
+    tap gets a clone of each datagram's skb (measured: the socket still gets the skb the path
+    began on; the clones are freed when the tap closes). Still 40 packets, one delivery each."""
+    tap = subprocess.Popen(["ip", "netns", "exec", overlay.RECEIVER_NS, sys.executable, "-c",
+                            "import socket, sys, time\n"
+                            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, "
+                            "socket.htons(3))\n"
+                            "print('up', flush=True)\n"
+                            "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert tap.stdout.readline().strip() == "up"
+        test_two_senders_of_the_same_ids_at_once(lab_up, tmp_path, mode)
+    finally:
+        tap.kill()
+        tap.wait()
