@@ -62,14 +62,42 @@ BPF_TABLE("lru_hash", u32, u64, lostids, 65536);
 BPF_STACK_TRACE(stacks, 4096);
 #endif
 #ifdef PP_SUMMARY
-BPF_TABLE("hash", u32, struct pp_path, paths, PP_PATHS);
+/* An open path's key: the packet ID and the skb its path began on (pp_path.skb). An ID is not
+ * unique (identical payloads, restarted or concurrent senders): two packets of one ID under
+ * way at once are on two skbs, so they are two paths. (The ID is widened to 64 bits here, so
+ * the key does not depend on its width.) Measured on the lab (Linux 6.18): a datagram keeps
+ * its skb from the sender's socket to the receiver's (veth, VXLAN encap and decap, bridge,
+ * underlay), so the key found at the first hook is found at every hook after it. */
+struct pp_pathkey {
+    u64 skb;
+    u64 id;
+};
+BPF_TABLE("hash", struct pp_pathkey, struct pp_path, paths, PP_PATHS);
+/* packet ID -> the skb of the path of that ID begun last: where a packet that moved to another
+ * skb (a clone: a packet tap, a bridge flood; a copy) is looked for. A direct-mapped cache (an
+ * array indexed by a hash of the ID, as skbids): a few instructions where a hash map insert
+ * costs ~200 ns per packet. An entry evicted by another ID, stale (its path closed since) or
+ * torn by two CPUs only makes that lookup miss (the packet then begins a path of its own). */
+struct pp_pathskb {
+    u64 id;
+    u64 skb;
+};
+BPF_ARRAY(pathskb, struct pp_pathskb, PP_MAP_ENTRIES);
+
+static __always_inline struct pp_pathskb *pp_pathskb_slot(u64 id)
+{
+    u32 idx = (u32)((id * 0x9E3779B97F4A7C15ULL) >> 40) & (PP_MAP_ENTRIES - 1);
+    return pathskb.lookup(&idx);
+}
 BPF_PERCPU_ARRAY(pathinit, struct pp_path, 1);
 /* per CPU: the last traced packet seen passing a hook, and where. A UDP datagram is queued to
  * its socket in the same softirq call chain that saw it at the device, on the same CPU. */
 struct pp_lastseen {
     u64 ts;
-    u32 id;
+    u64 skb;    /* its path's key */
+    u64 id;
     u32 netns;
+    u32 _lpad;
 };
 BPF_PERCPU_ARRAY(lastseen, struct pp_lastseen, 1);
 #endif
@@ -799,14 +827,89 @@ static __always_inline void pp_flow_put(struct pp_flow *r, struct pp_flow4 *f, u
 
 #ifdef PP_SUMMARY
 
-/* Append this sighting to the packet's path; on delivery or drop, emit the whole path. */
+/* Emit path `v` (its hops up to `idx` + 1) to user space. */
+static __always_inline void pp_emit(struct pp_path *v, u32 idx, u64 id)
+{
+    /* emit only the hops recorded, not the empty slots */
+    u64 n = (u64)idx + 1;
+    if (n > PP_MAX_HOPS)
+        n = PP_MAX_HOPS;
+    u64 size = offsetof(struct pp_path, hops) + n * sizeof(struct pp_hop);
+    asm volatile("" : "+r"(size));  /* bound the register the helper call uses */
+    if (size > sizeof(struct pp_path))
+        size = sizeof(struct pp_path);
+    u64 wake = pp_wakeup();
+    if (events.ringbuf_output(v, size, wake) < 0) {
+        if (rescue.ringbuf_output(v, size, BPF_RB_FORCE_WAKEUP) < 0)
+            pp_lost(id);
+        else
+            pp_count(PP_CNT_RESCUED);
+    }
+}
+
+/* The open path of packet key->id that this sighting continues (key->skb: the skb it is on;
+ * set to the path's key when found), or NULL: the sighting begins a new packet.
+ * - On the path's own skb: it continues that path, unless it is back at the hook + device the
+ *   path began at: that skb now carries another packet of the same ID (the first one's end
+ *   went unseen). The old path is then emitted as it stands, open: user space reports it like
+ *   a path that went quiet (`lost` at its last sighting, or `incomplete`), never delivered.
+ * - On another skb: the path of that ID begun last (pathskb), unless this is where that path
+ *   began (another packet of the ID: a second sender's, or the next identical datagram). A
+ *   delivery or drop on another skb ends that path only if the path is on that skb by now, or
+ *   it is the packet this CPU saw pass moments ago (pp_lastseen): a datagram of an older
+ *   packet of the ID, still queued, must not deliver a newer one. `exact`: no other skb. */
+static __always_inline struct pp_path *pp_path_of(struct pp_pathkey *key, u16 hook, u8 kind,
+                                                  u64 netdev, u64 now, int exact)
+{
+    struct pp_path *v = paths.lookup(key);
+    if (v) {
+        if (kind != PP_KIND_PASS || hook != v->hops[0].hook || netdev != v->first_dev)
+            return v;
+        u32 idx = v->nhops;
+        if (idx > PP_MAX_HOPS)
+            idx = PP_MAX_HOPS;
+        if (idx)
+            pp_emit(v, idx - 1, key->id);
+        paths.delete(key);
+        return 0;
+    }
+    if (exact)
+        return 0;
+    struct pp_pathskb *first = pp_pathskb_slot(key->id);
+    if (!first || first->id != key->id || first->skb == key->skb)
+        return 0;
+    struct pp_pathkey k = {.skb = first->skb, .id = key->id};
+    v = paths.lookup(&k);
+    if (!v)
+        return 0;
+    if (kind == PP_KIND_PASS) {
+        if (hook == v->hops[0].hook && netdev == v->first_dev)
+            return 0;
+    } else if (v->last_skb != key->skb) {
+        u32 zero = 0;
+        struct pp_lastseen *ls = lastseen.lookup(&zero);
+        if (!ls || ls->skb != k.skb || ls->id != k.id || now - ls->ts > PP_LASTSEEN_NS)
+            return 0;
+    }
+    key->skb = k.skb;
+    return v;
+}
+
+/* Append this sighting to the packet's path; on delivery or drop, emit the whole path.
+ * `origin`: the path's key skb when the caller knows it (a delivery of the packet last seen),
+ * else 0 (this skb's). `only_open`: a datagram deeper in a socket queue is delivered only
+ * while its path is open (PP_H_CLOSED if not). */
 static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
                                       u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
-                                      u64 head, u32 tail, int map_it, u64 netdev, int direct)
+                                      u64 head, u32 tail, int map_it, u64 netdev, int direct,
+                                      u64 origin, int only_open)
 {
     u32 id = p->id;
-    struct pp_path *v = paths.lookup(&id);
+    struct pp_pathkey key = {.skb = origin ? origin : skb, .id = p->id};
+    struct pp_path *v = pp_path_of(&key, hook, kind, netdev, now, only_open);
     if (!v) {
+        if (only_open)
+            return PP_H_CLOSED;   /* already delivered (or never seen): so are older ones */
         /* a datagram still queued whose packet was delivered already (the next callbacks of a
          * batch see the same tail): not a second delivery */
         if (kind == PP_KIND_DELIVER && skb && pp_skbmap_get(skb, head, tail) == -2)
@@ -816,15 +919,21 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         if (!init)
             return 0;
         init->first_ts = now;
-        init->skb = skb;
+        init->skb = key.skb;
+        init->first_dev = netdev;
         init->id = id;
         pp_flow_put(&init->inner, &p->in, p->in6, p->family);
         init->stack_id = -1;
-        v = paths.lookup_or_try_init(&id, init);
+        v = paths.lookup_or_try_init(&key, init);
         if (!v) {
             pp_count(PP_CNT_LOST_PATHS_FULL);
             pp_lost(id);
             return 0;
+        }
+        struct pp_pathskb *ps = pp_pathskb_slot(key.id);
+        if (ps) {
+            ps->id = key.id;
+            ps->skb = key.skb;
         }
     }
     v->last_ts = now;
@@ -860,6 +969,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
             struct pp_lastseen *ls = lastseen.lookup(&zero);
             if (ls) {
                 ls->ts = now;
+                ls->skb = key.skb;
                 ls->id = id;
                 ls->netns = h->netns;
             }
@@ -887,22 +997,8 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     if (kind == PP_KIND_DROP)
         v->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
 #endif
-    /* emit only the hops recorded, not the empty slots */
-    u64 n = (u64)idx + 1;
-    if (n > PP_MAX_HOPS)
-        n = PP_MAX_HOPS;
-    u64 size = offsetof(struct pp_path, hops) + n * sizeof(struct pp_hop);
-    asm volatile("" : "+r"(size));  /* bound the register the helper call uses */
-    if (size > sizeof(struct pp_path))
-        size = sizeof(struct pp_path);
-    u64 wake = pp_wakeup();
-    if (events.ringbuf_output(v, size, wake) < 0) {
-        if (rescue.ringbuf_output(v, size, BPF_RB_FORCE_WAKEUP) < 0)
-            pp_lost(id);
-        else
-            pp_count(PP_CNT_RESCUED);
-    }
-    paths.delete(&id);
+    pp_emit(v, idx, id);
+    paths.delete(&key);
     return kind == PP_KIND_DELIVER ? PP_H_DELIVERED : 0;
 }
 #endif
@@ -1125,7 +1221,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #ifdef PP_SUMMARY
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                       s.head, s.tail, rc == PP_MATCH && kind == PP_KIND_PASS, s.netdev,
-                      direct ? 2 : 0);
+                      direct ? 2 : 0, 0, 0);
 #else
     return pp_record_event(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                            s.netdev, direct ? 2 : 0);
@@ -1523,10 +1619,9 @@ static __always_inline int pp_deliver_known(void *ctx, u64 skb, u16 hook, u64 sk
     p.id = (u32)id;
     u64 now = bpf_ktime_get_ns();
 #ifdef PP_SUMMARY
-    if (!paths.lookup(&p.id))
-        return PP_H_CLOSED;
+    /* delivered only while its path is open (PP_H_CLOSED if not) */
     return pp_summary(ctx, skb, hook, PP_KIND_DELIVER, 0, 0, sk, &p, PP_F_FROM_MAP, now,
-                      s.head, s.tail, 0, 0, direct ? 2 : 0);
+                      s.head, s.tail, 0, 0, direct ? 2 : 0, 0, 1);
 #else
     pp_skbmap_close(skb, s.head, s.tail);
     pp_record_event(ctx, skb, hook, PP_KIND_DELIVER, 0, 0, sk, &p, PP_F_FROM_MAP, now, 0,
@@ -1647,14 +1742,16 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
     struct pp_pkt p;
     __builtin_memset(&p, 0, PP_PKT_ZERO);
     p.id = ls->id;
-    struct pp_path *v = paths.lookup(&p.id);
+    struct pp_pathkey key = {.skb = ls->skb, .id = ls->id};
+    struct pp_path *v = paths.lookup(&key);
     if (!v || now - ls->ts > PP_LASTSEEN_NS)
         return 0;
     u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
     if (pp_netns_of_net(skn, direct) != ls->netns)
         return 0;
     ls->ts = 0;
-    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, 0, direct);
+    pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, 0, direct,
+               ls->skb, 1);
 #endif
     return 0;
 }

@@ -107,6 +107,7 @@ struct pp_path {
     __u64 last_head;
     __u32 last_tail;
     __u32 _pad3;
+    __u64 first_dev;        /* kernel side only: the net_device of the first sighting */
     struct pp_flow inner;   /* first sighting */
     struct pp_tunnel tun;   /* first encapsulated sighting (PP_TUN_NONE: never seen in one) */
     struct pp_hop hops[PP_MAX_HOPS];

@@ -339,6 +339,7 @@ class PathDecoder(Decoder):
                 "outer_dst": odst if encap else None,
                 "reason": None, "reason_code": None, "location": None, "port": None,
                 "from_map": bool(flags & F_FROM_MAP),
+                "path": first_ts,   # one kernel-built path: one packet (reconstruct)
             }
             if kind_name == "drop":
                 ev["reason"] = self.reasons.get(reason, str(reason)) if final else None

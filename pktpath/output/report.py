@@ -151,6 +151,10 @@ def render_report(packets, meta=None, end=None, max_timeline_packets=50):
     return builder.render(meta, end)
 
 
+DUPLICATES_NOTE = ("packet IDs are not unique: %d packet%s had the ID of another packet (identical "
+                   "payloads, or senders reusing IDs); each was followed as a packet of its own")
+
+
 class ReportBuilder:
     """render_report() fed one packet at a time, in the order render_report() takes them.
 
@@ -231,6 +235,9 @@ class ReportBuilder:
             self._summary.result(), end.get("lost", 0),
             streamed_delivered=end.get("streamed_delivered", 0))))
         notes = list(end.get("warnings", []))
+        if end.get("duplicate_ids"):
+            n = end["duplicate_ids"]
+            notes.append(DUPLICATES_NOTE % (n, "" if n == 1 else "s"))
         if end.get("unreachable"):
             notes.append("%d hook firings saw a matching packet whose ID was out of reach "
                          "(not in the linear skb data)"

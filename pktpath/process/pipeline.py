@@ -14,6 +14,7 @@ then counts for one lost record, the least it can have been (never blame the net
 tracer's losses: a doubt makes a `lost` verdict `incomplete`).
 """
 import sys
+from bisect import bisect_left
 
 from pktpath.events import records
 from pktpath.events.recording import NO_END, scan_recording
@@ -82,16 +83,45 @@ def settle_end(end):
     return end
 
 
-def finish(packets, end, aggregate=None):
+def finish(packets, end, aggregate=None, streamed_ids=()):
     """Packets (sorted by ID, then first_ns) after the policy: IDs the tracer lost events of are
     `incomplete` where they would be `lost` (and get a record when it lost them all); when it
     lost records it could not tie to an ID, every `lost` verdict is `incomplete`. A live
-    trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy."""
+    trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy.
+    end["duplicate_ids"] counts the packets whose ID an earlier packet had (see
+    count_duplicates; `streamed_ids`: the IDs of a live trace's delivered packets not held)."""
     lost = lost_counts(end.get("lost_ids"))
     suspect = untied(end) > 0 or bool(end.get("no_delivery_hook"))
     seen = aggregate.close(lost, suspect) if aggregate is not None else ()
-    return reconstruct.mark_incomplete_sorted(packets, lost, all_lost_suspect=suspect,
-                                              also_seen=seen)
+    others = list(aggregate.ids) if aggregate is not None else []
+    others += streamed_ids
+    return count_duplicates(
+        reconstruct.mark_incomplete_sorted(packets, lost, all_lost_suspect=suspect,
+                                           also_seen=seen), end, others)
+
+
+def count_duplicates(packets, end, other_ids=()):
+    """`packets` (sorted by ID) passed through, while end["duplicate_ids"] counts the packets
+    that share their ID with another packet (packets - distinct IDs), over them and the IDs
+    `other_ids` of packets not given (a live trace's aggregated and streamed ones). Packet IDs
+    are not unique (identical payloads, restarted or concurrent senders): each such packet is
+    followed on its own, and the report says how many there were."""
+    others = sorted(other_ids)
+    dup = sum(1 for i in range(1, len(others)) if others[i] == others[i - 1])
+    end["duplicate_ids"] = dup
+    prev = None
+    for p in packets:
+        pid = p["id"]
+        if pid == prev:
+            dup += 1
+            end["duplicate_ids"] = dup
+        elif others:
+            i = bisect_left(others, pid)
+            if i < len(others) and others[i] == pid:
+                dup += 1
+                end["duplicate_ids"] = dup
+        prev = pid
+        yield p
 
 
 def live_end(counters, lost_ids, netns_names, events, streamed, coverage=()):
@@ -194,7 +224,8 @@ class LivePipeline:
         (if any) ended and closed."""
         end = live_end(counters, lost_ids, self.netns_names(), self.stream.events,
                        self.stream.streamed, coverage)
-        packets = list(finish(self.stream.finish(), end, self.stream.agg))
+        packets = list(finish(self.stream.finish(), end, self.stream.agg,
+                              self.stream.streamed_ids))
         if self.rec:
             self.rec.end(end)
             self.rec.close()

@@ -7,8 +7,9 @@ delivered copy wins, drops of other clones are kept as `clone_drops`); else `dro
 drop); else `lost`, reported with its last sighting; `incomplete` instead of `lost` when the
 tracer itself lost events of that packet (never blame the network for the tracer's losses).
 
-A packet ID seen again after a quiet gap, on another skb, is another packet (a restarted sender
-reuses IDs): each such generation gets its own record.
+A packet ID is not unique: a restarted sender reuses IDs, two senders may send the same IDs at
+once, identical payloads share their payload ID. `generations` splits an ID's events into its
+packets (skb continuity, where each packet began, one delivery each): each gets its own record.
 """
 from bisect import insort
 from collections import defaultdict
@@ -96,20 +97,104 @@ def _packet(pid, evs, names):
     return pkt
 
 
+class _Gen:
+    """One packet being built from an ID's events (see generations)."""
+    __slots__ = ("evs", "start", "skbs", "done", "last_skb", "positions", "delivered", "final",
+                 "paths")
+
+    def __init__(self, start):
+        self.evs, self.start, self.paths = [], start, set()
+        self.skbs, self.done, self.positions = set(), set(), set()
+        self.last_skb = None
+        self.delivered = None   # (skb, netns, port) of its delivery
+        self.final = False      # delivered, or dropped on the skb it travelled on last
+
+    def add(self, ev, skb, kind, pos):
+        self.evs.append(ev)
+        self.positions.add(pos)
+        path = ev.get("path")
+        if path is not None:
+            self.paths.add(path)
+        if skb is not None:
+            self.skbs.add(skb)
+        if kind == "pass":
+            self.last_skb = skb
+            return
+        if skb is not None:
+            self.done.add(skb)
+        if kind == "deliver":
+            if self.delivered is None:
+                self.delivered = (skb, ev.get("netns"), ev.get("port"))
+            self.final = True
+        elif kind == "drop" and (skb is None or skb == self.last_skb or self.last_skb is None):
+            self.final = True
+
+
+def _place(live, ev, skb, kind, pos):
+    """The generation of `live` that `ev` continues, or None: it starts a new packet."""
+    path = ev.get("path")
+    if path is not None:                # summary mode: the kernel built this path
+        for g in live:
+            if path in g.paths:
+                return g
+    if skb is not None:
+        for g in reversed(live):        # skb continuity, newest generation first
+            if skb not in g.skbs:
+                continue
+            if kind == "pass":
+                # the skb was delivered or dropped, or the packet is back where it began: the
+                # skb was recycled for another packet of the same ID
+                return None if skb in g.done or pos == g.start else g
+            if kind == "deliver" and g.delivered is not None and \
+                    g.delivered != (skb, ev.get("netns"), ev.get("port")):
+                break                   # a path never holds two deliveries
+            return g
+    if kind == "pass":
+        if any(g.start == pos for g in live):
+            return None                 # where a packet of this ID began: another packet
+        for g in live:                  # the oldest packet still under way not seen here yet
+            if not g.final and pos not in g.positions:
+                return g
+        return None
+    for g in live:
+        if not g.final and (kind != "deliver" or g.delivered is None):
+            return g
+    if kind == "drop" and live:
+        return live[-1]                 # a clone freed after the delivery
+    return None
+
+
 def generations(evs, gap_ns=REUSE_GAP_NS):
-    """Split one ID's time-ordered events into packets: a new one starts after a quiet gap of
-    more than `gap_ns`, unless the event is on an skb already seen (a datagram freed from a
-    socket queue long after its delivery is still the same packet)."""
-    out, skbs, last_t = [], set(), None
+    """Split one ID's time-ordered events into packets (an ID is not unique: a restarted sender
+    reuses IDs, two senders may send the same ones at once, identical payloads share their
+    payload ID). An event continues the packet whose skb it is on, unless that skb was
+    delivered or dropped already or the event is where that packet began (the skb was
+    recycled); an event on another skb continues the oldest packet under way that has not been
+    seen at that hook + device + namespace yet, unless a packet of the ID began there. A packet
+    never holds two deliveries. Events of one kernel-built path (summary mode: `path`, the
+    record's first time stamp) stay one packet. After a quiet gap of more than `gap_ns` every packet is done,
+    except for events on their skbs (a datagram freed from a socket queue long after its
+    delivery is still the same packet)."""
+    out, live, last_t = [], [], None
     for ev in evs:
-        if last_t is not None and ev["t_ns"] - last_t > gap_ns and ev.get("skb") not in skbs:
-            out.append([])
-            skbs = set()
-        if not out:
-            out.append([])
-        out[-1].append(ev)
-        skbs.add(ev.get("skb"))
-        last_t = ev["t_ns"]
+        get = ev.get
+        skb, kind = get("skb"), get("kind")
+        t = ev["t_ns"]
+        if last_t is not None and t - last_t > gap_ns and \
+                (skb is None or not any(skb in g.skbs for g in live)):
+            live = []
+        last_t = t
+        pos = (get("host"), get("hook"), get("dev"), get("netns"), get("encap"))
+        try:
+            hash(pos)
+        except TypeError:
+            pos = repr(pos)
+        g = _place(live, ev, skb, kind, pos)
+        if g is None:
+            g = _Gen(pos)
+            live.append(g)
+            out.append(g.evs)
+        g.add(ev, skb, kind, pos)
     return out
 
 
@@ -163,7 +248,7 @@ class EventStore:
         evs = self._by_id.get(ev["id"])
         if evs is None:
             evs = self._by_id[ev["id"]] = []
-        evs.append((ev["t_ns"], get("skb"), tmpl))
+        evs.append((ev["t_ns"], get("skb"), tmpl, get("path")))
         self.events += 1
 
     def packets(self, netns_names=None, reuse_gap_ns=REUSE_GAP_NS):
@@ -172,7 +257,8 @@ class EventStore:
         names = ns_names(netns_names)
         for pid, evs in sorted(self._by_id.items()):
             evs.sort(key=_T_NS)
-            dicts = [dict(tmpl, t_ns=t, skb=skb) for t, skb, tmpl in evs]
+            dicts = [dict(tmpl, t_ns=t, skb=skb) if path is None else
+                     dict(tmpl, t_ns=t, skb=skb, path=path) for t, skb, tmpl, path in evs]
             for gen in generations(dicts, reuse_gap_ns):
                 yield _packet(pid, gen, names)
 

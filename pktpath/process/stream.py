@@ -18,6 +18,7 @@ its report within a second of Ctrl-C.
 """
 import collections
 import time
+from array import array
 
 from pktpath.process import reconstruct, sample
 from pktpath.output import schema
@@ -57,6 +58,7 @@ class PacketStream:
         self.packets = []                   # finished packets kept for the report
         self.kept_delivered = 0
         self.streamed = 0                   # delivered packets written out and dropped
+        self.streamed_ids = array("Q")      # their IDs (the count of IDs not unique needs them)
         self.events = 0
 
     def add(self, ev):
@@ -154,11 +156,13 @@ class PacketStream:
                         continue
                     if self.json_out is None:
                         self.streamed += 1  # delivered, nothing else to say: count it
+                        self.streamed_ids.append(pid)
                         continue
                     line = self.json_line(raw, int_names) if lone and self.json_line else None
                     if line is not None:
                         self.json_out.write(line)   # straight from the record
                         self.streamed += 1
+                        self.streamed_ids.append(pid)
                         continue
             if raw is not None:
                 for record in _records(raw):
@@ -228,6 +232,7 @@ class PacketStream:
                     if self.json_out is not None:
                         self.json_out.write(schema.packet_line(pkt))
                     self.streamed += 1
+                    self.streamed_ids.append(pkt["id"])
                     continue
                 self.kept_delivered += 1
                 self.packets.append(pkt)

@@ -48,7 +48,7 @@ def flows(encap=True, vni=42):
     return f
 
 
-def path_record(pid, hops, final=PASS, reason=0, location=0, t=None):
+def path_record(pid, hops, final=PASS, reason=0, location=0, t=None, skb=None):
     """A summary-mode pp_path record of packet `pid`: the first `hops` hops of ROUTE, then the
     final drop or delivery (if any)."""
     steps = [(ns, hook, dev, encap, PASS) for ns, hook, dev, encap in ROUTE[:hops]]
@@ -57,7 +57,8 @@ def path_record(pid, hops, final=PASS, reason=0, location=0, t=None):
     elif final == DELIVER:
         steps.append((4026532304, 3, b"", False, DELIVER))
     head = records.PATH.pack(flows(), first_ts=t or T0 + pid * 50_000, id=pid,
-                             final_kind=final, skb=0xffff888000000000 + pid * 256 + (t is not None),
+                             final_kind=final,
+                             skb=skb or 0xffff888000000000 + pid * 256 + (t is not None),
                              port=5000 if final == DELIVER else 0, reason=reason,
                              location=location, stack_id=-1, nhops=len(steps))
     hops_bytes = b"".join(
@@ -79,6 +80,12 @@ def summary_records():
         else:
             out.append(path_record(pid, 5, DELIVER))
     out.append(path_record(3, 2, t=T0 + 5 * 10 ** 9))          # ID 3 reused later, lost
+    # issue #18: two senders send ID 20 at once (two skbs, interleaved hops), and ID 21 twice
+    # on one recycled skb, the first one superseded on the way (the kernel emitted it open)
+    out.append(path_record(20, 5, DELIVER, t=T0 + 10 ** 9, skb=0xffff888000a00000))
+    out.append(path_record(20, 5, DELIVER, t=T0 + 10 ** 9 + 1500, skb=0xffff888000b00000))
+    out.append(path_record(21, 3, t=T0 + 2 * 10 ** 9, skb=0xffff888000c00000))
+    out.append(path_record(21, 5, DELIVER, t=T0 + 2 * 10 ** 9 + 40_000, skb=0xffff888000c00000))
     return out
 
 
@@ -253,3 +260,22 @@ def test_unparsed_ipv6_and_geneve_counts_are_notes():
     assert any(w.startswith("2 hook firings saw a Geneve packet whose options")
                for w in end["warnings"])
     assert pipeline.settle_end(dict(end))["warnings"] == end["warnings"]   # once only
+
+
+@pytest.mark.parametrize("mode", ["summary", "events"])
+def test_packets_sharing_an_id_are_counted_both_ways(tmp_path, mode):
+    """Issue #18: two packets of ID 20 sent at once, two of ID 21 one after the other: four
+    packets, one delivery each (never two in one path); the report says how many packets had
+    an ID already used (IDs 3, 20, 21: 3), live and from the recording alike, and the
+    recording's end line has the count."""
+    text, js, rec = live(tmp_path, {}, {}, mode)
+    pkts = [json.loads(line) for line in js.splitlines()]
+    got = sorted((p["id"], p["verdict"], p["events"]) for p in pkts if p["id"] in (20, 21))
+    assert got == [(20, "delivered", 6), (20, "delivered", 6), (21, "delivered", 6),
+                   (21, "lost", 3)]
+    for p in pkts:
+        assert sum(h["hook"] == "sk_data_ready" for h in p["path"]) <= 1
+    assert "packet IDs are not unique: 3 packets had the ID of another packet" in text
+    end = json.loads(rec.read_text().splitlines()[-1])
+    assert end["duplicate_ids"] == 3
+    assert report(rec) == (text + "\n", js)

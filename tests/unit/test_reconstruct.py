@@ -177,12 +177,131 @@ def test_tracer_losses_are_incomplete_never_lost():
 def test_a_datagram_reported_again_while_unread_is_one_delivery():
     """Events mode: each later callback of the socket reports the datagrams still queued; the
     same datagram (skb) on the same socket is one delivery, one hop. A delivery of another skb
-    (a clone to a second socket) stays."""
+    is another packet of the same ID (a path never holds two deliveries: issue #18)."""
     dup = [_ev(4, 0, 1), _ev(4, 10, 1, "deliver", "sk_data_ready"),
            _ev(4, 40, 1, "deliver", "sk_data_ready"), _ev(4, 70, 1, "deliver", "sk_data_ready")]
     (pkt,) = build_packets(dup)
     assert pkt["verdict"] == "delivered" and pkt["events"] == 2
     assert [h["t_ns"] for h in pkt["path"]] == [0, 10]
     clone = dup[:2] + [_ev(4, 12, 9, "deliver", "sk_data_ready")]
-    (pkt,) = build_packets(clone)
-    assert pkt["events"] == 3
+    pkts = build_packets(clone)
+    assert [(p["verdict"], p["events"]) for p in pkts] == [("delivered", 2), ("delivered", 1)]
+
+
+# ---- one ID, several packets (issue #18): never two packets in one path ----
+
+LAB_PATH = [("net_dev_queue", "eth0", 10), ("netif_receive_skb", "pp-vA", 20),
+            ("net_dev_queue", "pp-vx", 20), ("net_dev_queue", "pp-ul", 20),
+            ("netif_receive_skb", "pp-ul", 30), ("netif_receive_skb", "pp-vx", 30),
+            ("net_dev_queue", "pp-vB", 30), ("netif_receive_skb", "eth0", 40)]
+
+
+def _lab_packet(pid, t0, skb, deliver=True, step=1000):
+    """One datagram's events in the lab (hooks, devices, namespaces as recorded there)."""
+    evs = [{"id": pid, "t_ns": t0 + i * step, "skb": skb, "kind": "pass", "hook": h, "dev": d,
+            "netns": ns, "port": None} for i, (h, d, ns) in enumerate(LAB_PATH)]
+    if deliver:
+        evs.append({"id": pid, "t_ns": t0 + len(LAB_PATH) * step, "skb": skb,
+                    "kind": "deliver", "hook": "sk_data_ready", "dev": None, "netns": 40,
+                    "port": 5000})
+    return evs
+
+
+def _shape(pkts):
+    return [(p["verdict"], p["events"]) for p in pkts]
+
+
+def test_sequential_duplicates_are_separate_packets():
+    """Three identical "hello world" datagrams (same payload ID), one after the other, the
+    second on the first one's recycled skb (as recorded in the lab): three packets, one delivery
+    each (the old reconstruction made one packet of 27 hops)."""
+    hello = int.from_bytes(b"hell", "big")
+    evs = (_lab_packet(hello, 0, 0xa00) + _lab_packet(hello, 20_000, 0xa00) +
+           _lab_packet(hello, 40_000, 0xb00))
+    pkts = build_packets(evs)
+    assert _shape(pkts) == [("delivered", 9)] * 3
+    assert [p["first_ns"] for p in pkts] == [0, 20_000, 40_000]
+
+
+def test_interleaved_duplicates_follow_their_skbs():
+    """Two senders send ID 800 at once: their events interleave; each packet keeps its skb."""
+    a, b = _lab_packet(800, 0, 0xa00, step=1000), _lab_packet(800, 500, 0xb00, step=1000)
+    pkts = build_packets(sorted(a + b, key=lambda e: e["t_ns"]))
+    assert _shape(pkts) == [("delivered", 9)] * 2
+    for p, src in zip(pkts, (a, b)):
+        assert [h["t_ns"] for h in p["path"]] == [e["t_ns"] for e in src]
+
+
+def test_interleaved_duplicates_without_skb_continuity():
+    """A recording without skbs: the second packet begins where the first began (a new
+    packet), later sightings go to the oldest packet not seen there yet."""
+    a, b = _lab_packet(800, 0, None, step=1000), _lab_packet(800, 500, None, step=1000)
+    pkts = build_packets(sorted(a + b, key=lambda e: e["t_ns"]))
+    assert _shape(pkts) == [("delivered", 9)] * 2
+
+
+def test_a_path_never_holds_two_deliveries():
+    """Two packets of one ID whose skbs both changed (copies) after the first hook: the second
+    delivery is another packet's, not a second delivery of the first."""
+    a, b = _lab_packet(9, 0, 1), _lab_packet(9, 100_000, 2)
+    for ev in a[3:] + b[3:]:
+        ev["skb"] += 100
+    pkts = build_packets(a + b)
+    assert [p["verdict"] for p in pkts] == ["delivered", "delivered"]
+    assert all(sum(h["hook"] == "sk_data_ready" for h in p["path"]) == 1 for p in pkts)
+
+
+def test_a_superseded_packet_is_not_delivered():
+    """The first packet of an ID vanished on the way (no delivery, no drop); the second one,
+    on the same skb, begins where the first began: the first is `lost` at its last sighting,
+    the second delivered."""
+    evs = _lab_packet(5, 0, 7, deliver=False)[:4] + _lab_packet(5, 50_000, 7)
+    pkts = build_packets(evs)
+    assert _shape(pkts) == [("lost", 4), ("delivered", 9)]
+    assert pkts[0]["last"]["dev"] == "pp-ul"
+
+
+def test_a_late_free_after_delivery_stays_with_its_packet():
+    """A drop of a delivered datagram's skb (the socket closed unread) after the next packet of
+    the ID began is still the first packet's (freed_after_delivery), not the second's."""
+    a, b = _lab_packet(5, 0, 7), _lab_packet(5, 50_000, 8)
+    drop = {"id": 5, "t_ns": 52_500, "skb": 7, "kind": "drop", "hook": "kfree_skb", "dev": None,
+            "netns": 40, "port": None}
+    pkts = build_packets(sorted(a + b + [drop], key=lambda e: e["t_ns"]))
+    assert _shape(pkts) == [("delivered", 10), ("delivered", 9)]
+    assert pkts[0].get("freed_after_delivery") and not pkts[1].get("clone_drops")
+
+
+def test_one_kernel_path_is_one_packet():
+    """Summary mode: the events of one kernel record (`path`) stay one packet even when a
+    position repeats; two records of one ID are two packets."""
+    a = _lab_packet(3, 0, 7)
+    b = _lab_packet(3, 30_000, 7)
+    for ev in a:
+        ev["path"] = 0
+    for ev in b:
+        ev["path"] = 30_000
+    a[2]["hook"], a[2]["dev"], a[2]["netns"] = a[0]["hook"], a[0]["dev"], a[0]["netns"]
+    assert _shape(build_packets(a + b)) == [("delivered", 9)] * 2
+
+
+def test_lab_recording_of_duplicate_ids():
+    """Recorded on the lab (events mode): three "hello world" datagrams (the payload ID is then
+    b"hell"), then two senders sending IDs 800-809 at once. The skb stays the same from the
+    sender's socket to the receiver's (veth, VXLAN, bridge, underlay); the third datagram's
+    socket callback reports the second one again. 23 datagrams reached the sink: 23 packets,
+    each with its 9 hops and one delivery (the old reconstruction: 11 packets, one of 27 hops)."""
+    from pktpath.process import pipeline
+    fixture = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
+                           "dup_ids.jsonl")
+    packets, _meta, end = pipeline.recorded([fixture])
+    packets = list(packets)
+    assert len(packets) == 23 and end["duplicate_ids"] == 12
+    assert {(p["verdict"], p["events"]) for p in packets} == {("delivered", 9)}
+    by_id = {}
+    for p in packets:
+        assert [h["hook"] for h in p["path"]].count("sk_data_ready") == 1
+        assert len({h["netns"] for h in p["path"][:1]}) == 1
+        by_id[p["id"]] = by_id.get(p["id"], 0) + 1
+    assert by_id.pop(int.from_bytes(b"hell", "big")) == 3
+    assert by_id == dict.fromkeys(range(800, 810), 2)

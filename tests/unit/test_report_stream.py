@@ -157,6 +157,7 @@ def list_path(files, timeline):
     packets = mark_incomplete(build_packets(events, meta["netns_names"]),
                               pipeline.lost_counts(end["lost_ids"]),
                               all_lost_suspect=pipeline.untied(end) > 0)
+    end["duplicate_ids"] = len(packets) - len({p["id"] for p in packets})
     out = io.StringIO()
     report.write_json(packets, out)
     return report.render_report(packets, meta, end, max_timeline_packets=timeline), out.getvalue()

@@ -1,0 +1,119 @@
+"""Packet IDs are not unique (issue #18, root, on the lab): identical payloads share their payload
+ID, two senders may send the same IDs at once. Each datagram must be a packet of its own with one
+delivery, and the packets delivered must be what the receiving namespace's kernel counted."""
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pktpath.lab import overlay
+
+pytestmark = pytest.mark.root
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN = [sys.executable, os.path.join(ROOT, "run.py")]
+CFG = os.path.join(ROOT, "configs", "lab.yaml")
+HELLO = int.from_bytes(b"hell", "big")     # the ID of b"hello world" (offset 0, big endian)
+
+
+def in_datagrams():
+    """Udp InDatagrams of the receiving namespace: what the sink read."""
+    out = subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, "cat", "/proc/net/snmp"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split()[1:] for line in out.splitlines() if line.startswith("Udp:")]
+    return dict(zip(rows[0], map(int, rows[1])))["InDatagrams"]
+
+
+def trace(tmp_path, mode, send):
+    """(packets, report text, datagrams the sink read) of a trace in `mode` around `send()`."""
+    out, ready = tmp_path / "p.jsonl", tmp_path / "ready"
+    tracer = subprocess.Popen(RUN + ["-c", CFG, "--mode", mode, "--json", str(out),
+                                     "--ready-file", str(ready), "--timeline", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while not ready.exists() and tracer.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert ready.exists(), tracer.stderr.read() if tracer.poll() is not None else "no ready"
+        before = in_datagrams()
+        send()
+        time.sleep(2.5)     # every datagram read by the sink, and past --lost-after
+        read = in_datagrams() - before
+        tracer.send_signal(signal.SIGINT)
+        text, err = tracer.communicate(timeout=60)
+        assert tracer.returncode == 0, err
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    return [json.loads(line) for line in out.read_text().splitlines()], text, read
+
+
+def deliveries(pkt):
+    return sum(1 for h in pkt["path"] if h["hook"] == "sk_data_ready")
+
+
+@pytest.mark.parametrize("mode", ["summary", "events"])
+def test_identical_datagrams_are_three_packets(lab_up, tmp_path, mode):
+    """Three datagrams "hello world" (the ID is its first 4 bytes): three packets, each
+    delivered once (was: one packet of 27 hops, one delivery)."""
+    def send():
+        subprocess.run(["ip", "netns", "exec", overlay.SENDER_NS, sys.executable, "-c",
+                        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                        "for _ in range(3): s.sendto(b'hello world', (%r, %d))"
+                        % (overlay.DST_IP, overlay.PORT)], check=True, timeout=30)
+    packets, text, read = trace(tmp_path, mode, send)
+    hello = [p for p in packets if p["id"] == HELLO]
+    assert read == 3
+    assert [(p["verdict"], deliveries(p)) for p in hello] == [("delivered", 1)] * 3, hello
+    assert all(p["delivered"]["netns_name"] == overlay.RECEIVER_NS for p in hello)
+    assert "packet IDs are not unique: 2 packets had the ID of another packet" in text
+
+
+@pytest.mark.parametrize("mode", ["summary", "events"])
+def test_two_senders_of_the_same_ids_at_once(lab_up, tmp_path, mode):
+    """Two sender processes send IDs 800-819 at the same time (200 datagrams/s each: their
+    datagrams interleave): 40 packets, one delivery each, as many as the sink read (was: 20
+    packets for 40 datagrams)."""
+    def send():
+        cmd = RUN + ["send", "--netns", overlay.SENDER_NS, "--dst", overlay.DST_IP, "--port",
+                     str(overlay.PORT), "--start-id", "800", "--count", "20", "--rate", "200"]
+        senders = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for _ in range(2)]
+        for s in senders:
+            _out, err = s.communicate(timeout=60)
+            assert s.returncode == 0, err
+    packets, text, read = trace(tmp_path, mode, send)
+    mine = [p for p in packets if 800 <= p["id"] < 820]
+    assert read == 40
+    assert len(mine) == 40, collections.Counter(p["id"] for p in mine)
+    assert collections.Counter(p["id"] for p in mine) == dict.fromkeys(range(800, 820), 2)
+    assert [(p["verdict"], deliveries(p)) for p in mine] == [("delivered", 1)] * 40
+    for p in mine:      # each path is one datagram's: sender to receiver, each place once
+        places = [(h["hook"], h["dev"], h["netns"]) for h in p["path"]]
+        assert len(places) == len(set(places)), p
+        assert p["path"][0]["netns_name"] == overlay.SENDER_NS, p
+    assert "packet IDs are not unique: 20 packets had the ID of another packet" in text
+
+
+@pytest.mark.parametrize("mode", ["summary", "events"])
+def test_two_senders_with_a_packet_tap_at_the_receiver(lab_up, tmp_path, mode):
+    """As above with a packet socket open in the receiving namespace (what tcpdump does): the
+    tap gets a clone of each datagram's skb (measured: the socket still gets the skb the path
+    began on; the clones are freed when the tap closes). Still 40 packets, one delivery each."""
+    tap = subprocess.Popen(["ip", "netns", "exec", overlay.RECEIVER_NS, sys.executable, "-c",
+                            "import socket, sys, time\n"
+                            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, "
+                            "socket.htons(3))\n"
+                            "print('up', flush=True)\n"
+                            "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert tap.stdout.readline().strip() == "up"
+        test_two_senders_of_the_same_ids_at_once(lab_up, tmp_path, mode)
+    finally:
+        tap.kill()
+        tap.wait()
