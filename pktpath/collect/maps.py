@@ -85,4 +85,4 @@ class MapReader:
         table = self.maps.get("lostids")
         if table is None:
             return {}
-        return {struct.unpack("<I", k)[0]: struct.unpack("<Q", v)[0] for k, v in table.items()}
+        return {struct.unpack("<Q", k)[0]: struct.unpack("<Q", v)[0] for k, v in table.items()}

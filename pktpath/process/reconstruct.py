@@ -75,6 +75,12 @@ def _packet(pid, evs, names):
                     "ifindex": last.get("ifindex"), "netns": last.get("netns"),
                     "netns_name": names.get(last.get("netns"))},
            "drop": None, "delivered": None, "path": path}
+    first = evs[0]
+    if "key" in first:
+        pkt["key"] = first["key"]
+        pkt["proto"] = first.get("proto")
+        pkt["src"] = first.get("src")
+        pkt["dst"] = first.get("dst")
     if delivers:
         d = delivers[0]
         pkt["verdict"] = "delivered"
