@@ -303,8 +303,9 @@ static __always_inline s32 pp_ipv4(u8 *h, u64 addr, int direct, u32 off, struct 
     if ((vihl >> 4) != 4)
         return (vihl >> 4) == 6 ? -2 : -1;   /* -2: IPv6 (no L2 header said which) */
     *proto = w1 >> 8;
-    /* header key (PP_KEY_HEADERS): total length, ID, flags + fragment offset. Not TOS (ECN
-     * may be marked on the way), TTL or checksum (both change at every router) */
+    /* header key (PP_KEY_HEADERS): total length, ID, flags + fragment offset (see
+     * pp_key_headers). Not TOS (ECN may be marked on the way), TTL or checksum (both change
+     * at every router) */
     *k3 = w0 >> 16;
     /* a non-first fragment has no L4 header (offset: low 5 bits of byte 6, byte 7) */
     if (((w0 >> 48) & 0xff1f) || (vihl & 0xf) < 5)
@@ -566,6 +567,13 @@ static __always_inline u64 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u
     } else {
         h = pp_mix(h, (u64)f->saddr << 32 | f->daddr);
     }
+    /* UDP: not the L3 length nor IPv4's more-fragments flag, which reassembly changes (a first
+     * fragment and its reassembled datagram have one key; UDP's length covers the length).
+     * TCP: the L3 length with the data offset gives the payload length. */
+    if (proto == 17)
+        k3 &= fam == 6 ? 0x00000000ffffffffULL : 0x0000ffdfffff0000ULL;
+    else
+        k3 &= fam == 6 ? 0x0000ffffffffffffULL : 0x0000ffdfffffffffULL;
     h = pp_mix(h, (u64)f->ports << 32 | (u32)k4[1]);
     h = pp_mix(h, k3);
     h = pp_mix(h, k4[0]);
