@@ -58,12 +58,12 @@ BPF_ARRAY(skbids, struct pp_skbinfo, PP_MAP_ENTRIES);   /* PP_MAP_ENTRIES: a pow
 /* counters, per CPU, indexed by enum pp_counter (pktpath.h) */
 BPF_PERCPU_ARRAY(counters, u64, PP_CNT_COUNT);
 /* packet IDs that lost at least one event (ring buffer full): their verdict is `incomplete` */
-BPF_TABLE("lru_hash", u64, u64, lostids, 65536);
+BPF_TABLE("lru_hash", u32, u64, lostids, 65536);
 #ifdef PP_STACKS
 BPF_STACK_TRACE(stacks, 4096);
 #endif
 #ifdef PP_SUMMARY
-BPF_TABLE("hash", u64, struct pp_path, paths, PP_PATHS);
+BPF_TABLE("hash", u32, struct pp_path, paths, PP_PATHS);
 BPF_PERCPU_ARRAY(pathinit, struct pp_path, 1);
 /* per CPU: the last traced packet seen passing a hook, and where. A UDP datagram is queued to
  * its socket in the same softirq call chain that saw it at the device, on the same CPU. */
@@ -102,7 +102,8 @@ struct pp_flow4 {
 
 /* A packet of the traced flow, as the parse leaves it for the record. */
 struct pp_pkt {
-    u64 id;                 /* the packet key (payload ID, or header hash) */
+    u32 id;                 /* the packet key (payload ID, or header hash: see pp_key_headers) */
+    u32 _idpad;
     u32 vni;
     struct pp_flow4 in;     /* the traced (inner, or only) flow */
     struct pp_flow4 out;    /* the outer flow when tun != PP_TUN_NONE, else zero */
@@ -118,6 +119,7 @@ struct pp_pkt {
 };
 /* the bytes of a struct pp_pkt that must be zero when it is not parsed */
 #define PP_PKT_ZERO offsetof(struct pp_pkt, in6)
+
 
 static __always_inline int pp_is_kptr(u64 p)
 {
@@ -184,15 +186,16 @@ static __always_inline void pp_skbmap_del(u64 skb, u64 head, u32 tail)
 
 /* The tracer lost a record of packet `id`: count it, and remember the ID (its verdict will be
  * `incomplete`, not `lost`). */
-static __always_inline void pp_lost(u64 id)
+static __always_inline void pp_lost(u32 id)
 {
     pp_count(PP_CNT_LOST);
-    u64 *n = lostids.lookup(&id);
+    u32 key = id;
+    u64 *n = lostids.lookup(&key);
     if (n) {
         __sync_fetch_and_add(n, 1);
     } else {
         u64 one = 1;
-        lostids.update(&id, &one);
+        lostids.update(&key, &one);
     }
 }
 
@@ -555,7 +558,7 @@ static __always_inline u64 pp_mix(u64 h, u64 v)
  * that stay the same from the packet's first sighting to its last (docs/DESIGN.md, "Header
  * keys"): addresses, protocol, ports, the L3 word k3 (pp_ipv4, pp_ipv6) and the L4 words k4
  * (pp_l4). Never 0. */
-static __always_inline u64 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u8 proto,
+static __always_inline u32 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u8 proto,
                                           u64 k3, u64 *k4)
 {
     u64 h = 0x6a09e667f3bcc908ULL ^ ((u64)fam << 8 | proto);
@@ -580,7 +583,9 @@ static __always_inline u64 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ULL;
     h ^= h >> 32;
-    return h ? h : 1;
+    /* 32 bits kept: see pp_pkt.id (docs/DESIGN.md, "Header keys") */
+    u32 k = h;
+    return k ? k : 1;
 }
 #endif
 
@@ -642,7 +647,11 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
     if (l4len == 0)
         return PP_NOMATCH;
     u32 vni = 0;
+#ifdef PP_PROTO_TCP
     u8 tun = proto == 17 ? pp_tunnel_of(&f) : PP_TUN_NONE;
+#else
+    u8 tun = pp_tunnel_of(&f);   /* (only UDP got here) */
+#endif
     if (tun != PP_TUN_NONE) {
         /* what we parsed is the outer flow; the inner Ethernet + IPv4/IPv6 + UDP follow */
         if (!pp_match_outer(&f, fam, p->in6))
@@ -693,7 +702,12 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
     return PP_MATCH;
 #else
     u32 id = 0;
-    int rc = pp_key_payload(h, addr, direct, l4 + (l4len & 0x3f), linear, &id);
+#ifdef PP_PROTO_TCP
+    u32 pay = l4 + (l4len & 0x3f);
+#else
+    u32 pay = l4 + 8;   /* a constant where only UDP is traced: fewer verifier states */
+#endif
+    int rc = pp_key_payload(h, addr, direct, pay, linear, &id);
     p->id = id;
     return rc;
 #endif
@@ -885,7 +899,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
                                       u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
                                       u64 head, u32 tail, int map_it, u64 netdev, int direct)
 {
-    u64 id = p->id;
+    u32 id = p->id;
     struct pp_path *v = paths.lookup(&id);
     if (!v) {
         u32 zero = 0;
@@ -1100,8 +1114,10 @@ static __always_inline int pp_identify(u64 skb, struct pp_skbf *s, int rc, struc
     }
 #endif
     if (rc == PP_UNPARSED) {
-        if (pp_skbmap_get(skb, s->head, s->tail, &p->id) < 0)
+        u64 mid = 0;
+        if (pp_skbmap_get(skb, s->head, s->tail, &mid) < 0)
             return -1;
+        p->id = mid;
         *known = 1;
         pp_count(PP_CNT_FROM_MAP);
     }
