@@ -14,6 +14,8 @@ all hooks attached), stop time (SIGTERM to the report printed and the tracer gon
 With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base HEAD~3`),
 b and c are also measured with that checkout's tracer (B, C) in the same run, alternated with the
 others: the side-by-side comparison of two commits that a change to the hot path needs.
+With --alt-args ARGS instead, B and C are this checkout's tracer with ARGS added (e.g.
+`--alt-args '--id-from headers'`: header keys against payload IDs in one run).
 
 Usage: sudo python3 bench/bench.py [--seconds S] [--rounds N] [--senders K] [--json]
                                    [--baseline DIR]
@@ -178,7 +180,12 @@ def main():
                     help="a checkout of another commit: its tracer is measured too (B, C)")
     ap.add_argument("--tracer-args", default="", help="extra tracer arguments, e.g. "
                     "'--hooks net_dev_queue,netif_receive_skb,sk_data_ready,kfree_skb'")
+    ap.add_argument("--alt-args", metavar="ARGS",
+                    help="also measure b and c with these tracer arguments added (B, C), e.g. "
+                         "'--id-from headers' (not with --baseline)")
     args = ap.parse_args()
+    if args.alt_args and args.baseline:
+        raise SystemExit("bench: --alt-args and --baseline do not go together")
     if args.report_only:
         return report_only(args.json)
     if os.geteuid() != 0:
@@ -248,6 +255,9 @@ def main():
                 base_dir = os.path.abspath(args.baseline)
                 configs += [(k.upper(), f, lambda key, fl: traced(key, fl, base_dir))
                             for k, f, _m in configs[:2]]
+            elif args.alt_args:
+                configs += [(k.upper(), f + args.alt_args.split(), traced)
+                            for k, f, _m in configs[:2]]
             untraced()
             for _ in range(args.rounds):
                 for key, flags, measure in configs:
@@ -275,12 +285,15 @@ def main():
     # measurements right before and after it (less exposed to the machine's drift)
     out["b_over_a"] = out["b_pps"] / out["a_pps"]
     out["c_over_a"] = out["c_pps"] / out["a_pps"]
-    for k in ("bce" if args.floor else "bc") + ("BC" if args.baseline else ""):
+    for k in ("bce" if args.floor else "bc") + ("BC" if args.baseline or args.alt_args else ""):
         out[k + "_over_a_paired"] = med(paired[k])
         out[k + "_over_a_paired_ci90"] = [round(x, 3) for x in median_ci(paired[k], med)]
         out[k + "_over_a_paired_all"] = [round(x, 3) for x in paired[k]]
-    if args.baseline:
-        out["baseline"] = os.path.abspath(args.baseline)
+    if args.baseline or args.alt_args:
+        if args.baseline:
+            out["baseline"] = os.path.abspath(args.baseline)
+        else:
+            out["alt_args"] = args.alt_args
         out["events_lost_C"] = res.get("C_lost", 0)
     out["startup_median_s"] = med(res["startup_s"])
     out["stop_s"] = max(res.get("stop_s") or [0])     # SIGTERM to report done, worst

@@ -42,8 +42,9 @@ struct pp_skbinfo {
     u64 skb;
     u64 head;
     u64 ts;
-    u32 id;
+    u64 id;
     u32 tail;   /* end of the linear data: a recycled skb and buffer rarely has the same */
+    u32 _pad;
     u64 check;
 };
 
@@ -126,14 +127,15 @@ struct pp_flow4 {
 
 /* A packet of the traced flow, as the parse leaves it for the record. */
 struct pp_pkt {
-    u32 id;
+    u32 id;                 /* the packet key (payload ID, or header hash: see pp_key_headers) */
+    u32 _idpad;
     u32 vni;
     struct pp_flow4 in;     /* the traced (inner, or only) flow */
     struct pp_flow4 out;    /* the outer flow when tun != PP_TUN_NONE, else zero */
     u8 family;              /* 4 or 6; 0: not parsed (the ID came from the skb map) */
     u8 tun;                 /* PP_TUN_* */
     u8 ofamily;             /* the outer flow's family (0 when tun is PP_TUN_NONE) */
-    u8 _pad;
+    u8 proto;               /* the traced flow's transport protocol (17 UDP, 6 TCP) */
     /* IPv6 addresses (saddr, daddr; network order as loaded), only read when the family is 6.
      * The parse writes in6; a tunnel moves the outer ones to out6. Never zeroed (see
      * PP_PKT_ZERO). */
@@ -142,6 +144,7 @@ struct pp_pkt {
 };
 /* the bytes of a struct pp_pkt that must be zero when it is not parsed */
 #define PP_PKT_ZERO offsetof(struct pp_pkt, in6)
+
 
 static __always_inline int pp_is_kptr(u64 p)
 {
@@ -165,29 +168,31 @@ static __always_inline struct pp_skbinfo *pp_skbslot(u64 head, u32 tail)
 
 /* (the skb address is left out: it may be a BTF pointer, and a torn skb field only makes a
  * lookup miss) */
-static __always_inline u64 pp_skbcheck(u64 head, u64 ts, u32 id, u32 tail)
+static __always_inline u64 pp_skbcheck(u64 head, u64 ts, u64 id, u32 tail)
 {
-    return head ^ ts ^ ((u64)id << 32 | tail) ^ 0x5bd1e9955bd1e995ULL;
+    return head ^ ts ^ ((id << 32 | id >> 32) + tail) ^ 0x5bd1e9955bd1e995ULL;
 }
 
-/* The packet ID `skb` carried (same buffer, not too long ago), or -1; -2 when that packet is
- * done (see pp_skbmap_close) */
-static __always_inline s64 pp_skbmap_get(u64 skb, u64 head, u32 tail)
+/* The packet key `skb` carried (same buffer, not too long ago) in *id: 0, or -1 if none; -2
+ * when that packet is done (see pp_skbmap_close) */
+static __always_inline int pp_skbmap_get(u64 skb, u64 head, u32 tail, u64 *id)
 {
     struct pp_skbinfo *e = pp_skbslot(head, tail);
     if (!e || e->skb != skb || e->head != head || e->tail != tail)
         return -1;
     u64 ts = e->ts;
-    u32 id = e->id;
-    u64 check = e->check, want = pp_skbcheck(head, ts, id, tail);
+    u64 v = e->id;
+    u64 check = e->check, want = pp_skbcheck(head, ts, v, tail);
     if (bpf_ktime_get_ns() - ts > PP_MAP_TTL_NS)
         return -1;
-    if (check == want)
-        return id;
+    if (check == want) {
+        *id = v;
+        return 0;
+    }
     return check == ~want ? -2 : -1;
 }
 
-static __always_inline void pp_skbmap_put(u64 skb, u64 head, u32 tail, u32 id, u64 now)
+static __always_inline void pp_skbmap_put(u64 skb, u64 head, u32 tail, u64 id, u64 now)
 {
     struct pp_skbinfo *e = pp_skbslot(head, tail);
     if (!e)
@@ -224,12 +229,13 @@ static __always_inline void pp_skbmap_close(u64 skb, u64 head, u32 tail)
 static __always_inline void pp_lost(u32 id)
 {
     pp_count(PP_CNT_LOST);
-    u64 *n = lostids.lookup(&id);
+    u32 key = id;
+    u64 *n = lostids.lookup(&key);
     if (n) {
         __sync_fetch_and_add(n, 1);
     } else {
         u64 one = 1;
-        lostids.update(&id, &one);
+        lostids.update(&key, &one);
     }
 }
 
@@ -329,7 +335,7 @@ static __always_inline u32 pp_l2(u8 *eth, u32 off, int vlan, u16 *type)
 /* L3, IPv4 at `off`: the L4 offset, the protocol in *proto, the addresses in f; 0 if it has no
  * L4 header we read (options shorter than legal, or a later fragment); -1 if not IPv4. */
 static __always_inline s32 pp_ipv4(u8 *h, u64 addr, int direct, u32 off, struct pp_flow4 *f,
-                                   u8 *proto)
+                                   u8 *proto, u64 *k3)
 {
     if (off > PP_HDR_LEN - 20)
         return -1;
@@ -340,6 +346,10 @@ static __always_inline s32 pp_ipv4(u8 *h, u64 addr, int direct, u32 off, struct 
     if ((vihl >> 4) != 4)
         return (vihl >> 4) == 6 ? -2 : -1;   /* -2: IPv6 (no L2 header said which) */
     *proto = w1 >> 8;
+    /* header key (PP_KEY_HEADERS): total length, ID, flags + fragment offset (see
+     * pp_key_headers). Not TOS (ECN may be marked on the way), TTL or checksum (both change
+     * at every router) */
+    *k3 = w0 >> 16;
     /* a non-first fragment has no L4 header (offset: low 5 bits of byte 6, byte 7) */
     if (((w0 >> 48) & 0xff1f) || (vihl & 0xf) < 5)
         return 0;
@@ -361,13 +371,16 @@ static __always_inline int pp_ip6_ext(u8 nh)
  * Walks up to PP_IP6_EXTS extension headers; a longer chain, or one past the bytes we read, is
  * counted (PP_CNT_IP6_EXT_UNWALKED) and returns 0, as does a non-first fragment. */
 static __always_inline s32 pp_ipv6(u8 *h, u64 addr, int direct, u32 off, struct pp_flow4 *f,
-                                   u64 *a6, u8 *proto)
+                                   u64 *a6, u8 *proto, u64 *k3)
 {
     if (off > PP_HDR_LEN - 40)
         return -1;
     u8 *ip = PP_AT(h, addr, off, direct);
     if ((ip[0] >> 4) != 6)
         return -1;
+    /* header key: the flow label (stands in for IPv4's ID; not the traffic class) and the
+     * payload length, as loaded */
+    *k3 = (*(u32 *)ip & 0xffff0f00) | ((u64)*(u16 *)(ip + 4) << 32);
     u8 nh = ip[6];
     a6[0] = *(u64 *)(ip + 8);
     a6[1] = *(u64 *)(ip + 16);
@@ -404,10 +417,10 @@ static __always_inline s32 pp_ipv6(u8 *h, u64 addr, int direct, u32 off, struct 
 /* L3 by ethertype (no L2 header: 0x0800, and pp_ipv4 tells IPv6 by its version): the L4 offset
  * as pp_ipv4, the family in *fam. IPv6 is one branch off the IPv4 path. */
 static __always_inline s32 pp_l3(u8 *h, u64 addr, int direct, u16 type, u32 off,
-                                 struct pp_flow4 *f, u64 *a6, u8 *proto, u8 *fam)
+                                 struct pp_flow4 *f, u64 *a6, u8 *proto, u8 *fam, u64 *k3)
 {
     if (type == 0x0800) {
-        s32 r = pp_ipv4(h, addr, direct, off, f, proto);
+        s32 r = pp_ipv4(h, addr, direct, off, f, proto, k3);
         if (r != -2) {
             *fam = 4;
             return r;
@@ -416,20 +429,44 @@ static __always_inline s32 pp_l3(u8 *h, u64 addr, int direct, u16 type, u32 off,
         return -1;
     }
     *fam = 6;
-    return pp_ipv6(h, addr, direct, off, f, a6, proto);
+    return pp_ipv6(h, addr, direct, off, f, a6, proto, k3);
 }
 
-/* L4 at `off`: 1 with the ports in f for UDP; 0 for a protocol not traced (TCP goes here);
- * -1 if the header lies past the bytes we have. */
+/* L4 at `off`: the header's length (UDP 8; TCP its data offset) with the ports in f, for UDP
+ * (always: tunnels are UDP) and TCP (when traced, PP_PROTO_TCP); 0 for a protocol not traced;
+ * -1 if the header lies past the bytes we have. Header key (PP_KEY_HEADERS) in k4[0..1]: UDP's
+ * length; TCP's sequence and acknowledgement numbers, data offset and flags. Not the checksum:
+ * with checksum offload the sender's stack sees a partial one (docs/DESIGN.md). */
 static __always_inline int pp_l4(u8 *h, u64 addr, int direct, u8 proto, u32 off,
-                                 struct pp_flow4 *f)
+                                 struct pp_flow4 *f, u64 *k4)
 {
-    if (proto != 17 /* IPPROTO_UDP */)
-        return 0;
-    if (off > PP_HDR_LEN - 8)
-        return -1;
-    f->ports = *(u32 *)PP_AT(h, addr, off, direct);   /* sport, dport in network order */
-    return 1;
+    if (proto == 17 /* IPPROTO_UDP */) {
+        if (off > PP_HDR_LEN - 8)
+            return -1;
+        u8 *u = PP_AT(h, addr, off, direct);
+        f->ports = *(u32 *)u;   /* sport, dport in network order */
+#ifdef PP_KEY_HEADERS
+        k4[0] = *(u16 *)(u + 4);
+        k4[1] = 0;
+#endif
+        return 8;
+    }
+#ifdef PP_PROTO_TCP
+    if (proto == 6 /* IPPROTO_TCP */) {
+        if (off > PP_HDR_LEN - 20)
+            return -1;
+        u8 *t = PP_AT(h, addr, off, direct);
+        f->ports = *(u32 *)t;
+        u16 offflags = *(u16 *)(t + 12);   /* data offset (high 4 bits of byte 12), flags */
+#ifdef PP_KEY_HEADERS
+        k4[0] = *(u64 *)(t + 4);           /* seq, ack */
+        k4[1] = offflags;
+#endif
+        u32 len = (offflags >> 2) & 0x3c;
+        return len < 20 ? 20 : len;
+    }
+#endif
+    return 0;
 }
 
 static __always_inline u16 pp_dport(struct pp_flow4 *f)
@@ -543,12 +580,54 @@ static __always_inline int pp_match_inner(struct pp_flow4 *f, u8 fam, u64 *a6)
     if (fam != 6 || a6[2] != PP_DIP6_0 || a6[3] != PP_DIP6_1)
         return 0;
 #endif
-#ifdef PP_UDP_PORT
-    if (pp_dport(f) != PP_UDP_PORT)
+#ifdef PP_PORT
+    if (pp_dport(f) != PP_PORT)
         return 0;
 #endif
     return 1;
 }
+
+#ifdef PP_KEY_HEADERS
+static __always_inline u64 pp_mix(u64 h, u64 v)
+{
+    h = (h ^ v) * 0x9E3779B97F4A7C15ULL;
+    return h ^ (h >> 31);
+}
+
+/* The packet key from the traced flow's headers (PP_KEY_HEADERS): a 64-bit hash of the fields
+ * that stay the same from the packet's first sighting to its last (docs/DESIGN.md, "Header
+ * keys"): addresses, protocol, ports, the L3 word k3 (pp_ipv4, pp_ipv6) and the L4 words k4
+ * (pp_l4). Never 0. */
+static __always_inline u32 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u8 proto,
+                                          u64 k3, u64 *k4)
+{
+    u64 h = 0x6a09e667f3bcc908ULL ^ ((u64)fam << 8 | proto);
+    if (fam == 6) {
+        h = pp_mix(h, a6[0]);
+        h = pp_mix(h, a6[1]);
+        h = pp_mix(h, a6[2]);
+        h = pp_mix(h, a6[3]);
+    } else {
+        h = pp_mix(h, (u64)f->saddr << 32 | f->daddr);
+    }
+    /* UDP: not the L3 length nor IPv4's more-fragments flag, which reassembly changes (a first
+     * fragment and its reassembled datagram have one key; UDP's length covers the length).
+     * TCP: the L3 length with the data offset gives the payload length. */
+    if (proto == 17)
+        k3 &= fam == 6 ? 0x00000000ffffffffULL : 0x0000ffdfffff0000ULL;
+    else
+        k3 &= fam == 6 ? 0x0000ffffffffffffULL : 0x0000ffdfffffffffULL;
+    h = pp_mix(h, (u64)f->ports << 32 | (u32)k4[1]);
+    h = pp_mix(h, k3);
+    h = pp_mix(h, k4[0]);
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 32;
+    /* 32 bits kept: see pp_pkt.id (docs/DESIGN.md, "Header keys") */
+    u32 k = h;
+    return k ? k : 1;
+}
+#endif
 
 /* The packet key: the ID at PP_ID_OFFSET of the payload, which starts at `pay`; `linear` bytes
  * from the start are the skb's linear data. (A header fingerprint, for traffic that carries no
@@ -595,16 +674,24 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
         off = pp_l2(PP_AT(h, addr, 0, direct), 0, 1, &type);
     struct pp_flow4 f, o = {};
     u8 proto = 0, fam = 0, ofam = 0;
-    s32 l4 = pp_l3(h, addr, direct, type, off, &f, p->in6, &proto, &fam);
+    u64 k3 = 0, k4[2] = {};
+    s32 l4 = pp_l3(h, addr, direct, type, off, &f, p->in6, &proto, &fam, &k3);
     if (l4 < 0)
         goto unparsed;
-    if (l4 == 0 || proto != 17)
+    if (l4 == 0)
         return PP_NOMATCH;
     l4 &= 2 * PP_HDR_LEN - 1;   /* (already below that: a bound for the verifier) */
-    if (pp_l4(h, addr, direct, proto, l4, &f) < 0)
+    s32 l4len = pp_l4(h, addr, direct, proto, l4, &f, k4);
+    if (l4len < 0)
         goto unparsed;
+    if (l4len == 0)
+        return PP_NOMATCH;
     u32 vni = 0;
-    u8 tun = pp_tunnel_of(&f);
+#ifdef PP_PROTO_TCP
+    u8 tun = proto == 17 ? pp_tunnel_of(&f) : PP_TUN_NONE;
+#else
+    u8 tun = pp_tunnel_of(&f);   /* (only UDP got here) */
+#endif
     if (tun != PP_TUN_NONE) {
         /* what we parsed is the outer flow; the inner Ethernet + IPv4/IPv6 + UDP follow */
         if (!pp_match_outer(&f, fam, p->in6))
@@ -626,13 +713,20 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
         in = pp_l2(eth, in, 0, &type);
         if (type != 0x0800 && type != 0x86dd)
             return PP_NOMATCH;
-        l4 = pp_l3(h, addr, direct, type, in, &f, p->in6, &proto, &fam);
-        if (l4 <= 0 || proto != 17)
+        l4 = pp_l3(h, addr, direct, type, in, &f, p->in6, &proto, &fam, &k3);
+        if (l4 <= 0)
             return PP_NOMATCH;
         l4 &= 2 * PP_HDR_LEN - 1;
-        if (pp_l4(h, addr, direct, proto, l4, &f) < 0)
+        l4len = pp_l4(h, addr, direct, proto, l4, &f, k4);
+        if (l4len < 0)
             goto unparsed;
+        if (l4len == 0)
+            return PP_NOMATCH;
     }
+#ifndef PP_PROTO_UDP
+    if (proto == 17)
+        return PP_NOMATCH;   /* (UDP is parsed for the tunnels) */
+#endif
     if (!pp_match_inner(&f, fam, p->in6))
         return PP_NOMATCH;
     /* a packet of the traced flow: from here on every result fills *p */
@@ -642,8 +736,21 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
     p->family = fam;
     p->tun = tun;
     p->ofamily = ofam;
-    p->id = 0;
-    return pp_key_payload(h, addr, direct, l4 + 8, linear, &p->id);
+    p->proto = proto;
+#ifdef PP_KEY_HEADERS
+    p->id = pp_key_headers(&f, fam, p->in6, proto, k3, k4);
+    return PP_MATCH;
+#else
+    u32 id = 0;
+#ifdef PP_PROTO_TCP
+    u32 pay = l4 + (l4len & 0x3f);
+#else
+    u32 pay = l4 + 8;   /* a constant where only UDP is traced: fewer verifier states */
+#endif
+    int rc = pp_key_payload(h, addr, direct, pay, linear, &id);
+    p->id = id;
+    return rc;
+#endif
 unparsed:
     __builtin_memset(p, 0, PP_PKT_ZERO);
     return PP_UNPARSED;
@@ -806,7 +913,7 @@ static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, ch
 /* A struct pp_flow record from the parse's flow (family 0: not parsed, all zero; 6: the
  * addresses from a6). An IPv4 address and the 4 zero bytes after it are one 8-byte store. */
 static __always_inline void pp_flow_put(struct pp_flow *r, struct pp_flow4 *f, u64 *a6,
-                                        u8 family)
+                                        u8 family, u8 proto)
 {
     if (family == 6) {
         r->saddr[0] = a6[0];
@@ -820,7 +927,7 @@ static __always_inline void pp_flow_put(struct pp_flow *r, struct pp_flow4 *f, u
         r->daddr[1] = 0;
     }
     r->family = family;
-    r->protocol = family ? 17 : 0;
+    r->protocol = family ? proto : 0;
     r->sport = __builtin_bswap16(f->ports);
     r->dport = __builtin_bswap16(f->ports >> 16);
 }
@@ -912,7 +1019,8 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
             return PP_H_CLOSED;   /* already delivered (or never seen): so are older ones */
         /* a datagram still queued whose packet was delivered already (the next callbacks of a
          * batch see the same tail): not a second delivery */
-        if (kind == PP_KIND_DELIVER && skb && pp_skbmap_get(skb, head, tail) == -2)
+        u64 was;
+        if (kind == PP_KIND_DELIVER && skb && pp_skbmap_get(skb, head, tail, &was) == -2)
             return PP_H_CLOSED;
         u32 zero = 0;
         struct pp_path *init = pathinit.lookup(&zero);
@@ -922,7 +1030,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         init->skb = key.skb;
         init->first_dev = netdev;
         init->id = id;
-        pp_flow_put(&init->inner, &p->in, p->in6, p->family);
+        pp_flow_put(&init->inner, &p->in, p->in6, p->family, p->proto);
         init->stack_id = -1;
         v = paths.lookup_or_try_init(&key, init);
         if (!v) {
@@ -948,7 +1056,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     if (p->tun != PP_TUN_NONE && v->tun.type == PP_TUN_NONE) {
         v->tun.type = p->tun;
         v->tun.vni = p->vni;
-        pp_flow_put(&v->tun.outer, &p->out, p->out6, p->ofamily);
+        pp_flow_put(&v->tun.outer, &p->out, p->out6, p->ofamily, 17);
     }
     /* Claim a hop slot. bcc's LLVM cannot use an atomic fetch-add's result, so read then add:
      * two CPUs racing on one packet may claim the same slot; the loser's hop is then missing
@@ -1110,7 +1218,9 @@ static __always_inline int pp_identify(u64 skb, struct pp_skbf *s, int rc, struc
 #ifdef PP_PAGED
     if (rc == PP_IN_FRAGS) {
         rc = PP_UNPARSED;
-        if (pp_paged_id(s->head, s->end, p->id, &p->id) == 0) {
+        u32 pid = 0;
+        if (pp_paged_id(s->head, s->end, p->id, &pid) == 0) {
+            p->id = pid;
             rc = PP_MATCH;
             pp_count(PP_CNT_FROM_FRAGS);
         } else {
@@ -1119,10 +1229,10 @@ static __always_inline int pp_identify(u64 skb, struct pp_skbf *s, int rc, struc
     }
 #endif
     if (rc == PP_UNPARSED) {
-        s64 id = pp_skbmap_get(skb, s->head, s->tail);
-        if (id < 0)
+        u64 mid = 0;
+        if (pp_skbmap_get(skb, s->head, s->tail, &mid) < 0)
             return -1;
-        p->id = (u32)id;
+        p->id = mid;
         *known = 1;
         pp_count(PP_CNT_FROM_MAP);
     }
@@ -1154,10 +1264,10 @@ static __always_inline int pp_record_event(void *ctx, u64 skb, u16 hook, u8 kind
     e->kind = kind;
     e->flags = flags;
     e->stack_id = -1;
-    pp_flow_put(&e->inner, &p->in, p->in6, p->family);
+    pp_flow_put(&e->inner, &p->in, p->in6, p->family, p->proto);
     e->tun.type = p->tun;
     e->tun.vni = p->vni;
-    pp_flow_put(&e->tun.outer, &p->out, p->out6, p->tun != PP_TUN_NONE ? p->ofamily : 0);
+    pp_flow_put(&e->tun.outer, &p->out, p->out6, p->tun != PP_TUN_NONE ? p->ofamily : 0, 17);
 #ifdef PP_STACKS
     if (kind == PP_KIND_DROP)
         e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
@@ -1209,7 +1319,8 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         pp_skbmap_put(skb, s.head, s.tail, p.id, now);
     if (kind != PP_KIND_PASS) {
         /* a queued datagram already delivered (a batch's later callbacks see the same tail) */
-        if (kind == PP_KIND_DELIVER && pp_skbmap_get(skb, s.head, s.tail) == -2)
+        u64 was;
+        if (kind == PP_KIND_DELIVER && pp_skbmap_get(skb, s.head, s.tail, &was) == -2)
             return PP_H_CLOSED;
         /* dropped or delivered: the skb carries others */
         if (rc == PP_MATCH)
@@ -1609,14 +1720,15 @@ static __always_inline int pp_deliver_known(void *ctx, u64 skb, u16 hook, u64 sk
     struct pp_skbf s;
     if (pp_skb_fields(skb, direct, &s))
         return 0;
-    s64 id = pp_skbmap_get(skb, s.head, s.tail);
-    if (id == -2)
+    u64 id = 0;
+    int st = pp_skbmap_get(skb, s.head, s.tail, &id);
+    if (st == -2)
         return PP_H_CLOSED;
-    if (id < 0)
+    if (st < 0)
         return 0;
     struct pp_pkt p;
     __builtin_memset(&p, 0, PP_PKT_ZERO);
-    p.id = (u32)id;
+    p.id = id;
     u64 now = bpf_ktime_get_ns();
 #ifdef PP_SUMMARY
     /* delivered only while its path is open (PP_H_CLOSED if not) */
@@ -1630,7 +1742,7 @@ static __always_inline int pp_deliver_known(void *ctx, u64 skb, u16 hook, u64 sk
 #endif
 }
 
-static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct)
+static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct, int udp)
 {
     u64 rq = sk + PP_OFF_SK_QHEAD, readerq = sk + PP_OFF_UDP_READERQ;
     u64 skb = 0, from = 0;
@@ -1675,12 +1787,14 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
     #pragma clang loop unroll(disable)
     for (u32 i = start; i < PP_DELIVER_SCAN + PP_READER_SCAN; i++) {
         if (i == PP_DELIVER_SCAN) {
+            if (!udp)
+                break;
             pp_queue_tail(readerq, direct, &skb, &qlen);
             j = 0;
         }
         if (!pp_is_kptr(skb) || skb == rq || skb == readerq || j >= qlen) {
-            if (i >= PP_DELIVER_SCAN)
-                break;
+            if (i >= PP_DELIVER_SCAN || !udp)
+                break;   /* (a TCP socket has no reader queue) */
             i = PP_DELIVER_SCAN - 1;  /* on to the reader queue */
             continue;
         }
@@ -1690,7 +1804,7 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
         if (r == PP_H_CLOSED) {
             /* a datagram queued before it was delivered already: so were those before it (and
              * the reader queue's, older still, once this scan delivered the ones after it) */
-            if (i >= PP_DELIVER_SCAN || found)
+            if (i >= PP_DELIVER_SCAN || found || !udp)
                 break;
             i = PP_DELIVER_SCAN - 1;
             continue;
@@ -1720,15 +1834,28 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
 {
     if (!pp_is_kptr(sk))
         return 0;
-    if (PP_RD(u16, sk + PP_OFF_SK_PROTO, direct) != 17 /* IPPROTO_UDP */)
+    u16 skproto = PP_RD(u16, sk + PP_OFF_SK_PROTO, direct);
+    /* the traced protocols' sockets only (TCP: its receive queue's tail; which segment a
+     * callback delivers, with coalescing and out-of-order queues, is not settled here) */
+#if defined(PP_PROTO_UDP) && defined(PP_PROTO_TCP)
+    if (skproto != 17 && skproto != 6)
         return 0;
-#ifdef PP_UDP_PORT
-    /* cheapest test first: a socket on another port never receives a traced datagram */
-    if (PP_RD(u16, sk + PP_OFF_SK_NUM, direct) != PP_UDP_PORT)
+#elif defined(PP_PROTO_TCP)
+    if (skproto != 6)
+        return 0;
+#else
+    if (skproto != 17 /* IPPROTO_UDP */)
         return 0;
 #endif
-    int found = pp_scan_queues(ctx, sk, hook, direct);
+#ifdef PP_PORT
+    /* cheapest test first: a socket on another port never receives a traced datagram */
+    if (PP_RD(u16, sk + PP_OFF_SK_NUM, direct) != PP_PORT)
+        return 0;
+#endif
+    int found = pp_scan_queues(ctx, sk, hook, direct, skproto == 17);
 #ifdef PP_SUMMARY
+    if (skproto != 17)
+        return 0;   /* (the fallback below is for UDP's reader, see pp_scan_queues) */
     /* The reader may have taken the datagram already (between the queueing and this callback;
      * also when the scan delivered others of the same batch). It is then the packet this CPU
      * saw last, moments ago, in the socket's own namespace: deliver that one if its path is

@@ -37,7 +37,7 @@ struct pp_flow {
     __u64 saddr[2];         /* PP_ADDR_LEN bytes, network order (8-aligned: 8-byte stores) */
     __u64 daddr[2];
     __u8  family;           /* 4 or 6; 0: not parsed (addresses and ports zero) */
-    __u8  protocol;         /* IPPROTO_UDP (17); IPPROTO_TCP next */
+    __u8  protocol;         /* IPPROTO_UDP (17) or IPPROTO_TCP (6) */
     __u16 sport;            /* host order */
     __u16 dport;
     __u16 _fpad;
@@ -56,7 +56,7 @@ struct pp_event {
     __u64 ts;               /* bpf_ktime_get_ns() */
     __u64 skb;              /* skb address */
     __u64 location;         /* drop: kernel address of the kfree_skb caller */
-    __u32 id;               /* packet ID read from the payload */
+    __u64 id;               /* packet key: the payload's ID, or a hash of its headers */
     __u32 netns;            /* netns inode */
     __u32 ifindex;
     __u32 reason;           /* drop: enum skb_drop_reason value */
@@ -67,7 +67,6 @@ struct pp_event {
     __u16 port;             /* deliver: the socket's local port */
     char  dev[PP_DEV_LEN];
     __s32 stack_id;         /* drop with --stack: id in the stacks map, else -1 */
-    __u32 _epad;
     struct pp_flow inner;   /* the traced flow: inner headers when encapsulated, else the only */
     struct pp_tunnel tun;   /* type PP_TUN_NONE unless flags has PP_F_ENCAP */
 };
@@ -95,14 +94,13 @@ struct pp_path {
     __u64 last_ts;
     __u64 skb;              /* first skb seen */
     __u64 location;         /* final drop: kfree_skb caller */
-    __u32 id;
+    __u64 id;               /* packet key (as pp_event.id) */
     __u32 reason;           /* final drop: enum skb_drop_reason */
     __u16 port;             /* deliver: socket's local port */
     __u8  final_kind;       /* PP_KIND_DROP / PP_KIND_DELIVER, or PP_KIND_PASS if still open */
     __u8  _pad1;
     __u32 nhops;            /* hops recorded (may exceed PP_MAX_HOPS: the rest were not kept) */
     __s32 stack_id;
-    __u32 _pad2;
     __u64 last_skb;         /* kernel side only: skb and data buffer of the last sighting */
     __u64 last_head;
     __u32 last_tail;

@@ -15,9 +15,11 @@ from pktpath.errors import UserError
 METHODS = ("auto", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry")
 KINDS = ("pass", "drop", "deliver")
 BYTEORDERS = {"big": "big", "network": "big", "little": "little", "host": "little"}
-KEYS = ("shost", "dhost", "sip", "dip", "vxlan_port", "geneve_port", "udp_port", "packet_id", "hooks", "netns",
-        "host", "ringbuf_pages")
-OVERRIDE_KEYS = KEYS + ("id_offset", "id_byteorder")
+KEYS = ("shost", "dhost", "sip", "dip", "vxlan_port", "geneve_port", "proto", "port", "udp_port",
+        "packet_id", "hooks", "netns", "host", "ringbuf_pages")
+OVERRIDE_KEYS = KEYS + ("id_offset", "id_byteorder", "id_from")
+PROTOS = ("udp", "tcp", "any")
+ID_FROM = ("payload", "headers")
 HOOK_KEYS = ("name", "method", "target", "skb_arg", "kind")
 CMDLINE = "command line"
 
@@ -45,14 +47,21 @@ class Config:
     dip: str = None
     vxlan_port: int = 4789       # None: VXLAN not parsed
     geneve_port: int = 6081      # None: Geneve not parsed
-    udp_port: int = None
+    port: int = None             # destination port of the inner transport header (alias udp_port)
+    proto: str = "udp"           # traced transport protocol: udp, tcp or any (both)
     id_offset: int = 0
     id_byteorder: str = "big"
+    id_from: str = "payload"     # packet key: the payload's ID, or a hash of header fields
     hooks: tuple = None          # tuple of HookSpec, or None = the catalog's default set
     netns: tuple = ()            # netns names (str) or inodes (int); empty = all
     host: str = None
     ringbuf_pages: int = 4096
     source: str = None           # the YAML file, or None
+
+    @property
+    def udp_port(self):
+        """The old name of `port` (still accepted in configs and on the command line)."""
+        return self.port
 
     def to_dict(self):
         """JSON-ready dict (for recording metadata); hooks become names or mappings."""
@@ -199,10 +208,19 @@ def _fields(raw, source):
             out[key] = None     # --geneve-port 0 (as null in YAML): that tunnel is not parsed
         elif key in ("vxlan_port", "geneve_port"):
             out[key] = c.int(key, value, 1, 65535)
-        elif key == "udp_port":
-            out[key] = c.int(key, value, 1, 65535)
+        elif key in ("port", "udp_port"):
+            if "port" in out and out.get("_port_key") != key:
+                c.fail(key, "give either port or its old name udp_port, not both")
+            out["port"] = c.int(key, value, 1, 65535)
+            out["_port_key"] = key
+        elif key == "proto":
+            out[key] = c.choice(key, value, PROTOS)
+        elif key == "id_from":
+            out[key] = c.choice(key, value, ID_FROM)
         elif key == "packet_id":
-            c.mapping(key, value, ("offset", "byteorder"))
+            c.mapping(key, value, ("offset", "byteorder", "from"))
+            if value.get("from") is not None:
+                out["id_from"] = c.choice(key + ".from", value["from"], ID_FROM)
             if value.get("offset") is not None:
                 out["id_offset"] = c.int(key + ".offset", value["offset"], 0, 64)
             if value.get("byteorder") is not None:
@@ -220,6 +238,7 @@ def _fields(raw, source):
             out[key] = c.string(key, value)
         elif key == "ringbuf_pages":
             out[key] = c.pages(key, value)
+    out.pop("_port_key", None)
     return out
 
 

@@ -85,4 +85,5 @@ class MapReader:
         table = self.maps.get("lostids")
         if table is None:
             return {}
-        return {struct.unpack("<I", k)[0]: struct.unpack("<Q", v)[0] for k, v in table.items()}
+        # (the kernel side keys it by 32 bits today, docs/DESIGN.md "Header keys"; 64 read too)
+        return {int.from_bytes(k, "little"): struct.unpack("<Q", v)[0] for k, v in table.items()}

@@ -138,11 +138,12 @@ def _addr_defines(macro, ip):
 GENEVE_OPTS = 32
 
 
-def hdr_len(id_offset):
+def hdr_len(id_offset, l4=8):
     """PP_HDR_LEN: header bytes read per hook, a power of two covering IPv4 with options (both
-    layers) + VXLAN, and IPv6 (both layers) + Geneve with GENEVE_OPTS bytes of options."""
-    v4 = 18 + 60 + 8 + 8 + 14 + 60 + 8
-    v6 = 18 + 40 + 8 + 8 + GENEVE_OPTS + 14 + 40 + 8
+    layers) + VXLAN, and IPv6 (both layers) + Geneve with GENEVE_OPTS bytes of options; `l4`:
+    the inner transport header's length (UDP 8; TCP up to 60)."""
+    v4 = 18 + 60 + 8 + 8 + 14 + 60 + l4
+    v6 = 18 + 40 + 8 + 8 + GENEVE_OPTS + 14 + 40 + l4
     need = max(v4, v6) + id_offset + 4
     n = 128
     while n < need:
@@ -216,7 +217,7 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     d["PP_SKBHEAD_SPAN_LEN"] = max(offsets["PP_OFF_SKBHEAD_PREV"] + 8,
                                    offsets["PP_OFF_SKBHEAD_QLEN"] + 4)
     d["PP_WAKEUP_EVERY"] = 256
-    d["PP_HDR_LEN"] = hdr_len(cfg.id_offset)
+    d["PP_HDR_LEN"] = hdr_len(cfg.id_offset, 60 if cfg.proto != "udp" else 8)
     if cfg.vxlan_port:
         d["PP_VXLAN_PORT"] = cfg.vxlan_port
     if cfg.geneve_port:
@@ -231,8 +232,15 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
                        ("sip", "PP_SIP"), ("dip", "PP_DIP")):
         if getattr(cfg, key):
             d.update(_addr_defines(macro, getattr(cfg, key)))
-    if cfg.udp_port:
-        d["PP_UDP_PORT"] = cfg.udp_port
+    if cfg.port:
+        d["PP_PORT"] = cfg.port
+    # the traced (inner) transport protocols; UDP is parsed anyway (tunnels are UDP)
+    if cfg.proto in ("udp", "any"):
+        d["PP_PROTO_UDP"] = 1
+    if cfg.proto in ("tcp", "any"):
+        d["PP_PROTO_TCP"] = 1
+    if cfg.id_from == "headers":
+        d["PP_KEY_HEADERS"] = 1
     return ["-D%s=%s" % (k, v) for k, v in sorted(d.items())]
 
 

@@ -30,13 +30,20 @@ def add_arguments(p):
     f.add_argument("--dhost", help="outer (underlay) destination IPv4 or IPv6")
     f.add_argument("--sip", help="inner (overlay) source IPv4 or IPv6")
     f.add_argument("--dip", help="inner (overlay) destination IPv4 or IPv6")
-    f.add_argument("--udp-port", type=int, metavar="PORT", help="destination UDP port traced")
+    f.add_argument("--proto", choices=("udp", "tcp", "any"),
+                   help="transport protocol traced (default udp; any: UDP and TCP)")
+    f.add_argument("--port", metavar="PORT",
+                   help="destination port (UDP or TCP) of the traced (inner) traffic")
+    f.add_argument("--udp-port", metavar="PORT", help="old name of --port")
     f.add_argument("--vxlan-port", type=int, metavar="PORT",
                    help="VXLAN UDP port (4789; flannel 8472; 0: do not parse VXLAN)")
     f.add_argument("--geneve-port", type=int, metavar="PORT",
                    help="Geneve UDP port (6081; 0: do not parse Geneve)")
     f.add_argument("--id-offset", type=int, metavar="BYTES", help="packet ID offset in the payload")
     f.add_argument("--id-byteorder", choices=("big", "little"), help="packet ID byte order")
+    f.add_argument("--id-from", choices=("payload", "headers"),
+                   help="packet key: the ID in the payload (default), or a hash of header fields "
+                        "that do not change on the way (any traffic, no ID needed)")
     f.add_argument("--netns", metavar="NS1,NS2",
                    help="only events in these namespaces (ip netns names or inodes)")
     f.add_argument("--hooks", metavar="H1,H2", help="comma-separated hook names (configs/hooks.yaml), "
@@ -77,8 +84,9 @@ def add_arguments(p):
 
 
 def overrides_from(args):
-    ov = {k: getattr(args, k) for k in ("shost", "dhost", "sip", "dip", "udp_port", "vxlan_port",
-                                        "geneve_port", "id_offset", "id_byteorder", "host")}
+    ov = {k: getattr(args, k, None) for k in (
+        "shost", "dhost", "sip", "dip", "proto", "port", "udp_port", "vxlan_port", "geneve_port",
+        "id_offset", "id_byteorder", "id_from", "host")}
     if args.hooks:
         ov["hooks"] = [h.strip() for h in args.hooks.split(",") if h.strip()]
     if getattr(args, "netns", None):
@@ -116,7 +124,8 @@ def run(args):
     host = cfg.host or args.host or socket.gethostname()
     rec = recording.RecordingWriter(args.record) if args.record else None
     json_out = jsonfile.open_json(args.json)
-    decoder = records.PathDecoder([h.name for h in plan], symbols.drop_reasons(btf), kallsyms)
+    decoder = records.PathDecoder([h.name for h in plan], symbols.drop_reasons(btf), kallsyms,
+                                  key=cfg.id_from)
     pipe = pipeline.LivePipeline(
         decoder, session.netns_names, summary=summary, json_out=json_out, rec=rec,
         only_netns=session.netns_filter(cfg.netns), keep_delivered=args.keep_delivered,

@@ -163,6 +163,11 @@ _EVENT_FIELDS = itemgetter(*[_E[n] for n in (
     "ts", "skb", "location", "id", "netns", "ifindex", "reason", "hook", "cpu", "kind", "flags",
     "port", "dev", "stack_id", "tun.vni", "tun.type")])
 _PA_INNER = itemgetter(*[_P["inner." + f] for f in _FLOW])
+_EV_PROTO, _PA_PROTO = _E["inner.protocol"], _P["inner.protocol"]
+# transport protocol number -> its name in the output
+PROTOS = {17: "udp", 6: "tcp"}
+# how packets are keyed (config packet_id.from): the events' and packets' "key"
+KEY_FROM = ("payload", "headers")
 _PA_OUTER = itemgetter(*[_P["tun.outer." + f] for f in _FLOW])
 
 
@@ -191,8 +196,11 @@ class Decoder:
     symbolize: address -> "func+0xoff" (or None).
     """
 
-    def __init__(self, hook_names, reasons=None, symbolize=None):
+    def __init__(self, hook_names, reasons=None, symbolize=None, key=None):
         self.hook_names = list(hook_names)
+        # "payload" or "headers" (KEY_FROM): events then carry "key" and "proto", and packets
+        # their key, proto and flow (output/schema.py); None: neither (older recordings)
+        self.key = key
         self.reasons = reasons or {}
         self.symbolize = symbolize or (lambda addr: "0x%x" % addr)
         self._hosts = ({}, {})     # (IPv4-or-unparsed, IPv6): address bytes -> text
@@ -253,6 +261,10 @@ class Decoder:
             "port": port if kind_name == "deliver" else None,
             "from_map": bool(flags & F_FROM_MAP),
         }
+        if self.key:
+            ev["key"] = self.key
+            p = t[_EV_PROTO]
+            ev["proto"] = PROTOS.get(p) or str(p)
         if stack_id >= 0 and is_drop:
             ev["stack_id"] = stack_id
         return ev
@@ -262,7 +274,7 @@ class Decoder:
 # id, final_kind and nhops in one unpack
 _ID_OFF, _FINAL_OFF = PATH.offset("id"), PATH.offset("final_kind")
 assert _ID_OFF < _FINAL_OFF < NHOPS_OFFSET
-_KEY = struct.Struct("<I%dxB%dxI" % (_FINAL_OFF - _ID_OFF - 4,
+_KEY = struct.Struct("<Q%dxB%dxI" % (_FINAL_OFF - _ID_OFF - 8,
                                      NHOPS_OFFSET - _FINAL_OFF - 1)).unpack_from
 _LAST_TS = struct.Struct("<Q").unpack_from
 _NHOPS = struct.Struct("<I").unpack_from
@@ -310,6 +322,9 @@ class PathDecoder(Decoder):
             self.truncated += nhops - MAX_HOPS
         src, dst, osrc, odst = self._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
         tname = TUNNELS.get(tun, str(tun)) if tun != TUN_NONE else None
+        key = self.key
+        if key:
+            proto = PROTOS.get(t[_PA_PROTO]) or str(t[_PA_PROTO])
         out = []
         # a record carries the hops its emitter claimed; another CPU may have claimed more since
         for i in range(min(nhops, MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE)):
@@ -349,6 +364,9 @@ class PathDecoder(Decoder):
                     ev["stack_id"] = stack_id
             elif kind_name == "deliver":
                 ev["port"] = port if final else None
+            if key:
+                ev["key"] = key
+                ev["proto"] = proto
             out.append(ev)
         return out
 
@@ -409,8 +427,14 @@ class DeliveredJSON:
         devs = dumps(_dev(dev))
         nsname = dumps(names.get(netns))
         first = first_ts + _HOP.unpack_from(data, PATH_HDR)[0]
+        flow = ""
+        if self.d.key:
+            p = t[_PA_PROTO]
+            flow = ',"key":%s,"proto":%s,"src":%s,"dst":%s' % (
+                dumps(self.d.key), dumps(PROTOS.get(p) or str(p)), dumps(src), dumps(dst))
         return ('{"id":%d,"verdict":"delivered","events":%d,"first_ns":%d,"last_ns":%d,'
                 '"last":{"hook":%s,"dev":%s,"ifindex":%d,"netns":%d,"netns_name":%s},'
                 '"drop":null,"delivered":{"netns":%d,"netns_name":%s,"port":%d},'
-                '"path":[%s]}\n' % (pid, n, first, first_ts + dt, dumps(name), devs, ifindex,
-                                    netns, nsname, netns, nsname, port, ",".join(parts)))
+                '"path":[%s]%s}\n' % (pid, n, first, first_ts + dt, dumps(name), devs, ifindex,
+                                      netns, nsname, netns, nsname, port, ",".join(parts),
+                                      flow))

@@ -11,7 +11,12 @@ import json
 PACKET_FIELDS = ("id", "verdict", "events", "first_ns", "last_ns", "last", "drop", "delivered",
                  "path")
 # present only when they apply, after the others, in this order
-PACKET_OPTIONAL = ("freed_after_delivery", "clone_drops", "incomplete")
+PACKET_OPTIONAL = ("key", "proto", "src", "dst", "freed_after_delivery", "clone_drops",
+                   "incomplete")
+# key, proto, src, dst: how the packet was keyed ("payload": the ID in its payload; "headers": a
+# hash of its header fields, config packet_id.from), its transport protocol ("udp", "tcp") and
+# its (inner) flow, "addr:port" each (with proto: the 5-tuple). Present in traces and
+# recordings made since keys could come from headers; absent in older recordings.
 LAST_FIELDS = ("hook", "dev", "ifindex", "netns", "netns_name")
 DROP_FIELDS = ("reason", "reason_code", "location", "dev", "netns", "netns_name")
 DROP_OPTIONAL = ("stack",)

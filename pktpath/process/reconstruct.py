@@ -76,6 +76,12 @@ def _packet(pid, evs, names):
                     "ifindex": last.get("ifindex"), "netns": last.get("netns"),
                     "netns_name": names.get(last.get("netns"))},
            "drop": None, "delivered": None, "path": path}
+    first = evs[0]
+    if first.get("key"):    # (recordings made before keys came from headers have none)
+        pkt["key"] = first["key"]
+        pkt["proto"] = first.get("proto")
+        pkt["src"] = first.get("src")
+        pkt["dst"] = first.get("dst")
     if delivers:
         d = delivers[0]
         pkt["verdict"] = "delivered"
@@ -216,7 +222,8 @@ def build_packets(events, netns_names=None, reuse_gap_ns=REUSE_GAP_NS):
 # what _packet and generations read of an event besides t_ns and skb: an event is kept as
 # (t_ns, skb, shape) where the shape (a dict of these keys) is shared by all events alike
 SHAPE_KEYS = ("hook", "kind", "cpu", "dev", "ifindex", "netns", "encap", "tunnel", "vni", "src", "dst",
-              "outer_src", "outer_dst", "reason", "reason_code", "location", "port", "stack")
+              "outer_src", "outer_dst", "reason", "reason_code", "location", "port", "stack",
+              "key", "proto")
 
 
 class EventStore:

@@ -56,14 +56,14 @@ class Aggregate:
         self.paths = analysis.PathStats()
         self.t0 = None
         self.lost = []          # (id, group key, group fields) of spilled `lost` packets
-        self.ids = array("I")   # IDs of the spilled packets (the policy's `seen`)
+        self.ids = array("Q")   # IDs (64-bit keys) of the spilled packets (the policy's `seen`)
         self.packets = 0
         self._shapes = set()    # shapes with packets not folded yet
 
     def add_packet(self, p):
         """A packet record (reconstruct) not delivered."""
         self.packets += 1
-        self.ids.append(p["id"] & 0xffffffff)
+        self.ids.append(p["id"] & 0xffffffffffffffff)
         if p["first_ns"] is not None and (self.t0 is None or p["first_ns"] < self.t0):
             self.t0 = p["first_ns"]
         self.paths.add(p)

@@ -263,3 +263,77 @@ def test_cflags_carry_ipv6_filters_and_tunnel_ports(cfgfile):
     assert not any(f.startswith("-DPP_GENEVE_PORT=") for f in off)
     # IPv6 + Geneve with 32 bytes of options + IPv6 fit in the header bytes read
     assert program.hdr_len(0) == program.hdr_len(64) == 256
+
+
+# ---- #18: packet keys from headers, proto and port filters ----
+def test_key_proto_port_defaults_and_values(cfgfile):
+    cfg = load_config()
+    assert (cfg.id_from, cfg.proto, cfg.port, cfg.udp_port) == ("payload", "udp", None, None)
+    path = cfgfile("proto: TCP\nport: 443\npacket_id: {from: headers}\n")
+    cfg = load_config(path)
+    assert (cfg.id_from, cfg.proto, cfg.port, cfg.udp_port) == ("headers", "tcp", 443, 443)
+    assert cfg.to_dict()["id_from"] == "headers" and cfg.to_dict()["port"] == 443
+    # udp_port is the old name of port, in a file and on the command line
+    assert load_config(cfgfile("udp_port: 5000\n")).port == 5000
+    assert load_config(None, {"udp_port": "5001"}).port == 5001
+    # the command line wins over the file, under either name
+    assert load_config(path, {"udp_port": 80, "proto": "any", "id_from": "payload"}) == \
+        Config(port=80, proto="any", id_from="payload", source=path)
+    assert load_config(cfgfile("port: 1\n"), {"port": 2}).port == 2
+
+
+@pytest.mark.parametrize("text,key,problem", [
+    ("proto: icmp", "proto", "must be one of udp, tcp, any, got 'icmp'"),
+    ("proto: 17", "proto", "must be one of udp, tcp, any, got 17"),
+    ("port: 0", "port", "must be an integer 1-65535, got 0"),
+    ("port: http", "port", "must be an integer 1-65535, got 'http'"),
+    ("port: 1\nudp_port: 2", "udp_port", "give either port or its old name udp_port, not both"),
+    ("packet_id: {from: hash}", "packet_id.from",
+     "must be one of payload, headers, got 'hash'"),
+    ("packet_id: {form: headers}", "packet_id.form", "unknown key (did you mean 'from'?)"),
+])
+def test_key_proto_port_errors_are_one_line(cfgfile, text, key, problem):
+    path = cfgfile(text + "\n")
+    assert error_of(path) == "%s: %s: %s" % (path, key, problem)
+
+
+def test_key_proto_port_command_line_errors():
+    assert error_of(None, {"proto": "sctp"}) == \
+        "command line: proto: must be one of udp, tcp, any, got 'sctp'"
+    assert error_of(None, {"id_from": "x"}) == \
+        "command line: id_from: must be one of payload, headers, got 'x'"
+    assert error_of(None, {"port": "99999"}) == \
+        "command line: port: must be an integer 1-65535, got 99999"
+
+
+def test_cli_rejects_bad_proto_port_with_one_line_and_exit_2():
+    import subprocess
+    import sys
+    run = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "run.py")
+    for args, want in ((["--port", "0"], "command line: port: must be an integer 1-65535"),
+                       (["--udp-port", "x"], "command line: udp_port: must be an integer"),
+                       (["--proto", "sctp"], "invalid choice: 'sctp'")):
+        p = subprocess.run([sys.executable, run, *args, "--ebpf"], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 2, (args, p.stderr)
+        assert want in p.stderr and len(p.stderr.strip().splitlines()) <= 2, p.stderr
+
+
+def test_cflags_for_keys_protocols_and_ports():
+    from pktpath.collect import program
+    offsets = {m: 8 * i for i, (m, _s, _p) in enumerate(program.FIELDS)}
+
+    def defines(**ov):
+        return dict(f[2:].split("=", 1) for f in program.cflags(load_config(overrides=ov),
+                                                                   offsets))
+    d = defines()
+    assert d["PP_PROTO_UDP"] == "1" and "PP_PROTO_TCP" not in d
+    assert "PP_KEY_HEADERS" not in d and "PP_PORT" not in d and d["PP_HDR_LEN"] == "256"
+    d = defines(proto="tcp", id_from="headers", udp_port=443)
+    assert "PP_PROTO_UDP" not in d and d["PP_PROTO_TCP"] == "1"
+    assert d["PP_KEY_HEADERS"] == "1" and d["PP_PORT"] == "443"
+    d = defines(proto="any")
+    assert d["PP_PROTO_UDP"] == d["PP_PROTO_TCP"] == "1"
+    # an inner TCP header may take 60 bytes: still within the header bytes read
+    assert program.hdr_len(64, 60) == 512 and program.hdr_len(0, 60) == 256

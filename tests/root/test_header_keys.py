@@ -1,0 +1,176 @@
+"""#18 (root): packets followed by header keys on the real lab, checked against what the
+receiving socket got: UDP datagrams that carry no ID, IP fragments, and a TCP connection."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pktpath.lab import overlay
+
+pytestmark = pytest.mark.root
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN = [sys.executable, os.path.join(ROOT, "run.py")]
+CFG = os.path.join(ROOT, "configs", "lab.yaml")
+PORT = overlay.PORT + 7     # not the lab sink's: our own receiver's
+
+# Datagrams of random content and size (no ID anywhere), from one unconnected socket.
+UDP_SENDER = r"""
+import os, random, socket, time
+rng = random.Random(18)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(%(count)d):
+    s.sendto(os.urandom(rng.randrange(%(lo)d, %(hi)d)), ("%(dst)s", %(port)d))
+    time.sleep(0.002)
+print("sent from port", s.getsockname()[1])
+"""
+# What the socket received: one line per datagram, "src_ip src_port length"
+UDP_RECEIVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+s.bind(("0.0.0.0", %(port)d))
+out = open(sys.argv[1], "a", buffering=1)
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    out.write("%%s %%d %%d\n" %% (a[0], a[1], len(d)))
+"""
+TCP_SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", %(port)d))
+s.listen(1)
+print("listening", flush=True)
+c, a = s.accept()
+n = 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    n += len(d)
+open(sys.argv[1], "w").write("%%s %%d %%d\n" %% (a[0], a[1], n))
+"""
+TCP_CLIENT = r"""
+import socket, time
+s = socket.create_connection(("%(dst)s", %(port)d))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for i in range(%(count)d):
+    s.sendall(bytes([i %% 251]) * (10 + 7 * i))
+    time.sleep(0.01)
+s.close()
+"""
+
+
+def _in_ns(ns, script, *args):
+    return ["ip", "netns", "exec", ns, sys.executable, "-c", script, *args]
+
+
+def _start(cmd):
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "listening", p.stderr.read()
+    return p
+
+
+def _trace(tmp_path, command, extra):
+    out = tmp_path / "v.jsonl"
+    p = subprocess.run(RUN + ["-c", CFG, "--json", str(out), "--timeline", "0", "--id-from",
+                              "headers", "--port", str(PORT), *extra, "--"] + command,
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()], p
+
+
+def _udp_case(lab_up, tmp_path, count, lo, hi):
+    got = tmp_path / "got.txt"
+    rx = _start(_in_ns(overlay.RECEIVER_NS, UDP_RECEIVER % {"port": PORT}, str(got)))
+    try:
+        packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, UDP_SENDER % {
+            "count": count, "lo": lo, "hi": hi, "dst": overlay.DST_IP, "port": PORT}), [])
+        time.sleep(0.2)
+    finally:
+        rx.kill()
+        rx.wait()
+    received = [line.split() for line in got.read_text().splitlines()]
+    assert len(received) == count, p.stdout[-2000:]
+    ns = {os.stat("/run/netns/" + n).st_ino for n in overlay.LAB_NS}
+    # every datagram the socket received is one packet, delivered, followed through all four
+    # namespaces, with the flow the socket saw
+    assert len(packets) == count, [(q["verdict"], q["events"]) for q in packets][:20]
+    assert len({q["id"] for q in packets}) == count
+    flows = sorted(("%s:%s" % (ip, port), "%s:%d" % (overlay.DST_IP, PORT))
+                   for ip, port, _n in received)
+    assert sorted((q["src"], q["dst"]) for q in packets) == flows
+    for q in packets:
+        assert (q["verdict"], q["key"], q["proto"]) == ("delivered", "headers", "udp"), q
+        assert q["delivered"]["netns_name"] == overlay.RECEIVER_NS and \
+            q["delivered"]["port"] == PORT
+        assert ns <= {h["netns"] for h in q["path"]}, q
+        assert any(h["encap"] and h["vni"] == overlay.VNI for h in q["path"])
+    return packets
+
+
+def test_unstamped_udp_followed_by_header_keys(lab_up, tmp_path):
+    """300 datagrams with random payloads (no ID) and sizes: each one path, one per datagram."""
+    packets = _udp_case(lab_up, tmp_path, 300, 8, 1200)
+    # as many hops as a stamped datagram has (9 on the lab's default hooks): never split
+    assert {q["events"] for q in packets} == {9}
+
+
+def test_fragmented_udp_keeps_its_key_through_reassembly(lab_up, tmp_path):
+    """3000-byte datagrams leave pp-ctrA as three IP fragments; the first carries the UDP header
+    and is followed to the socket after reassembly (lengths and the more-fragments flag change
+    there: they are not part of a UDP key)."""
+    packets = _udp_case(lab_up, tmp_path, 20, 2990, 3000)
+    assert {q["events"] for q in packets} == {9}
+
+
+def test_tcp_connection_followed_by_header_keys(lab_up, tmp_path):
+    """A TCP connection through the overlay with --proto tcp: its segments to the server port
+    (handshake, data, FIN) are packets with the connection's 5-tuple, each followed across the
+    overlay into the server's namespace (their verdicts are not settled here)."""
+    got = tmp_path / "got.txt"
+    count = 40
+    srv = _start(_in_ns(overlay.RECEIVER_NS, TCP_SERVER % {"port": PORT}, str(got)))
+    try:
+        packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, TCP_CLIENT % {
+            "dst": overlay.DST_IP, "port": PORT, "count": count}), ["--proto", "tcp"])
+        srv.wait(timeout=10)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    ip, port, nbytes = got.read_text().split()
+    assert int(nbytes) == sum(10 + 7 * i for i in range(count))
+    client = "%s:%s" % (ip, port)
+    assert packets and {(q["key"], q["proto"], q["src"], q["dst"]) for q in packets} == \
+        {("headers", "tcp", client, "%s:%d" % (overlay.DST_IP, PORT))}
+    # SYN, the handshake's ACK, one segment per send (TCP_NODELAY), FIN (and their ACKs)
+    assert len(packets) >= count + 3 and len({q["id"] for q in packets}) == len(packets)
+    ctr_a, ctr_b = (os.stat("/run/netns/" + n).st_ino for n in (overlay.SENDER_NS,
+                                                                 overlay.RECEIVER_NS))
+    for q in packets:
+        seen = {h["netns"] for h in q["path"]}
+        assert {ctr_a, ctr_b} <= seen, q
+        assert any(h["encap"] and h["vni"] == overlay.VNI for h in q["path"]), q
+    # the same traffic with --proto udp is not traced at all (nor with the default)
+    assert "tcp" not in {q.get("proto") for q in _udp_only(tmp_path)}
+
+
+def _udp_only(tmp_path):
+    srv = _start(_in_ns(overlay.RECEIVER_NS, TCP_SERVER % {"port": PORT},
+                        str(tmp_path / "got2.txt")))
+    try:
+        packets, _p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, TCP_CLIENT % {
+            "dst": overlay.DST_IP, "port": PORT, "count": 3}), [])
+        srv.wait(timeout=10)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    assert packets == []
+    return packets
