@@ -1289,7 +1289,7 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
     u16 hook = hk >> 8;
     u8 kind = hk & 0xff;
     u32 reason = kind == PP_KIND_DROP ? (u32)aux : 0;
-    u64 sk = kind == PP_KIND_DROP || kind == PP_KIND_PASS ? 0 : aux;
+    u64 sk = kind == PP_KIND_DELIVER ? aux : 0;
     if (!pp_is_kptr(skb))
         return 0;
     struct pp_skbf s;
@@ -1328,11 +1328,14 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         pp_skbmap_close(skb, s.head, s.tail);
     }
 #endif
-    u8 flags = (p.tun != PP_TUN_NONE ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0);
+    u8 flags = (p.tun != PP_TUN_NONE ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0) |
+               (kind == PP_KIND_PASS ? (u8)aux : 0);   /* a pass hook's aux: extra PP_F_* */
 #ifdef PP_SUMMARY
+    /* a consume ends the path open on this very skb, never starts one (the sender's copy of a
+     * TCP segment, freed when it is acknowledged, is not the packet) */
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                       s.head, s.tail, rc == PP_MATCH && kind == PP_KIND_PASS, s.netdev,
-                      direct ? 2 : 0, 0, 0);
+                      direct ? 2 : 0, 0, kind == PP_KIND_CONSUME);
 #else
     return pp_record_event(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                            s.netdev, direct ? 2 : 0);
@@ -1343,6 +1346,25 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 static __always_inline int pp_pass(void *ctx, u64 skb, u16 hook, int direct)
 {
     return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_PASS), 0, 0, direct);
+}
+
+/* A hook where the stack is done with the skb normally (consume_skb): ends its open path. */
+static __always_inline int pp_consume(void *ctx, u64 skb, u16 hook, int direct)
+{
+    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_CONSUME), 0, 0, direct);
+}
+
+/* tcp:tcp_probe (a segment processed by an established socket): a pass hook whose hop says
+ * whether the segment occupies sequence space (data or FIN: it is queued, or merged into the
+ * queue's tail by tcp_try_coalesce and freed unseen) or not (a pure ACK, freed by __kfree_skb,
+ * which has no tracepoint). User space infers the verdict of a path that ends here. */
+static __always_inline int pp_segment(void *ctx, u64 skb, u16 hook, int direct)
+{
+    if (!pp_is_kptr(skb))
+        return 0;
+    u32 seq = PP_RD(u32, skb + PP_OFF_SKB_CB + PP_OFF_TCB_SEQ, direct);
+    u32 end = PP_RD(u32, skb + PP_OFF_SKB_CB + PP_OFF_TCB_END_SEQ, direct);
+    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_PASS), 0, seq != end ? PP_F_DATA : 0, direct);
 }
 
 #ifdef PP_DROPS_ALL
@@ -1878,6 +1900,49 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
         return 0;
     ls->ts = 0;
     pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, 0, direct,
+               ls->skb, 1);
+#endif
+    return 0;
+}
+
+/* sock:inet_sock_set_state: a TCP socket's state change made by a segment that queues
+ * nothing (the handshake's last ACK: SYN_RECV -> ESTABLISHED; the ACK of our FIN: FIN_WAIT1 ->
+ * FIN_WAIT2, LAST_ACK -> CLOSE, CLOSING -> TIME_WAIT). The tracepoint has no skb: the segment is
+ * the packet this CPU saw pass moments ago (the change runs in the softirq that received it, or
+ * right after in the socket owner's release_sock: same CPU), if its flow is the socket's (ports,
+ * netns). It ends that packet's path as consumed. */
+static __always_inline int pp_state(void *ctx, u64 sk, int old, int new, u16 hook, int direct)
+{
+#ifdef PP_SUMMARY
+    if (!((old == 3 && new == 1) || (old == 4 && new == 5) || (old == 9 && new == 7) ||
+          (old == 11 && new == 6)))
+        return 0;
+    if (!pp_is_kptr(sk))
+        return 0;
+    u32 zero = 0;
+    struct pp_lastseen *ls = lastseen.lookup(&zero);
+    if (!ls || !ls->ts)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now - ls->ts > PP_LASTSEEN_NS)
+        return 0;
+    struct pp_pathkey key = {.skb = ls->skb, .id = ls->id};
+    struct pp_path *v = paths.lookup(&key);
+    if (!v || v->inner.protocol != 6)
+        return 0;
+    /* (not skc_num: unhashing on the way to CLOSE zeroes it before the tracepoint fires) */
+    u16 sport = PP_RD(u16, sk + PP_OFF_INET_SPORT, direct);   /* network order */
+    u16 dport = PP_RD(u16, sk + PP_OFF_SK_DPORT, direct);
+    if (v->inner.dport != __builtin_bswap16(sport) || v->inner.sport != __builtin_bswap16(dport))
+        return 0;
+    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
+    if (pp_netns_of_net(skn, direct) != ls->netns)
+        return 0;
+    struct pp_pkt p;
+    __builtin_memset(&p, 0, PP_PKT_ZERO);
+    p.id = ls->id;
+    ls->ts = 0;
+    pp_summary(ctx, 0, hook, PP_KIND_CONSUME, 0, 0, sk, &p, 0, now, 0, 0, 0, 0, direct,
                ls->skb, 1);
 #endif
     return 0;

@@ -18,10 +18,12 @@
 #define PP_KIND_PASS    0   /* the packet went through a hook */
 #define PP_KIND_DROP    1   /* kfree_skb: dropped, with reason and location */
 #define PP_KIND_DELIVER 2   /* queued to a socket's receive queue */
+#define PP_KIND_CONSUME 3   /* the stack finished with it normally, no data queued (TCP) */
 
 /* event flags */
 #define PP_F_ENCAP    1     /* this sighting was encapsulated: the record's tunnel is set */
 #define PP_F_FROM_MAP 2     /* headers not parseable here: ID taken from the skb->ID map */
+#define PP_F_DATA     4     /* tcp_probe: the segment carries data (or FIN): it is queued */
 #define PP_F_HOP_SET  0x80  /* summary mode: this hop slot was written */
 
 /* tunnel types (struct pp_tunnel), recognized by the outer UDP destination port */
@@ -97,7 +99,7 @@ struct pp_path {
     __u64 id;               /* packet key (as pp_event.id) */
     __u32 reason;           /* final drop: enum skb_drop_reason */
     __u16 port;             /* deliver: socket's local port */
-    __u8  final_kind;       /* PP_KIND_DROP / PP_KIND_DELIVER, or PP_KIND_PASS if still open */
+    __u8  final_kind;       /* PP_KIND_DROP / _DELIVER / _CONSUME, or PP_KIND_PASS if still open */
     __u8  _pad1;
     __u32 nhops;            /* hops recorded (may exceed PP_MAX_HOPS: the rest were not kept) */
     __s32 stack_id;

@@ -15,7 +15,8 @@ from pktpath.paths import data_dir
 
 CATALOG_PATH = os.path.join(data_dir("configs"), "hooks.yaml")
 METHODS = ("raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "fentry")
-KINDS = ("pass", "drop", "deliver")
+KINDS = ("pass", "drop", "deliver", "consume", "segment", "state")
+# TCP-only kinds: attached when the traced protocol includes TCP (hook `tcp: true`)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def _suggest(name, names):
 SETS = ("default", "light")
 
 
-def select(specs, catalog):
+def select(specs, catalog, proto="udp"):
     """Resolve the config's hook list (None = default set) into catalog-like entries.
 
     `specs` items are names (str) or objects with name/method/target/skb_arg/kind attributes;
@@ -92,7 +93,8 @@ def select(specs, catalog):
                                              ("method", "target", "skb_arg", "kind"))
         if plain and base is None and name in SETS:
             # a named set: the catalog entries flagged with it, in catalog order
-            out += [dict(e, name=n) for n, e in catalog.items() if e.get(name) and n not in seen]
+            out += [dict(e, name=n) for n, e in catalog.items()
+                    if (e.get(name) or (e.get("tcp") and proto != "udp")) and n not in seen]
             seen.update(e["name"] for e in out)
             continue
         if name in seen:
@@ -122,9 +124,15 @@ def _tp_args(entry, types):
     """Argument indexes for a raw tracepoint with argument types `types`, or (None, why)."""
     def first(t):
         return types.index(t) if t in types else None
-    if entry["kind"] == "deliver":
+    if entry["kind"] in ("deliver", "state"):
         sk = first("struct sock *")
-        return ((sk,), "") if sk is not None else (None, "no struct sock * argument")
+        if sk is None:
+            sk = first("const struct sock *")
+        if sk is None:
+            return None, "no struct sock * argument"
+        if entry["kind"] == "state":   # (sk, oldstate, newstate)
+            return ((sk, sk + 1, sk + 2), "") if len(types) >= sk + 3 else (None, "no states")
+        return (sk,), ""
     skb = first("struct sk_buff *")
     if skb is None:
         return None, "no struct sk_buff * argument"
@@ -149,7 +157,7 @@ def _plan_one(entry, caps):
         if args is None:
             return Hook(why="tracepoint %s: %s" % (target, why), **common)
         # a delivery hook walks socket queues: as tp_btf only where any address can be loaded
-        if caps.tp_btf and (kind != "deliver" or caps.tp_btf_direct):
+        if caps.tp_btf and (kind not in ("deliver", "state") or caps.tp_btf_direct):
             return Hook(method="tp_btf", args=args, why="tracepoint (BTF)", **common)
         return Hook(method="raw_tracepoint", args=args, why="tracepoint", **common)
     # a kernel function: fentry > kprobe > the catalog's tracepoint fallback
@@ -170,14 +178,14 @@ def _plan_one(entry, caps):
     return Hook(why="; ".join(reasons) or "no usable method", **common)
 
 
-def plan(specs, caps, catalog=None):
+def plan(specs, caps, catalog=None, proto="udp"):
     """The attach plan: one Hook per selected hook, attached or skipped with a reason.
 
     A function hook that cannot be probed uses its catalog `fallback` tracepoint hook instead
     (unless that hook is already in the plan), and says so.
     """
     catalog = load_catalog() if catalog is None else catalog
-    entries = select(specs, catalog)
+    entries = select(specs, catalog, proto)
     names = {e["name"] for e in entries}
     hooks = []
     for entry in entries:

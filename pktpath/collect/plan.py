@@ -7,11 +7,11 @@ def build_plan(cfg, btf, kallsyms, root=True):
     """The attach plan for `cfg` on this kernel (fentry is probed only as root, when needed)."""
     from pktpath.collect import tracer
     catalog = hooksmod.load_catalog()
-    entries = hooksmod.select(cfg.hooks, catalog)
+    entries = hooksmod.select(cfg.hooks, catalog, cfg.proto)
     want_fentry = root and any(":" not in e["target"] and e.get("method", "auto") in
                                ("auto", "fentry") for e in entries)
     caps = tracer.capabilities(btf, kallsyms, want_fentry=want_fentry)
-    return hooksmod.plan(cfg.hooks, caps, catalog)
+    return hooksmod.plan(cfg.hooks, caps, catalog, cfg.proto)
 
 
 def describe_coverage(coverage):

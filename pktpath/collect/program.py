@@ -25,6 +25,11 @@ FIELDS = (
     ("PP_OFF_NET_INUM", "net", "ns.inum"),
     ("PP_OFF_SK_NET", "sock", "__sk_common.skc_net.net"),
     ("PP_OFF_SK_NUM", "sock", "__sk_common.skc_num"),
+    ("PP_OFF_SK_DPORT", "sock", "__sk_common.skc_dport"),
+    ("PP_OFF_INET_SPORT", "inet_sock", "inet_sport"),
+    ("PP_OFF_SKB_CB", "sk_buff", "cb"),
+    ("PP_OFF_TCB_SEQ", "tcp_skb_cb", "seq"),
+    ("PP_OFF_TCB_END_SEQ", "tcp_skb_cb", "end_seq"),
     ("PP_OFF_SK_QHEAD", "sock", "sk_receive_queue"),
     ("PP_OFF_SK_PROTO", "sock", "sk_protocol"),
     ("PP_OFF_UDP_READERQ", "udp_sock", "reader_queue"),
@@ -305,6 +310,13 @@ def _call(index, hook):
     if hook.kind == "deliver":
         # a tp_btf delivery hook exists only where pp_cast does (Capabilities.tp_btf_direct)
         return "pp_deliver(ctx, %s, %d, %d)" % (a[0], index, 2 if direct else 0)
+    if hook.kind == "consume":
+        return "pp_consume(ctx, %s, %d, %d)" % (a[0], index, direct)
+    if hook.kind == "segment":
+        return "pp_segment(ctx, %s, %d, %d)" % (a[0], index, direct)
+    if hook.kind == "state":
+        return "pp_state(ctx, %s, (int)%s, (int)%s, %d, %d)" % (a[0], a[1], a[2], index,
+                                                               2 if direct else 0)
     return "pp_pass(ctx, %s, %d, %d)" % (a[0], index, direct)
 
 

@@ -133,6 +133,7 @@ KINDS = tuple(k[len("PP_KIND_"):].lower() for k, _v in
                      key=lambda kv: kv[1]))
 F_ENCAP = DEFINES["PP_F_ENCAP"]
 F_FROM_MAP = DEFINES["PP_F_FROM_MAP"]
+F_DATA = DEFINES["PP_F_DATA"]
 F_HOP_SET = DEFINES["PP_F_HOP_SET"]
 TUN_NONE = DEFINES["PP_TUN_NONE"]
 # tunnel type -> its name in the output (PP_TUN_VXLAN -> "vxlan"); PP_TUN_NONE -> None
@@ -267,6 +268,8 @@ class Decoder:
             ev["proto"] = PROTOS.get(p) or str(p)
         if stack_id >= 0 and is_drop:
             ev["stack_id"] = stack_id
+        if flags & F_DATA:
+            ev["tcp_data"] = True   # tcp_probe: the segment has data (or FIN)
         return ev
 
 
@@ -367,6 +370,8 @@ class PathDecoder(Decoder):
             if key:
                 ev["key"] = key
                 ev["proto"] = proto
+            if flags & F_DATA:
+                ev["tcp_data"] = True   # tcp_probe: the segment has data (or FIN)
             out.append(ev)
         return out
 

@@ -122,6 +122,8 @@ def _render_summary(s, lost_events=0, coverage=None, streamed_delivered=0):
     parts = [render_coverage(coverage)] if coverage else []
     parts.append("%d packet%s: %d delivered, %d dropped, %d lost" % (
         s["packets"], "" if s["packets"] == 1 else "s", v["delivered"], v["dropped"], v["lost"])
+        + (", %d consumed (TCP: processed by the socket, no data queued)" % v["consumed"]
+           if v.get("consumed") else "")
         + (", %d incomplete (the tracer lost their events)" % v["incomplete"]
            if v.get("incomplete") else ""))
     if s["drops"]:

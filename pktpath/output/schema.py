@@ -12,7 +12,10 @@ PACKET_FIELDS = ("id", "verdict", "events", "first_ns", "last_ns", "last", "drop
                  "path")
 # present only when they apply, after the others, in this order
 PACKET_OPTIONAL = ("key", "proto", "src", "dst", "freed_after_delivery", "clone_drops",
-                   "incomplete")
+                   "inferred", "incomplete")
+# inferred: how pktpath concluded a TCP verdict it did not see happen (a text): a segment last
+# seen at tcp_probe (coalesced data: delivered; an ACK: consumed), or a socket state change
+# linked to the segment by the CPU that saw it moments before (consumed)
 # key, proto, src, dst: how the packet was keyed ("payload": the ID in its payload; "headers": a
 # hash of its header fields, config packet_id.from), its transport protocol ("udp", "tcp") and
 # its (inner) flow, "addr:port" each (with proto: the 5-tuple). Present in traces and

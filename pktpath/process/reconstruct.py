@@ -15,7 +15,10 @@ from bisect import insort
 from collections import defaultdict
 from operator import itemgetter
 
-VERDICTS = ("delivered", "dropped", "lost", "incomplete")
+VERDICTS = ("delivered", "dropped", "lost", "incomplete")   # + "consumed" (TCP) when seen
+# the hook whose hop tells a TCP segment reached its (established) socket (configs/hooks.yaml)
+SEGMENT_HOOK = "tcp_probe"
+STATE_HOOK = "tcp_state"
 REUSE_GAP_NS = 1_000_000_000  # a packet crosses the stack in far less; a reused ID comes later
 
 
@@ -40,7 +43,7 @@ def _drop(ev, names):
 def _packet(pid, evs, names):
     """The record of packet `pid` from its events `evs`, already in time order."""
     path = []
-    delivers, drops = [], []
+    delivers, drops, consumes = [], [], []
     reported = set()    # (skb, netns, port) of the deliveries seen
     kept = 0
     for ev in evs:
@@ -69,6 +72,8 @@ def _packet(pid, evs, names):
             delivers.append(ev)
         elif kind == "drop":
             drops.append(ev)
+        elif kind == "consume":
+            consumes.append(ev)
     last = evs[-1]
     pkt = {"id": pid, "verdict": "lost", "events": kept, "first_ns": evs[0]["t_ns"],
            "last_ns": last["t_ns"],
@@ -96,11 +101,40 @@ def _packet(pid, evs, names):
         if drops[-1].get("stack"):
             pkt["drop"]["stack"] = drops[-1]["stack"]
         clone_drops = drops[:-1]
+    elif consumes:
+        clone_drops = ()
+        pkt["verdict"] = "consumed"
+        if consumes[-1].get("hook") == STATE_HOOK:
+            pkt["inferred"] = "its socket changed state (inet_sock_set_state, no skb) on the " \
+                              "CPU that saw the segment moments before, in its namespace"
     else:
         clone_drops = ()
+        _infer_tcp(pkt, evs, names)
     if clone_drops:
         pkt["clone_drops"] = [_drop(ev, names) for ev in clone_drops]
     return pkt
+
+
+def _infer_tcp(pkt, evs, names):
+    """A TCP segment last seen at tcp_probe was processed by its established socket: it is
+    never `lost`. With data (or a FIN) and no delivery seen, its data was merged into the
+    socket queue's tail (tcp_try_coalesce) and its skb freed unseen: `delivered`; without, a pure
+    ACK freed by __kfree_skb (no tracepoint): `consumed`. Both inferred, and the record says so."""
+    last = evs[-1]
+    if last.get("hook") != SEGMENT_HOOK or last.get("kind") != "pass":
+        return
+    if last.get("tcp_data"):
+        pkt["verdict"] = "delivered"
+        dst = last.get("dst") or ""
+        port = dst.rsplit(":", 1)[-1]
+        pkt["delivered"] = {"netns": last.get("netns"), "netns_name": names.get(last.get("netns")),
+                            "port": int(port) if port.isdigit() else None}
+        pkt["inferred"] = "data processed by its socket (tcp_probe) and no skb of its own " \
+                          "queued: merged into the queue's tail (coalesced)"
+    else:
+        pkt["verdict"] = "consumed"
+        pkt["inferred"] = "no data, processed by its socket (tcp_probe): an ACK, freed " \
+                          "by __kfree_skb (no tracepoint)"
 
 
 class _Gen:

@@ -28,6 +28,7 @@ from array import array
 
 from pktpath.events import records
 from pktpath.process import analysis
+from pktpath.process import reconstruct
 from pktpath.process.reconstruct import Summary
 
 PER_GROUP = 20          # packets kept per drop point / lost place
@@ -279,6 +280,8 @@ class RawPaths:
         stages, counted = [], []
         for j in range(n):
             hook = self.d.hook_name(hooks[j])
+            if hook == reconstruct.SEGMENT_HOOK:
+                return None   # a TCP verdict to infer (reconstruct._infer_tcp)
             hop = {"hook": hook, "dev": records._dev(devs[j]), "netns": netns[j],
                    "netns_name": names.get(netns[j])}
             stages.append(analysis.stage(hop))

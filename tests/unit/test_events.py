@@ -103,8 +103,8 @@ def test_every_record_user_space_reads_is_checked():
 def test_records_the_decoders_rely_on():
     """What the Python code expects of the header (names it uses, sizes it assumes)."""
     consts = _consts()
-    assert records.KINDS == ("pass", "drop", "deliver")
-    assert [consts["PP_KIND_" + k.upper()] for k in records.KINDS] == [0, 1, 2]
+    assert records.KINDS == ("pass", "drop", "deliver", "consume")
+    assert [consts["PP_KIND_" + k.upper()] for k in records.KINDS] == [0, 1, 2, 3]
     assert (records.F_ENCAP, records.F_FROM_MAP, records.F_HOP_SET) == \
         (consts["PP_F_ENCAP"], consts["PP_F_FROM_MAP"], consts["PP_F_HOP_SET"])
     assert records.MAX_HOPS == consts["PP_MAX_HOPS"] and records.DEV_LEN == consts["PP_DEV_LEN"]
