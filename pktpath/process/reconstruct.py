@@ -127,7 +127,9 @@ def _infer_tcp(pkt, evs, names):
         pkt["verdict"] = "delivered"
         dst = last.get("dst") or ""
         port = dst.rsplit(":", 1)[-1]
-        pkt["delivered"] = {"netns": last.get("netns"), "netns_name": names.get(last.get("netns")),
+        # tcp_probe has no device (netns 0): the socket's netns is where the segment was last
+        netns = next((ev.get("netns") for ev in reversed(evs) if ev.get("netns")), None)
+        pkt["delivered"] = {"netns": netns, "netns_name": names.get(netns),
                             "port": int(port) if port.isdigit() else None}
         pkt["inferred"] = "data processed by its socket (tcp_probe) and no skb of its own " \
                           "queued: merged into the queue's tail (coalesced)"

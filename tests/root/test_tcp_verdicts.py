@@ -1,0 +1,118 @@
+"""#18 (root): TCP verdicts on the real lab. A connection's segments to the server port are
+delivered (data, FIN) or consumed (SYN, the handshake's last ACK, the ACK that closes), never
+lost; data merged into the receive queue's tail (coalesced) is delivered; a SYN to a closed port
+is dropped NO_SOCKET in the receiving container."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pktpath.lab import overlay
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_header_keys import PORT, _in_ns, _start, _trace  # noqa: E402
+
+pytestmark = pytest.mark.root
+
+SERVER = r"""
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", %(port)d))
+s.listen(1)
+print("listening", flush=True)
+c, a = s.accept()
+time.sleep(%(wait)s)    # > 0: segments wait unread in the queue (and coalesce)
+n = 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    n += len(d)
+open(sys.argv[1], "w").write("%%s %%d %%d\n" %% (a[0], a[1], n))
+"""
+CLIENT = r"""
+import socket, time
+s = socket.create_connection(("%(dst)s", %(port)d))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for i in range(%(count)d):
+    s.sendall(b"x" * 10)
+    time.sleep(%(gap)s)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)   # until the server closes: its FIN and our last ACK are traced too
+s.close()
+"""
+
+
+def _connection(tmp_path, wait, gap, count=20, retransmits_ok=False):
+    got = tmp_path / "got.txt"
+    srv = _start(_in_ns(overlay.RECEIVER_NS, SERVER % {"port": PORT, "wait": wait}, str(got)))
+    try:
+        packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, CLIENT % {
+            "dst": overlay.DST_IP, "port": PORT, "count": count, "gap": gap}),
+            ["--proto", "tcp"])
+        srv.wait(timeout=10)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    ip, port, nbytes = got.read_text().split()
+    assert int(nbytes) == 10 * count     # what the server read
+    assert {(q["src"], q["proto"]) for q in packets} == {("%s:%s" % (ip, port), "tcp")}
+    verdicts = [q["verdict"] for q in packets]
+    if retransmits_ok:
+        # a retransmission (a tail-loss probe while the reader sleeps) of data received already
+        # is a new packet that TCP drops as TCP_OLD_DATA: the kernel's own verdict, not a loss
+        old = [q for q in packets if q["verdict"] == "dropped"]
+        assert all(q["drop"]["reason"] == "TCP_OLD_DATA" for q in old), old
+        packets = [q for q in packets if q["verdict"] != "dropped"]
+        verdicts = [q["verdict"] for q in packets]
+    # nothing lost, nothing dropped: each segment delivered or consumed, in the server's netns
+    assert set(verdicts) <= {"delivered", "consumed"}, \
+        [(q["verdict"], [h["hook"] for h in q["path"]]) for q in packets]
+    for q in packets:
+        assert q["last"]["netns_name"] in (overlay.RECEIVER_NS, None), q
+        if q["verdict"] == "delivered":
+            assert q["delivered"]["netns_name"] == overlay.RECEIVER_NS
+            assert q["delivered"]["port"] == PORT
+    # SYN (consume_skb), the handshake's last ACK and the closing ACK (socket state changes)
+    consumed = [q for q in packets if q["verdict"] == "consumed"]
+    hooks = sorted(q["path"][-1]["hook"] for q in consumed)
+    assert hooks[:1] == ["tcp_consume"] and hooks.count("tcp_state") == 2, hooks
+    return packets
+
+
+def test_tcp_small_writes_every_segment_delivered(lab_up, tmp_path):
+    """20 writes of 10 bytes (TCP_NODELAY, 10 ms apart), read at once: 20 data segments and the
+    FIN delivered, each seen queued (sk_data_ready), 3 segments consumed, 24 packets."""
+    packets = _connection(tmp_path, 0, 0.01)
+    delivered = [q for q in packets if q["verdict"] == "delivered"]
+    assert len(delivered) == 21 and len(packets) == 24
+    assert not any(q.get("inferred") for q in delivered)
+
+
+def test_tcp_coalesced_segments_are_delivered(lab_up, tmp_path):
+    """The server reads only after 1 s: segments queued behind unread data are merged into the
+    queue's tail (tcp_try_coalesce) and freed unseen; they are delivered, inferred so."""
+    packets = _connection(tmp_path, 1.0, 0.01, retransmits_ok=True)
+    delivered = [q for q in packets if q["verdict"] == "delivered"]
+    assert len(delivered) == 21
+    inferred = [q for q in delivered if q.get("inferred")]
+    assert inferred and all(q["path"][-1]["hook"] == "tcp_probe" for q in inferred)
+
+
+def test_tcp_syn_to_closed_port_dropped_no_socket(lab_up, tmp_path):
+    """Nothing listens: the SYN is dropped NO_SOCKET in pp-ctrB (the client gets a reset)."""
+    client = r"""
+import socket
+try:
+    socket.create_connection(("%s", %d), timeout=2)
+except OSError as e:
+    print("refused", e)
+""" % (overlay.DST_IP, PORT)
+    packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, client), ["--proto", "tcp"])
+    assert len(packets) == 1, [(q["verdict"], q["path"]) for q in packets]
+    q = packets[0]
+    assert (q["verdict"], q["proto"]) == ("dropped", "tcp")
+    assert q["drop"]["reason"] == "NO_SOCKET" and q["drop"]["netns_name"] == overlay.RECEIVER_NS
