@@ -148,6 +148,8 @@ def run(args):
                  % (" for %gs" % args.duration if args.duration else ""))
             session.poll_loop(t, stop, child, pipe.on_record, pipe.flush, summary,
                               args.lost_after, args.duration, args.grace, args.interval, on_drops)
+            if stop.at is not None:     # PKTPATH_TIMES: "loop" is then signal -> loop left
+                marks.append(("signal", stop.at))
             marks.append(("loop", time.monotonic()))
             session.drain(t, pipe.on_record)
             marks.append(("drain+sweep", time.monotonic()))

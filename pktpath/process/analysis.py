@@ -95,10 +95,11 @@ class PathStats:
                 at = positions[s]
                 at[i] = at.get(i, 0) + 1
 
-    def add_bulk(self, rank, stages, counted, dts, count):
+    def add_bulk(self, rank, stages, counted, dts, count, idle=None):
         """`count` packets of the same path (stages, counted: see add_stages), their hop times
         flattened in `dts` (an array, len(stages) per packet); `rank`: the lowest (id,
-        first_ns) of them."""
+        first_ns) of them. `idle` (if any) is called between segments (a live trace drains
+        its ring buffer: sorting a flood's latencies takes tens of ms per segment)."""
         n = len(stages)
         gaps, ranks = self._gaps, self._rank
         for i in range(n - 1):
@@ -109,7 +110,12 @@ class PathStats:
                 ranks[key] = rank + (i,)
             elif rank < ranks[key]:
                 ranks[key] = rank + (i,)
-            vals.extend(map(truediv, map(sub, dts[i + 1::n], dts[i::n]), repeat(1e3, count)))
+            # sorted: the array is then a few long sorted runs, which segments() merges in
+            # linear time instead of sorting every latency at the stop
+            vals.extend(sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]),
+                                   repeat(1e3, count))))
+            if idle is not None and count > 4096:
+                idle()
         seen = set()
         reach, positions = self._reach, self._positions
         for i, s in enumerate(stages):
