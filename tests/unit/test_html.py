@@ -177,3 +177,25 @@ def test_page_renders_in_chromium(tmp_path):
     assert not [t for t, _a, _x in els.elements if t == "script"]
     assert [a["data-ns"] for _t, a, _x in els.with_class("ns")][-1] == EVIL
     assert len([t for t, _a, _x in els.elements if t == "svg"]) == 1 + 12
+
+
+def test_drops_recording_page_is_the_live_page(tmp_path, capsys):
+    """`drops --html` live and `report --html` of its recording give the same page."""
+    import argparse
+    from pktpath.commands import report as reportcmd
+    from pktpath.events import recording
+    from test_drops_output import NAMES, _run
+    path = tmp_path / "drops.rec"
+    rec = recording.RecordingWriter(str(path))
+    rec.meta({"recording": dropsmod.RECORDING, "netns_names": NAMES})
+    _text, mon = _run(rec=rec)
+    rec.close()
+    live = html.render_drops(mon.final)
+    out = tmp_path / "d.html"
+    assert reportcmd.run(argparse.Namespace(files=[str(path)], json=None, timeline=50,
+                                            html=str(out))) == 0
+    assert out.read_text() == live
+    rows = Elements(live).with_class("drop")
+    assert [(a["data-reason"], a["data-count"]) for _t, a, _x in rows] == [
+        ("NETFILTER_DROP", "25"), ("NEW_ONE", "1")]
+    assert "VXLAN_VNI_NOT_FOUND" in live and "vxlan vni 42" in live
