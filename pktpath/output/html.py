@@ -83,7 +83,7 @@ ROW = 46          # vertical distance between stages
 BOX_HEAD = 30     # namespace box title
 NODE_W, NODE_H = 250, 30
 BOX_X, NODE_X = 20, 50
-MARK_X, MARK_W, MARK_H = 420, 290, 38
+MARK_X, MARK_W, MARK_H = 410, 265, 38
 
 
 def _us(v):
@@ -131,6 +131,12 @@ def path_picture(data):
         markers.setdefault(i, []).append(("lost", [
             "? %d lost" % g["count"], "last seen at %s%s" % (
                 g["hook"] or "-", "@%s" % g["dev"] if g["dev"] else "")], g))
+    deliver = {c["hook"] for c in data.get("coverage") or () if c.get("kind") == "deliver"}
+    for i, st in enumerate(info):
+        if st["hook"] in deliver:
+            markers.setdefault(i, []).insert(0, ("deliver", [
+                "\u2713 %d delivered" % rows[i][1], "seen at %s" % st["hook"]],
+                {"netns": st["ns"], "netns_name": None, "count": rows[i][1]}))
     width = MARK_X + 20 + MARK_W * max([len(m) for m in markers.values()] or [0])
     width = max(width, MARK_X + 40)
 
@@ -146,9 +152,8 @@ def path_picture(data):
         out.append('<g class="ns" data-ns="%s"><rect x="%d" y="%d" width="%d" height="%d" rx="8" '
                    'fill="#eef3fb" stroke="#7a98c9"/>' % (esc(ns), BOX_X, top, NODE_W + 70,
                                                          bottom - top))
-        out.append(_svg_text(BOX_X + 10, top + 19, "netns %s%s" % (ns, " [%s]" % host if host
-                                                                  else ""),
-                             13, "bold", "#23406e") + "</g>")
+        out.append(_svg_text(BOX_X + NODE_W + 60, top + 19, "netns %s%s" % (
+            ns, " [%s]" % host if host else ""), 13, "bold", "#23406e", "end") + "</g>")
     reach = dict(rows)
     for i, (s, st) in enumerate(zip(stages, info)):
         y0 = ys[i]
@@ -170,10 +175,12 @@ def path_picture(data):
                            "%s \u00b7 " % st["dev"] if st["dev"] else "", st["hook"]), 12)))
         for k, (kind, lines, g) in enumerate(markers.get(i, ())):
             x = MARK_X + k * MARK_W
-            fill, stroke = ("#fdecea", "#c62828") if kind == "drop" else ("#fff4e0", "#b26a00")
+            fill, stroke = {"drop": ("#fdecea", "#c62828"), "lost": ("#fff4e0", "#b26a00"),
+                            "deliver": ("#e8f5e9", "#1a7f37")}[kind]
             attrs = ('data-reason="%s" data-location="%s"' % (esc(g["reason"]), esc(g["location"]))
                      if kind == "drop" else 'data-hook="%s" data-dev="%s"' % (esc(g["hook"]),
-                                                                              esc(g["dev"])))
+                                                                              esc(g["dev"]))
+                     if kind == "lost" else "")
             out.append('<g class="%s" %s data-netns="%s" data-count="%d">'
                        '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-dasharray="4 3"/>'
                        '<rect x="%d" y="%d" width="%d" height="%d" rx="4" fill="%s" stroke="%s"/>'
