@@ -96,6 +96,9 @@ def _symbolized(counts, kallsyms, reasons):
 def run(args):
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
+    if getattr(args, "html", None):
+        from pktpath.output import html
+        html.check_path(args.html)
     if args.interval <= 0:
         raise UserError("--interval must be more than 0")
     if args.limit < 0:

@@ -103,6 +103,9 @@ def info(args, msg):
 
 
 def run(args):
+    if getattr(args, "html", None):
+        from pktpath.output import html
+        html.check_path(args.html)
     cfg = configmod.load_config(args.config, overrides_from(args))
     from pktpath.events import records
     from pktpath.collect import tracer  # (tracer imports bcc lazily)

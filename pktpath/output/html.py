@@ -68,6 +68,18 @@ def _page(title, body):
             % (esc(title), CSS, body))
 
 
+def check_path(path):
+    """Before a trace starts: UserError unless `path`'s directory exists and is writable (the
+    page is written once the report is done; a trace must not end with nowhere to put it)."""
+    import os
+    if path is None:
+        return
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d) or not os.access(d, os.W_OK) or os.path.isdir(path):
+        raise UserError("cannot write --html %s: %s" % (
+            path, "is a directory" if os.path.isdir(path) else "no writable directory %s" % d))
+
+
 def write(path, text):
     """Write the page (UserError when it cannot be written)."""
     try:
@@ -132,6 +144,7 @@ def path_picture(data):
             "? %d lost" % g["count"], "last seen at %s%s" % (
                 g["hook"] or "-", "@%s" % g["dev"] if g["dev"] else "")], g))
     deliver = {c["hook"] for c in data.get("coverage") or () if c.get("kind") == "deliver"}
+    deliver |= set(data.get("deliver_hooks") or ())
     for i, st in enumerate(info):
         if st["hook"] in deliver:
             markers.setdefault(i, []).insert(0, ("deliver", [

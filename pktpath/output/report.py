@@ -178,6 +178,7 @@ class ReportBuilder:
         self._paths = aggregate.paths if aggregate else analysis.PathStats()
         self._summary = aggregate.summary if aggregate else Summary()
         self._drop_from = {}         # (reason, location, netns) -> {stage before the drop: n}
+        self._deliver_at = set()     # hooks delivered packets were last seen at
 
     def add(self, p):
         """Account for one packet record (reconstruct); it is kept only for the timeline."""
@@ -199,6 +200,8 @@ class ReportBuilder:
                 self._problem_rows.append(row)
         self._paths.add(p)
         self._summary.add(p)
+        if p["verdict"] == "delivered" and p["path"] and len(self._deliver_at) < 64:
+            self._deliver_at.add(p["path"][-1]["hook"])
         if p["verdict"] == "dropped" and len(p["path"]) > 1:
             d, path = p["drop"], p["path"]
             i = next((k for k in range(len(path) - 1, 0, -1)
@@ -235,7 +238,7 @@ class ReportBuilder:
     def data(self, meta=None, end=None):
         """What the report shows, as data (output/html.py draws it): summary (counts by
         verdict, drop and lost groups), funnel, segments, latencies(a, b), verdicts (title,
-        rows), drop_from, coverage, lost_events, notes."""
+        rows), drop_from, deliver_hooks, coverage, lost_events, notes."""
         meta, end = meta or {}, end or {}
         s = self._summary.result()
         if end.get("streamed_delivered"):
@@ -249,7 +252,8 @@ class ReportBuilder:
                 "latencies": self._paths.latencies,
                 "verdicts": self._verdicts(self._summary.packets) if self._summary.packets
                 else ("verdicts", []),
-                "drop_from": self._drop_from, "coverage": meta.get("coverage") or [],
+                "drop_from": self._drop_from, "deliver_hooks": self._deliver_at,
+                "coverage": meta.get("coverage") or [],
                 "lost_events": end.get("lost", 0), "notes": notes}
 
     def render(self, meta=None, end=None):

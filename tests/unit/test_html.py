@@ -199,3 +199,17 @@ def test_drops_recording_page_is_the_live_page(tmp_path, capsys):
     assert [(a["data-reason"], a["data-count"]) for _t, a, _x in rows] == [
         ("NETFILTER_DROP", "25"), ("NEW_ONE", "1")]
     assert "VXLAN_VNI_NOT_FOUND" in live and "vxlan vni 42" in live
+
+
+def test_trace_refuses_an_unwritable_html_path_before_starting(tmp_path):
+    for cmd in (["-c", os.path.join(ROOT, "configs", "lab.yaml")], ["drops"]):
+        p = subprocess.run(RUN + cmd + ["--html", str(tmp_path / "no" / "x.html"),
+                                        "--duration", "1"], capture_output=True, text=True)
+        assert p.returncode == 2 and "cannot write --html" in p.stderr, p.stderr
+        assert "loaded" not in p.stderr
+
+
+def test_delivered_packets_marked_at_the_delivery_hook():
+    page, data = page_of(fixture("delivered.jsonl"))
+    marks = [a for t, a, _x in Elements(page).with_class("deliver") if t == "g"]
+    assert [int(a["data-count"]) for a in marks] == [data["summary"]["verdicts"]["delivered"]]
