@@ -48,6 +48,8 @@ def add_arguments(p):
     o.add_argument("--json", metavar="FILE", help="one JSON object per drop shown, then a "
                    "summary object with the exact counts")
     o.add_argument("--record", metavar="FILE", help="record for `run.py report FILE`")
+    o.add_argument("--html", metavar="FILE", help="also write the summary (drops by location, "
+                   "reason and namespace; top flows) as one self-contained HTML page")
     o.add_argument("--ready-file", metavar="PATH", help="create PATH once the probe is attached")
     o.add_argument("--grace", type=float, default=0.5, metavar="S",
                    help="after COMMAND exits, keep reading for S seconds (default 0.5)")
@@ -94,6 +96,9 @@ def _symbolized(counts, kallsyms, reasons):
 def run(args):
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
+    if getattr(args, "html", None):
+        from pktpath.output import html
+        html.check_path(args.html)
     if args.interval <= 0:
         raise UserError("--interval must be more than 0")
     if args.limit < 0:
@@ -177,4 +182,7 @@ def run(args):
         jsonfile.close_json(json_out, args.json)
         if rec:
             rec.close()
+        if args.html:
+            from pktpath.output import html
+            html.write(args.html, html.render_drops(mon.final))
     return 0

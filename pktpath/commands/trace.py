@@ -52,6 +52,8 @@ def add_arguments(p):
     o.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
     o.add_argument("--json", metavar="FILE", help="write per-packet verdicts as JSON Lines")
     o.add_argument("--record", metavar="FILE", help="write raw events as JSON Lines (see `report`)")
+    o.add_argument("--html", metavar="FILE", help="also write the report as one self-contained "
+                   "HTML page (a picture of the path, funnel, latency histograms, verdicts)")
     o.add_argument("--ready-file", metavar="PATH", help="create PATH once every probe is attached")
     o.add_argument("--timeline", type=int, default=50, metavar="N",
                    help="show the timeline of the first N packets (default 50; 0 = none)")
@@ -101,6 +103,9 @@ def info(args, msg):
 
 
 def run(args):
+    if getattr(args, "html", None):
+        from pktpath.output import html
+        html.check_path(args.html)
     cfg = configmod.load_config(args.config, overrides_from(args))
     from pktpath.events import records
     from pktpath.collect import tracer  # (tracer imports bcc lazily)
@@ -166,7 +171,8 @@ def run(args):
     if args.stats_file:
         _write_stats(args.stats_file, t, counters, pipe.events, ready_s)
     with session.Stop():  # the report of a finished trace is printed whole, signals or not
-        packets, text = pipe.report(counters, lost_ids, meta, args.timeline)
+        packets, text = pipe.report(counters, lost_ids, meta, args.timeline,
+                                    html=args.html)
         print(text)
         if args.stack:
             print("\n== drop stacks ==\n" + (drops.stacks_section(packets) or "none recorded"))

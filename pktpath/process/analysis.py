@@ -129,6 +129,10 @@ class PathStats:
                 at = positions[s]
                 at[i] = at.get(i, 0) + count
 
+    def latencies(self, a, b):
+        """The latencies (us, in no order) of segment a -> b (stage strings), empty if none."""
+        return self._gaps.get((a, b), ())
+
     def segments(self):
         """What segments() returns for the packets added."""
         out = []
