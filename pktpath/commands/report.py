@@ -7,6 +7,7 @@ report both ways. This module does arguments and wiring only.
 """
 import sys
 
+from pktpath.config import cmdline_number
 from pktpath.errors import UserError
 from pktpath.output import drops, jsonfile, report
 from pktpath.process import pipeline
@@ -16,7 +17,7 @@ def add_arguments(p):
     p.add_argument("files", nargs="+", metavar="FILE", help="recording(s) made with --record")
     p.add_argument("--json", metavar="OUT", help="write per-packet verdicts as JSON Lines "
                                                  "('-' = stdout, instead of the report)")
-    p.add_argument("--timeline", type=int, default=50, metavar="N",
+    p.add_argument("--timeline", type=cmdline_number("timeline", lo=0, integer=True), default=50, metavar="N",
                    help="show the timeline of the first N packets (default 50; 0 = none)")
 
 
