@@ -30,6 +30,28 @@ def render(coverage):
                                              "WHY"])
 
 
+def render_catalog(rows_):
+    return tabulate([[c["hook"], c["target"], c["sets"], c["method"] or "-", c["status"],
+                      c["why"]] for c in rows_],
+                    headers=["HOOK", "TARGET", "SETS", "METHOD", "ON THIS KERNEL", "WHY"])
+
+
+def catalog_section(btf, root):
+    """Every hook of the catalog, planned on its own with what this kernel offers: what could be
+    traced here before choosing hooks (fentry is probed as root only)."""
+    from pktpath.collect import capabilities, hooks
+    caps = capabilities.capabilities(btf, symbols.Kallsyms(), want_fentry=root)
+    if not root:
+        caps.fentry_why = "fentry not probed (needs root)"
+    rows_ = hooks.catalog_coverage(caps)
+    counts = {k: sum(c["status"] == k for c in rows_) for k in ("available", "fallback",
+                                                                 "skipped")}
+    return ("== every hook of the catalog (configs/hooks.yaml) on this kernel: %d available, "
+            "%d through a tracepoint fallback, %d skipped; choose with --hooks or a config's "
+            "hooks: ==\n%s" % (counts["available"], counts["fallback"], counts["skipped"],
+                               render_catalog(rows_)))
+
+
 def run(args):
     ov = {}
     if args.hooks:
@@ -57,6 +79,8 @@ def run(args):
               % (len(plan), "cached compile" if t.cached else "compile", t.compile_s,
                  t.attach_s, detach_s), file=sys.stderr)
     print(render(coverage))
+    if not args.hooks:
+        print("\n" + catalog_section(btf, os.geteuid() == 0 and not args.plan_only))
     if os.geteuid() == 0 and not args.plan_only:
         # IDs in page fragments (GSO/paged payloads): read, and how, or why not
         print("\npacket IDs in page fragments: %s" % (
