@@ -105,7 +105,7 @@ class Aggregate:
             if self.t0 is None or shape.t0 < self.t0:
                 self.t0 = shape.t0
             self.paths.add_bulk(shape.rank, shape.stages, shape.counted, shape.dts,
-                                shape.count)
+                                shape.count, shape.verdict)
             if shape.verdict != "lost":
                 self.summary.add_groups(shape.ids, shape.count, shape.verdict, shape.key,
                                         shape.fields)
