@@ -18,7 +18,7 @@ from pktpath.collect import plan as planmod
 from pktpath.events import recording
 from pktpath.kernel import symbols
 from pktpath.kernel.btf import kernel_btf
-from pktpath.output import drops, jsonfile
+from pktpath.output import drops, jsonfile, progress
 from pktpath.process import pipeline, session
 from pktpath.errors import UserError
 
@@ -134,7 +134,11 @@ def run(args):
         stack=lambda sid: session.clean_stack([kallsyms(a) for a in t.stack(sid)]), idle=t.drain)
     interval_drops = drops.IntervalTable(kallsyms, decoder.reasons, session.netns_names)
 
+    status = progress.Status(lambda: progress.snapshot(pipe.stream, t.counters),
+                             quiet=args.quiet)   # on a terminal only
+
     def on_drops(counts):
+        status.clear()
         info(args, "drops in the last %gs, all traffic:\n%s" % (args.interval,
                                                                  interval_drops(counts)))
     child, stop = session.Child(), session.Stop()
@@ -148,8 +152,9 @@ def run(args):
             info(args, "tracing while `%s` runs" % " ".join(args.command) if args.command else
                  "tracing%s; Ctrl-C to stop and print the report"
                  % (" for %gs" % args.duration if args.duration else ""))
-            session.poll_loop(t, stop, child, pipe.on_record, pipe.flush, summary,
+            session.poll_loop(t, stop, child, pipe.on_record, status.wrap(pipe.flush), summary,
                               args.lost_after, args.duration, args.grace, args.interval, on_drops)
+            status.clear()
             marks.append(("loop", time.monotonic()))
             session.drain(t, pipe.on_record)
             marks.append(("drain+sweep", time.monotonic()))
@@ -157,6 +162,7 @@ def run(args):
             pipe.settle()  # while drop stacks can still be read
             marks.append(("settle", time.monotonic()))
         finally:
+            status.clear()
             t.close()
             child.stop()
             if marks:

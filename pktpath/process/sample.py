@@ -146,9 +146,12 @@ class Sampler:
         self._groups = {}       # group -> max-heap as above
         self._seq = 0
         self.offered = 0
+        self.dropped = 0        # offered with a drop group (the live status line counts them)
 
     def offer(self, pid, first_ns, group, item):
         self.offered += 1
+        if group[0] == "dropped":
+            self.dropped += 1
         top, heap = self._first, self._groups.get(group)
         if top and heap and len(top) == self.first and len(heap) == self.per_group and \
                 -pid < top[0][0] and -pid < heap[0][0]:
