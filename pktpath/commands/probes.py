@@ -79,8 +79,6 @@ def run(args):
               % (len(plan), "cached compile" if t.cached else "compile", t.compile_s,
                  t.attach_s, detach_s), file=sys.stderr)
     print(render(coverage))
-    if not args.hooks:
-        print("\n" + catalog_section(btf, os.geteuid() == 0 and not args.plan_only))
     if os.geteuid() == 0 and not args.plan_only:
         # IDs in page fragments (GSO/paged payloads): read, and how, or why not
         print("\npacket IDs in page fragments: %s" % (
@@ -89,4 +87,6 @@ def run(args):
         print("packet headers in tp_btf programs: %s" % (
             "loaded in place (bpf_rdonly_cast)" if t.direct else
             "copied with bpf_probe_read_kernel (%s)" % t.direct_why))
+    if not args.hooks:   # what could be seen here, before choosing hooks
+        print("\n" + catalog_section(btf, os.geteuid() == 0 and not args.plan_only))
     return 0
