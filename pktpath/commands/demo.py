@@ -10,6 +10,7 @@ import sys
 from pktpath.lab import overlay
 from pktpath.lab import sender
 from pktpath.commands import trace
+from pktpath.config import cmdline_number
 from pktpath.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +30,7 @@ def add_arguments(p):
     p.add_argument("--json", metavar="FILE", help="also write per-packet verdicts as JSON Lines")
     p.add_argument("--record", metavar="FILE", help="also write the raw events")
     p.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
-    p.add_argument("--timeline", type=int, default=1, metavar="N",
+    p.add_argument("--timeline", type=cmdline_number("timeline", lo=0, integer=True), default=1, metavar="N",
                    help="show the timeline of the first N packets (default 1)")
     p.add_argument("--traffic", action="store_true", help=argparse.SUPPRESS)
     overlay.add_shape_arguments(p)

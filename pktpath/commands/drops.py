@@ -22,6 +22,8 @@ from pktpath.process import drops as dropsmod
 from pktpath.process import session
 from pktpath.errors import UserError
 
+num = configmod.cmdline_number
+
 
 def add_arguments(p):
     p.add_argument("command", nargs="*", metavar="-- COMMAND",
@@ -29,7 +31,7 @@ def add_arguments(p):
     f = p.add_argument_group("filter (drops that do not match are neither counted nor shown)")
     f.add_argument("--proto", choices=sorted(program.PROTOCOLS) + ["arp"], default="any",
                    help="only this protocol (of the inner packet when tunnelled)")
-    f.add_argument("--port", type=int, metavar="N", help="only flows with this source or "
+    f.add_argument("--port", type=num("port", 1, 65535, integer=True), metavar="N", help="only flows with this source or "
                    "destination port")
     f.add_argument("--host", metavar="IP", help="only flows from or to this address (inner or "
                    "outer)")
@@ -38,10 +40,10 @@ def add_arguments(p):
     f.add_argument("--reason", metavar="R,..", help="only these drop reasons (e.g. "
                    "NO_SOCKET,NETFILTER_DROP)")
     o = p.add_argument_group("run and output")
-    o.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
-    o.add_argument("--interval", type=float, default=5.0, metavar="S",
+    o.add_argument("-d", "--duration", type=num("duration", above=0), metavar="S", help="stop after S seconds")
+    o.add_argument("--interval", type=num("interval", above=0), default=5.0, metavar="S",
                    help="print the exact counts every S seconds (default 5)")
-    o.add_argument("--limit", type=int, default=10, metavar="N",
+    o.add_argument("--limit", type=num("limit", lo=0, integer=True), default=10, metavar="N",
                    help="at most N detail lines per second per (location, reason); the rest "
                         "are counted (default 10)")
     o.add_argument("--stack", action="store_true", help="show the kernel stack of each drop")
@@ -51,7 +53,7 @@ def add_arguments(p):
     o.add_argument("--html", metavar="FILE", help="also write the summary (drops by location, "
                    "reason and namespace; top flows) as one self-contained HTML page")
     o.add_argument("--ready-file", metavar="PATH", help="create PATH once the probe is attached")
-    o.add_argument("--grace", type=float, default=0.5, metavar="S",
+    o.add_argument("--grace", type=num("grace", lo=0), default=0.5, metavar="S",
                    help="after COMMAND exits, keep reading for S seconds (default 0.5)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     o.add_argument("--no-cache", action="store_true",

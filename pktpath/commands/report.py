@@ -7,6 +7,7 @@ report both ways. This module does arguments and wiring only.
 """
 import sys
 
+from pktpath.config import cmdline_number
 from pktpath.errors import UserError
 from pktpath.output import drops, jsonfile, report
 from pktpath.process import pipeline
@@ -18,7 +19,7 @@ def add_arguments(p):
                                                  "('-' = stdout, instead of the report)")
     p.add_argument("--html", metavar="OUT", help="also write the report as one self-contained "
                    "HTML page")
-    p.add_argument("--timeline", type=int, default=50, metavar="N",
+    p.add_argument("--timeline", type=cmdline_number("timeline", lo=0, integer=True), default=50, metavar="N",
                    help="show the timeline of the first N packets (default 50; 0 = none)")
 
 

@@ -106,7 +106,7 @@ class Aggregate:
             if self.t0 is None or shape.t0 < self.t0:
                 self.t0 = shape.t0
             self.paths.add_bulk(shape.rank, shape.stages, shape.counted, shape.dts,
-                                shape.count, idle)
+                                shape.count, idle, shape.verdict)
             if shape.verdict != "lost":
                 self.summary.add_groups(shape.ids, shape.count, shape.verdict, shape.key,
                                         shape.fields)
@@ -147,9 +147,12 @@ class Sampler:
         self._groups = {}       # group -> max-heap as above
         self._seq = 0
         self.offered = 0
+        self.dropped = 0        # offered with a drop group (the live status line counts them)
 
     def offer(self, pid, first_ns, group, item):
         self.offered += 1
+        if group[0] == "dropped":
+            self.dropped += 1
         top, heap = self._first, self._groups.get(group)
         if top and heap and len(top) == self.first and len(heap) == self.per_group and \
                 -pid < top[0][0] and -pid < heap[0][0]:
