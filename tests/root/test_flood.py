@@ -112,7 +112,8 @@ def test_flood_of_drops_reports_within_a_second_of_ctrl_c(fault, tmp_path):
     # machine: 0.92-1.38 s (was 1.6-2.1 s before records were read ahead of the stop and
     # latencies sorted as they are folded). What is left at the signal is the flush under way
     # and the last second of records (finished at the stop); the bound catches a return of the
-    # old behaviour (22-29 s, every dropped packet expanded) without failing on the jitter.
-    assert stop_s < 2.0, "report %.2f s after SIGINT" % stop_s
+    # old behaviour (22-29 s, every dropped packet expanded) without failing on the jitter: a
+    # full-suite run while other work loaded the machine once took just over 2 s.
+    assert stop_s < 3.0, "report %.2f s after SIGINT" % stop_s
     # (before: 3.9 GB for 335k dropped packets, all kept as dicts)
     assert hwm - base < 300 * 1024, "peak RSS %d MB, %d MB at start" % (hwm // 1024, base // 1024)
