@@ -164,6 +164,8 @@ _EVENT_FIELDS = itemgetter(*[_E[n] for n in (
     "port", "dev", "stack_id", "tun.vni", "tun.type")])
 _PA_INNER = itemgetter(*[_P["inner." + f] for f in _FLOW])
 _PA_OUTER = itemgetter(*[_P["tun.outer." + f] for f in _FLOW])
+_PA_NAT = itemgetter(*[_P["nat." + f] for f in _FLOW])
+_PA_NAT_HOP = itemgetter(_P["nat_hop"])
 
 
 def format_host(family, addr):
@@ -310,6 +312,10 @@ class PathDecoder(Decoder):
             self.truncated += nhops - MAX_HOPS
         src, dst, osrc, odst = self._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
         tname = TUNNELS.get(tun, str(tun)) if tun != TUN_NONE else None
+        # NAT: from hop slot nat_hop on, the packet carried the rewritten flow
+        nat_hop = _PA_NAT_HOP(t) or MAX_HOPS
+        if nat_hop < MAX_HOPS:
+            nsrc, ndst, _o, _d = self._flows(t, _PA_NAT, _PA_OUTER, False)
         out = []
         # a record carries the hops its emitter claimed; another CPU may have claimed more since
         for i in range(min(nhops, MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE)):
@@ -333,8 +339,8 @@ class PathDecoder(Decoder):
                 "encap": encap,
                 "tunnel": tname if encap else None,
                 "vni": vni if encap else None,
-                "src": src,
-                "dst": dst,
+                "src": src if i < nat_hop else nsrc,
+                "dst": dst if i < nat_hop else ndst,
                 "outer_src": osrc if encap else None,
                 "outer_dst": odst if encap else None,
                 "reason": None, "reason_code": None, "location": None, "port": None,
@@ -371,7 +377,8 @@ class DeliveredJSON:
         t = _PATH.unpack_from(data)
         final_kind, nhops, first_ts, vni, pid, port, tun = _JSON_FIELDS(t)
         n = (len(data) - PATH_HDR) // HOP_SIZE
-        if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0:
+        if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0 or \
+                _PA_NAT_HOP(t):
             return None
         if names is not self._names:
             self._head.clear()      # netns names changed: re-render

@@ -11,7 +11,11 @@ import json
 PACKET_FIELDS = ("id", "verdict", "events", "first_ns", "last_ns", "last", "drop", "delivered",
                  "path")
 # present only when they apply, after the others, in this order
-PACKET_OPTIONAL = ("freed_after_delivery", "clone_drops", "incomplete")
+PACKET_OPTIONAL = ("nat", "freed_after_delivery", "clone_drops", "incomplete")
+# "nat": one entry per rewrite of the packet's addresses or ports (DNAT/REDIRECT, SNAT,
+# masquerade): the index in "path" of the hop where it was first seen, the flow before and after
+# ("ip:port > ip:port")
+NAT_FIELDS = ("hop", "from", "to")
 LAST_FIELDS = ("hook", "dev", "ifindex", "netns", "netns_name")
 DROP_FIELDS = ("reason", "reason_code", "location", "dev", "netns", "netns_name")
 DROP_OPTIONAL = ("stack",)
@@ -52,6 +56,8 @@ def check(p):
                               ("delivered", DELIVERED_FIELDS, ())):
         if p.get(name) is not None:
             keys(p[name], fields, opt, name)
+    for i, d in enumerate(p.get("nat") or ()):
+        keys(d, NAT_FIELDS, (), "nat[%d]" % i)
     for i, d in enumerate(p.get("clone_drops") or ()):
         keys(d, DROP_FIELDS, DROP_OPTIONAL, "clone_drops[%d]" % i)
     for i, h in enumerate(p.get("path") or ()):
