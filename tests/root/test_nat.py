@@ -64,15 +64,18 @@ def redirect(lab_up, tmp_path):
 
 
 def send():
-    """N datagrams to port 5000, each from a socket of its own (a new conntrack flow each: the
-    rule's counter counts every one); payload: the packet ID, big endian (configs/lab.yaml)."""
+    """N datagrams to port 5000, each from a source port of its own (a new conntrack flow each:
+    the rule's counter counts every one; the ports change from run to run, so no flow of an
+    earlier run, still in conntrack, is reused); payload: the packet ID, big endian."""
+    base = 20000 + int(time.time()) % 200 * 100
     subprocess.run(["ip", "netns", "exec", overlay.SENDER_NS, sys.executable, "-c",
                     "import socket, struct, time\n"
                     "for i in range(%d):\n"
                     "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                    "    s.bind(('', %d + i))\n"
                     "    s.sendto(struct.pack('>I', %d + i) + b'nat', (%r, %d))\n"
                     "    s.close(); time.sleep(0.005)"
-                    % (N, FIRST_ID, overlay.DST_IP, overlay.PORT)], check=True, timeout=30)
+                    % (N, base, FIRST_ID, overlay.DST_IP, overlay.PORT)], check=True, timeout=30)
 
 
 @pytest.mark.parametrize("mode", ["summary", "events"])
