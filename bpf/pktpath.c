@@ -1092,7 +1092,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     /* NAT: the first sighting whose (parsed) flow differs from the path's first one */
     if (p->family && !v->nat_hop && idx && pp_flow_differs(&v->inner, &p->in, p->in6, p->family)) {
         v->nat_hop = idx;
-        pp_flow_put(&v->nat, &p->in, p->in6, p->family);
+        pp_flow_put(&v->nat, &p->in, p->in6, p->family, p->proto);
     }
     u16 port = 0;
     if (idx < PP_MAX_HOPS) {
