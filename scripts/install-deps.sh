@@ -5,7 +5,7 @@
 # and the Python libraries for the system python3.
 set -eu
 PKGS="python3 python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 bpftool iproute2 iptables
-nftables python3-yaml python3-tabulate python3-pytest python3-hypothesis make procps"
+nftables python3-yaml python3-tabulate python3-pytest python3-hypothesis python3-prometheus-client prometheus make procps"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -27,7 +27,7 @@ from pktpath.output import schema
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
-                 raw_paths=None, sample_first=sample.FIRST):
+                 raw_paths=None, sample_first=sample.FIRST, metrics=None):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -60,6 +60,8 @@ class PacketStream:
         self.streamed = 0                   # delivered packets written out and dropped
         self.streamed_ids = array("Q")      # their IDs (the count of IDs not unique needs them)
         self.events = 0
+        # output/metrics.Metrics (--metrics): told of each packet as it is finished, or None
+        self.metrics = metrics
 
     def add(self, ev):
         arrived, pid = self.arrived, ev["id"]
@@ -128,6 +130,7 @@ class PacketStream:
         # `_again` nearly so): dictionaries looked up once, empty ones not touched
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
         offer = self.sampler.offer
+        metrics = self.metrics
         for pid in done:
             raw = raw_pop(pid, None)
             mine = pending.pop(pid, None) if pending else None
@@ -145,6 +148,8 @@ class PacketStream:
                     got = self.raw_paths.read(raw[0][0], int_names)
                     if got is not None:     # plain: sampled or aggregated from its bytes
                         offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
+                        if metrics is not None:
+                            metrics.record(raw[0][0], got[2].verdict, int_names)
                         plain += 1
                         if plain & 4095 == 0 and self.idle is not None:
                             self.idle()     # ~10 ms of work: the ring buffer keeps filling
@@ -153,16 +158,22 @@ class PacketStream:
                     if self.kept_delivered < self.keep_delivered:
                         self.kept_delivered += 1
                         self.deferred.append(raw)
+                        if metrics is not None:
+                            _meter_delivered(metrics, raw, lone, int_names)
                         continue
                     if self.json_out is None:
                         self.streamed += 1  # delivered, nothing else to say: count it
                         self.streamed_ids.append(pid)
+                        if metrics is not None:
+                            _meter_delivered(metrics, raw, lone, int_names)
                         continue
                     line = self.json_line(raw, int_names) if lone and self.json_line else None
                     if line is not None:
                         self.json_out.write(line)   # straight from the record
                         self.streamed += 1
                         self.streamed_ids.append(pid)
+                        if metrics is not None:
+                            _meter_delivered(metrics, raw, lone, int_names)
                         continue
             if raw is not None:
                 for record in _records(raw):
@@ -227,6 +238,8 @@ class PacketStream:
 
     def _finish_packets(self, evs, names):
         for pkt in reconstruct.build_packets(evs, names):
+            if self.metrics is not None:
+                self.metrics.packet(pkt)
             if pkt["verdict"] == "delivered":
                 if self.kept_delivered >= self.keep_delivered:
                     if self.json_out is not None:
@@ -245,6 +258,11 @@ class PacketStream:
         self.settle()
         self.packets.sort(key=lambda p: (p["id"], p["first_ns"] or 0))
         return self.packets
+
+
+def _meter_delivered(metrics, raw, lone, names):
+    """A delivered packet still raw, to the metrics: its (first) delivered record."""
+    metrics.record(raw if lone else next(r for r, d in raw if d), "delivered", names)
 
 
 def _records(raw):
