@@ -159,13 +159,13 @@ class PacketStream:
                         self.kept_delivered += 1
                         self.deferred.append(raw)
                         if metrics is not None:
-                            _meter_delivered(metrics, raw, lone, int_names)
+                            self._meter_delivered(raw, lone, int_names, names)
                         continue
                     if self.json_out is None:
                         self.streamed += 1  # delivered, nothing else to say: count it
                         self.streamed_ids.append(pid)
                         if metrics is not None:
-                            _meter_delivered(metrics, raw, lone, int_names)
+                            self._meter_delivered(raw, lone, int_names, names)
                         continue
                     line = self.json_line(raw, int_names) if lone and self.json_line else None
                     if line is not None:
@@ -173,7 +173,7 @@ class PacketStream:
                         self.streamed += 1
                         self.streamed_ids.append(pid)
                         if metrics is not None:
-                            _meter_delivered(metrics, raw, lone, int_names)
+                            self._meter_delivered(raw, lone, int_names, names)
                         continue
             if raw is not None:
                 for record in _records(raw):
@@ -253,16 +253,21 @@ class PacketStream:
                 self.sampler.offer(pkt["id"], pkt["first_ns"], sample.group_of(pkt),
                                    ("pkt", pkt))
 
+    def _meter_delivered(self, raw, lone, int_names, names):
+        """A delivered packet still raw, to the metrics: a lone record from its bytes; several
+        records (an ID reused) as the packets they make."""
+        if lone:
+            self.metrics.record(raw, "delivered", int_names)
+            return
+        evs = [ev for record in _records(raw) for ev in self.expand(record)]
+        for pkt in reconstruct.build_packets(evs, names):
+            self.metrics.packet(pkt)
+
     def finish(self):
         """All packets kept, sorted by ID and time (call after the last add)."""
         self.settle()
         self.packets.sort(key=lambda p: (p["id"], p["first_ns"] or 0))
         return self.packets
-
-
-def _meter_delivered(metrics, raw, lone, names):
-    """A delivered packet still raw, to the metrics: its (first) delivered record."""
-    metrics.record(raw if lone else next(r for r, d in raw if d), "delivered", names)
 
 
 def _records(raw):
