@@ -193,3 +193,26 @@ def test_endpoint_serves_and_stops_and_a_busy_port_is_one_error():
         urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=2)
     with pytest.raises(UserError, match="cannot"):
         metricsmod.serve("203.0.113.77:%d" % port, m.registry)   # not an address of this host
+
+
+@pytest.mark.parametrize("sub", [[], ["drops"]])
+def test_cli_bad_address_or_busy_port_is_one_line_and_exit_2(sub):
+    """Before anything is loaded (no root needed): one line on stderr, exit 2."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = [] if sub else ["-c", os.path.join(root, "configs", "lab.yaml")]
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        for spec in ("127.0.0.1:http", "127.0.0.1:%d" % busy.getsockname()[1]):
+            p = subprocess.run([sys.executable, os.path.join(root, "run.py")] + sub + cfg +
+                               ["--metrics", spec, "--duration", "1"],
+                               capture_output=True, text=True, timeout=60)
+            assert p.returncode == 2, p.stderr
+            assert p.stderr.count("\n") == 1 and p.stderr.startswith("pktpath: error: --metrics")
+            assert p.stdout == ""
+    finally:
+        busy.close()
