@@ -23,6 +23,7 @@ Nothing here is imported unless --metrics is given.
 """
 import ipaddress
 import socket
+import struct
 import threading
 from bisect import bisect_left
 from socketserver import ThreadingMixIn
@@ -37,10 +38,17 @@ BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-
            1e-1, 1.0)
 _BOUNDS_NS = tuple(round(b * 1e9) for b in BUCKETS)
 
-_PATH_FIELDS = [records.PATH.names.index(n) for n in (
-    "first_ts", "location", "reason", "final_kind", "nhops")]
-_HOP = records.HOP.fmt
+# the header fields read, in one small unpack (layout checked against bpf/pktpath.h's)
+_HDR_OFF = records.PATH.offset("location")
+_HDR = struct.Struct("<Q8xIHBxI")     # location, reason, port, final_kind, nhops
+assert [records.PATH.offset(n) - _HDR_OFF for n in ("reason", "port", "final_kind", "nhops")] \
+    == [16, 20, 22, 24], "pp_path changed: update metrics._HDR"
+_H_LOC, _H_REASON, _H_FINAL, _H_NHOPS = 0, 1, 3, 4
 _DROP = records.KINDS.index("drop")
+_K = len(records.HOP.names)
+_HOP_FMT = records.HOP.fmt.format.lstrip("<=@!>")
+(_I_DT, _I_HOOK, _I_KIND, _I_FLAGS, _I_NETNS, _I_DEV) = (
+    records.HOP.names.index(n) for n in ("dt", "hook", "kind", "flags", "netns", "dev"))
 
 
 def parse_address(spec):
@@ -128,7 +136,7 @@ class Metrics:
         self._lost = 0
         self._machine = []      # [(reason, location, netns, count)]
         self._by_verdict, self._by_drop = {}, {}   # label children, looked up once
-        self._hop_label, self._loc, self._ns = {}, {}, None
+        self._paths, self._hops, self._loc, self._ns = {}, {}, {}, None
         r.register(_Collector(self))
 
     # ---- fed by the pipeline ----
@@ -136,38 +144,63 @@ class Metrics:
     def record(self, data, verdict, names):
         """A raw pp_path record finished with `verdict` ("delivered", "dropped", "lost"): its
         count, its drop, its segments (read from its bytes, no events built). `names`:
-        {inode (int): netns name}."""
-        t = records.PATH.fmt.unpack_from(data)
-        first_ts, location, reason, final_kind, nhops = (t[i] for i in _PATH_FIELDS)
-        n = min(nhops, records.MAX_HOPS, (len(data) - records.PATH_HDR) // records.HOP_SIZE)
+        {inode (int): netns name}. Run for every packet of a busy trace: what a path of hops
+        means (its segments' accumulators, its drop's namespace) is worked out once per kind
+        of path, then each record costs one unpack and a bisect per segment."""
         if names is not self._ns:   # new mapping: labels of hops may change
             self._ns = names
-            self._hop_label.clear()
-        prev = prev_dt = None
-        drop_ns = None
+            self._paths.clear()
+        t = _HDR.unpack_from(data, _HDR_OFF)
+        location, reason, final_kind, nhops = t[_H_LOC], t[_H_REASON], t[_H_FINAL], t[_H_NHOPS]
+        n = min(nhops, records.MAX_HOPS, (len(data) - records.PATH_HDR) // records.HOP_SIZE)
+        fmt = self._hops.get(n)
+        if fmt is None:
+            fmt = self._hops[n] = struct.Struct("<" + _HOP_FMT * n)
+        flat = fmt.unpack_from(data, records.PATH_HDR)
+        key = (final_kind, flat[_I_HOOK::_K], flat[_I_KIND::_K], flat[_I_FLAGS::_K],
+               flat[_I_NETNS::_K], flat[_I_DEV::_K])
+        shape = self._paths.get(key)
+        if shape is None:
+            if len(self._paths) > 4096:
+                self._paths.clear()
+            shape = self._paths[key] = self._shape(key, names)
+        segs, drop_ns = shape
+        dts = flat[_I_DT::_K]
+        bounds = _BOUNDS_NS
         with self._lock:
-            for i in range(n):
-                dt, hook, kind, flags, _ifindex, netns, _cpu, dev = \
-                    _HOP.unpack_from(data, records.PATH_HDR + i * records.HOP_SIZE)
-                if not flags & records.F_HOP_SET:
-                    continue
-                key = (hook, dev, netns)
-                label = self._hop_label.get(key)
-                if label is None:
-                    label = self._hop_label[key] = "%s@%s/%s" % (
-                        self.decoder.hook_name(hook), dev.split(b"\0", 1)[0].decode(errors="replace") or "-",
-                        names.get(netns) or str(netns))
-                if prev is not None:
-                    self._observe(prev, label, dt - prev_dt)
-                prev, prev_dt = label, dt
-                if kind == _DROP and kind == final_kind:
-                    drop_ns = names.get(netns) or str(netns)
+            for i, j, seg in segs:
+                ns = dts[j] - dts[i]
+                if ns >= 0:     # else hops out of time order (CPUs' clocks): nothing to say
+                    seg[0][bisect_left(bounds, ns)] += 1
+                    seg[1] += ns
         self._count(verdict)
         if verdict == "dropped":
             loc = self._loc.get(location)
             if loc is None:
                 loc = self._loc[location] = _location(self.decoder.symbolize(location))
             self._drop(self.decoder.reasons.get(reason, str(reason)), loc, drop_ns or "")
+
+    def _shape(self, key, names):
+        """([(hop i, next hop j, segment accumulator)], netns of the drop) of a kind of path."""
+        final_kind, hooks, kinds, flags, netns, devs = key
+        hops, drop_ns = [], None
+        for i in range(len(hooks)):
+            if not flags[i] & records.F_HOP_SET:
+                continue    # a slot lost to a race between CPUs (see pp_summary)
+            hops.append((i, "%s@%s/%s" % (
+                self.decoder.hook_name(hooks[i]),
+                devs[i].split(b"\0", 1)[0].decode(errors="replace") or "-",
+                names.get(netns[i]) or str(netns[i]))))
+            if kinds[i] == _DROP and kinds[i] == final_kind:
+                drop_ns = names.get(netns[i]) or str(netns[i])
+        segs = []
+        for (i, a), (j, b) in zip(hops, hops[1:]):
+            seg = self._segments.get((a, b))
+            if seg is None:
+                with self._lock:
+                    seg = self._segments[(a, b)] = [[0] * (len(_BOUNDS_NS) + 1), 0]
+            segs.append((i, j, seg))
+        return segs, drop_ns
 
     def packet(self, pkt):
         """A packet built by process/reconstruct.py, finished."""

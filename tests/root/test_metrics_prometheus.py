@@ -164,3 +164,52 @@ def test_prometheus_scrapes_the_report_numbers(lab_up, fault, prometheus, tmp_pa
     assert hooks == {frozenset(): float(attached)} and attached > 0
     end = [x for x in lines if "lost_ids" in x][-1]
     assert lost == {frozenset(): float(end.get("lost") or 0)}
+
+
+def scrape(port):
+    """{(name, labels): value} of pktpath's /metrics, parsed as Prometheus parses it."""
+    from prometheus_client.parser import text_string_to_metric_families
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+
+
+def test_drops_metrics_equal_the_monitor_counts(lab_up, fault, tmp_path):
+    fault("no-listener")
+    port, out, ready = free_port(), tmp_path / "d.jsonl", tmp_path / "ready"
+    mon = subprocess.Popen(RUN + ["drops", "--proto", "udp", "--port", str(overlay.PORT),
+                                  "--interval", "1", "--json", str(out), "--ready-file",
+                                  str(ready), "--metrics", "127.0.0.1:%d" % port, "-q"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("drops to attach", lambda: ready.exists() or mon.poll() is not None)
+        assert mon.poll() is None, mon.communicate()
+        send = subprocess.run(RUN + ["send", "--netns", overlay.SENDER_NS, "--dst",
+                                     overlay.DST_IP, "--port", str(overlay.PORT), "--count",
+                                     "12", "--rate", "500"], capture_output=True, text=True,
+                              timeout=60)
+        assert send.returncode == 0, send.stderr
+
+        def machine():
+            got = {k: v for k, v in scrape(port).items()
+                   if k[0] == "pktpath_machine_drops_total"}
+            return got if sum(got.values()) >= 12 else None
+        got = wait_for("the drop counts in /metrics", machine)
+        time.sleep(1.5)
+        got = {k: v for k, v in scrape(port).items() if k[0] == "pktpath_machine_drops_total"}
+        hooks = scrape(port)[("pktpath_hooks_attached", frozenset())]
+    finally:
+        if mon.poll() is None:
+            mon.send_signal(signal.SIGTERM)
+        mon.communicate(timeout=60)
+    assert mon.returncode == 0
+    summary = json.loads(out.read_text().splitlines()[-1])
+    names = {os.stat("/run/netns/" + n).st_ino: n for n in overlay.LAB_NS}
+    want = {}
+    for c in summary["counts"]:
+        key = frozenset({("reason", c["reason"]), ("location", c["location"].split("+")[0]),
+                         ("netns", names.get(c["netns"], str(c["netns"])))})
+        want[key] = want.get(key, 0) + c["drops"]
+    assert {k[1]: v for k, v in got.items()} == {k: float(n) for k, n in want.items()}
+    assert summary["drops"] == 12 and hooks == 1
+
