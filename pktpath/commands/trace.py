@@ -107,7 +107,8 @@ def run(args):
     if not getattr(args, "metrics", None) or args.ebpf:
         return _run(args, None)
     from pktpath.output import metrics as metricsmod
-    metrics = metricsmod.Metrics(netns_names=session.netns_names)
+    metrics = metricsmod.Metrics(netns_names=session.netns_names,
+                                 latency_budget=metricsmod.LATENCY_BUDGET)
     server = metricsmod.serve(args.metrics, metrics.registry)
     try:
         return _run(args, metrics)
@@ -160,6 +161,7 @@ def _run(args, metrics):
         def flush():
             pipe.flush()
             metrics.set_counters(t.counters())
+            metrics.tick()
     child, stop = session.Child(), session.Stop()
     marks = []
     with stop:

@@ -37,6 +37,10 @@ from pktpath.events import records
 BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2,
            1e-1, 1.0)
 _BOUNDS_NS = tuple(round(b * 1e9) for b in BUCKETS)
+# the tracer observes the segments of at most this many packets per flush (4 a second); the
+# others are counted (by verdict, drops) but not timed: at ~85k packets/s, timing every packet
+# made the tracer lose ring-buffer records (bench, 2026-11-30)
+LATENCY_BUDGET = 500
 
 # the header fields read, in one small unpack (layout checked against bpf/pktpath.h's)
 _HDR_OFF = records.PATH.offset("location")
@@ -117,9 +121,12 @@ class Metrics:
     """The metric families of one run (see the module doc), on `self.registry`.
 
     `decoder` (records.PathDecoder) names hooks, drop reasons and locations of raw records;
-    `netns_names`: callable -> {inode: name}."""
+    `netns_names`: callable -> {inode: name}; `latency_budget`: at most this many packets'
+    segments observed between two tick()s (None: all): past it, packets are still counted, and
+    their segments counted in pktpath_latency_unsampled_total instead (a flood must not make
+    the tracer lose events to its metrics)."""
 
-    def __init__(self, decoder=None, netns_names=dict):
+    def __init__(self, decoder=None, netns_names=dict, latency_budget=None):
         from prometheus_client import CollectorRegistry, Counter, Gauge
         self.decoder, self.netns_names = decoder, netns_names
         self.registry = r = CollectorRegistry(auto_describe=True)
@@ -134,6 +141,9 @@ class Metrics:
         self._lock = threading.Lock()
         self._segments = {}     # (from, to) -> [bucket counts (+Inf last), sum ns]
         self._lost = 0
+        self.latency_budget = latency_budget
+        self._left = latency_budget if latency_budget is not None else -1
+        self._unsampled = 0
         self._machine = []      # [(reason, location, netns, count)]
         self._by_verdict, self._by_drop = {}, {}   # label children, looked up once
         self._paths, self._hops, self._loc, self._ns = {}, {}, {}, None
@@ -151,20 +161,20 @@ class Metrics:
             self._ns = names
             self._paths.clear()
         t = _HDR.unpack_from(data, _HDR_OFF)
-        location, reason, final_kind, nhops = t[_H_LOC], t[_H_REASON], t[_H_FINAL], t[_H_NHOPS]
-        n = min(nhops, records.MAX_HOPS, (len(data) - records.PATH_HDR) // records.HOP_SIZE)
-        fmt = self._hops.get(n)
-        if fmt is None:
-            fmt = self._hops[n] = struct.Struct("<" + _HOP_FMT * n)
-        flat = fmt.unpack_from(data, records.PATH_HDR)
-        key = (final_kind, flat[_I_HOOK::_K], flat[_I_KIND::_K], flat[_I_FLAGS::_K],
-               flat[_I_NETNS::_K], flat[_I_DEV::_K])
-        shape = self._paths.get(key)
-        if shape is None:
-            if len(self._paths) > 4096:
-                self._paths.clear()
-            shape = self._paths[key] = self._shape(key, names)
-        segs, drop_ns = shape
+        self._count(verdict)
+        path = None
+        if verdict == "dropped":
+            path = self._path(data, t, names)
+            location, reason = t[_H_LOC], t[_H_REASON]
+            loc = self._loc.get(location)
+            if loc is None:
+                loc = self._loc[location] = _location(self.decoder.symbolize(location))
+            self._drop(self.decoder.reasons.get(reason, str(reason)), loc, path[0][1] or "")
+        if not self._left:
+            self._unsampled += 1
+            return
+        self._left -= 1
+        (segs, _drop_ns), flat = path or self._path(data, t, names)
         dts = flat[_I_DT::_K]
         bounds = _BOUNDS_NS
         with self._lock:
@@ -173,12 +183,27 @@ class Metrics:
                 if ns >= 0:     # else hops out of time order (CPUs' clocks): nothing to say
                     seg[0][bisect_left(bounds, ns)] += 1
                     seg[1] += ns
-        self._count(verdict)
-        if verdict == "dropped":
-            loc = self._loc.get(location)
-            if loc is None:
-                loc = self._loc[location] = _location(self.decoder.symbolize(location))
-            self._drop(self.decoder.reasons.get(reason, str(reason)), loc, drop_ns or "")
+
+    def _path(self, data, t, names):
+        """((segments, netns of the drop) of the record's kind of path, its hops unpacked)."""
+        n = min(t[_H_NHOPS], records.MAX_HOPS, (len(data) - records.PATH_HDR) // records.HOP_SIZE)
+        fmt = self._hops.get(n)
+        if fmt is None:
+            fmt = self._hops[n] = struct.Struct("<" + _HOP_FMT * n)
+        flat = fmt.unpack_from(data, records.PATH_HDR)
+        key = (t[_H_FINAL], flat[_I_HOOK::_K], flat[_I_KIND::_K], flat[_I_FLAGS::_K],
+               flat[_I_NETNS::_K], flat[_I_DEV::_K])
+        shape = self._paths.get(key)
+        if shape is None:
+            if len(self._paths) > 4096:
+                self._paths.clear()
+            shape = self._paths[key] = self._shape(key, names)
+        return shape, flat
+
+    def tick(self):
+        """A new latency budget (called 4 times a second by the tracer's flush)."""
+        if self.latency_budget is not None:
+            self._left = self.latency_budget
 
     def _shape(self, key, names):
         """([(hop i, next hop j, segment accumulator)], netns of the drop) of a kind of path."""
@@ -209,6 +234,10 @@ class Metrics:
         if pkt["verdict"] == "dropped" and drop:
             self._drop(drop.get("reason") or "", _location(drop.get("location")),
                        drop.get("netns_name") or str(drop.get("netns") or ""))
+        if not self._left:
+            self._unsampled += 1
+            return
+        self._left -= 1
         prev = prev_t = None
         with self._lock:
             for hop in pkt.get("path") or ():
@@ -288,6 +317,9 @@ class _Collector:
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
             h.add_metric([src, dst], buckets, total / 1e9)
         yield h
+        yield CounterMetricFamily("pktpath_latency_unsampled", "Packets finished whose segments "
+                                  "were not observed in the latency histograms (over the "
+                                  "latency budget of a busy trace)", value=m._unsampled)
         yield CounterMetricFamily("pktpath_events_lost", "Records the tracer lost (ring buffer "
                                   "full)", value=m._lost)
         c = CounterMetricFamily("pktpath_machine_drops", "Every drop on the machine (drop "

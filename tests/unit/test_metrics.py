@@ -216,3 +216,20 @@ def test_cli_bad_address_or_busy_port_is_one_line_and_exit_2(sub):
             assert p.stdout == ""
     finally:
         busy.close()
+
+
+def test_latency_budget_times_some_packets_and_counts_all():
+    from tests.unit.test_pipeline import DELIVER, path_record
+    from pktpath.process.reconstruct import ns_names
+    m = metricsmod.Metrics(netns_names=lambda: NAMES, latency_budget=5)
+    m.decoder = records.PathDecoder(HOOKS, REASONS, symbolize)
+    names = ns_names(NAMES)
+    for pid in range(1, 21):
+        m.record(path_record(pid, 5, DELIVER), "delivered", names)
+    m.tick()
+    for pid in range(21, 31):
+        m.record(path_record(pid, 5, DELIVER), "delivered", names)
+    got = parse(m)
+    assert got[("pktpath_packets_total", (("verdict", "delivered"),))] == 30
+    assert got[("pktpath_latency_unsampled_total", ())] == 20
+    assert set(family(got, "pktpath_segment_latency_seconds_count").values()) == {10}
