@@ -130,8 +130,6 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge
         self.decoder, self.netns_names = decoder, netns_names
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self._packets = Counter("pktpath_packets", "Traced packets finished, by verdict",
-                                ["verdict"], registry=r)
         self._drops = Counter("pktpath_drops", "Traced packets dropped, by drop reason, "
                               "location and namespace", ["reason", "location", "netns"],
                               registry=r)
@@ -145,7 +143,8 @@ class Metrics:
         self._left = latency_budget if latency_budget is not None else -1
         self._unsampled = 0
         self._machine = []      # [(reason, location, netns, count)]
-        self._by_verdict, self._by_drop = {}, {}   # label children, looked up once
+        self._verdicts = {}     # verdict -> packets (a plain dict: the cheapest count)
+        self._by_drop = {}      # label children, looked up once
         self._paths, self._hops, self._loc, self._ns = {}, {}, {}, None
         r.register(_Collector(self))
 
@@ -160,8 +159,12 @@ class Metrics:
         if names is not self._ns:   # new mapping: labels of hops may change
             self._ns = names
             self._paths.clear()
+        counts = self._verdicts
+        counts[verdict] = counts.get(verdict, 0) + 1
+        if not self._left and verdict != "dropped":
+            self._unsampled += 1    # the common case of a flood: counted, nothing more
+            return
         t = _HDR.unpack_from(data, _HDR_OFF)
-        self._count(verdict)
         path = None
         if verdict == "dropped":
             path = self._path(data, t, names)
@@ -248,10 +251,7 @@ class Metrics:
                 prev, prev_t = label, hop["t_ns"]
 
     def _count(self, verdict):
-        child = self._by_verdict.get(verdict)
-        if child is None:
-            child = self._by_verdict[verdict] = self._packets.labels(verdict)
-        child.inc()
+        self._verdicts[verdict] = self._verdicts.get(verdict, 0) + 1
 
     def _drop(self, reason, location, netns):
         key = (reason, location, netns)
@@ -317,6 +317,11 @@ class _Collector:
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
             h.add_metric([src, dst], buckets, total / 1e9)
         yield h
+        c = CounterMetricFamily("pktpath_packets", "Traced packets finished, by verdict",
+                                labels=["verdict"])
+        for verdict, n in sorted(dict(m._verdicts).items()):
+            c.add_metric([verdict], n)
+        yield c
         yield CounterMetricFamily("pktpath_latency_unsampled", "Packets finished whose segments "
                                   "were not observed in the latency histograms (over the "
                                   "latency budget of a busy trace)", value=m._unsampled)
