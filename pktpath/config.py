@@ -287,3 +287,36 @@ def load_config(path=None, overrides=None):
         raise ConfigError("%s: geneve_port: the same port as vxlan_port (%d)"
                           % (path or CMDLINE, vx))
     return Config(source=path, **values)
+
+
+def cmdline_number(key, lo=None, hi=None, integer=False, above=None):
+    """An argparse `type=` for a numeric flag, checked like a config key: a bad value is a
+    one-line ConfigError `command line: KEY: problem` (the CLI prints it, exit 2), the same as a
+    bad config value. Bounds: `lo` <= value <= `hi` (either may be None), or value > `above`."""
+    def parse(text):
+        c = _Checker(CMDLINE)
+        s = text.strip() if isinstance(text, str) else text
+        try:
+            value = int(s, 10) if integer else float(s)
+        except (TypeError, ValueError):
+            value = None
+        ok = value is not None and value == value and value not in (float("inf"), float("-inf"))
+        ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi) and \
+            (above is None or value > above)
+        if not ok:
+            what = "an integer" if integer else "a number"
+            def g(x):
+                return "%d" % x if x == int(x) else "%g" % x
+            if above is not None:
+                rng = " > %s" % g(above)
+            elif lo is not None and hi is not None:
+                rng = " %s-%s" % (g(lo), g(hi))
+            elif lo is not None:
+                rng = " >= %s" % g(lo)
+            else:
+                rng = " <= %s" % g(hi) if hi is not None else ""
+            got = s if value is not None and len(s) <= 60 else _short(text)
+            c.fail(key, "must be %s%s, got %s" % (what, rng, got))
+        return value
+    parse.__name__ = "integer" if integer else "number"
+    return parse

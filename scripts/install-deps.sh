@@ -2,10 +2,12 @@
 # Install what pktpath needs on a Debian 12 machine, idempotently (run as root).
 # Everything by package name: bcc and its Python module, kernel headers for bcc to compile
 # against (any version: pktpath reads struct offsets from BTF), iproute2/nftables for the lab,
-# and the Python libraries for the system python3.
+# the Python libraries for the system python3, iperf3 (bench/iperf3.py) and chromium (tests
+# render the --html page in it).
 set -eu
 PKGS="python3 python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 bpftool iproute2 iptables
-nftables python3-yaml python3-tabulate python3-pytest python3-hypothesis python3-prometheus-client prometheus make procps"
+nftables python3-yaml python3-tabulate python3-pytest python3-hypothesis make procps iperf3
+chromium python3-prometheus-client prometheus"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -192,3 +192,26 @@ def plan(specs, caps, catalog=None):
                             why="fallback for %s (%s)" % (entry["name"], hook.why))
         hooks.append(hook)
     return hooks
+
+
+def catalog_coverage(caps, catalog=None):
+    """What this kernel gives each hook of the catalog, planned on its own (as `--hooks NAME`
+    would): one dict per catalog entry, in catalog order, with hook, target, sets (the named
+    sets it belongs to), method (None when skipped), status `available`, `fallback` (its
+    catalog `fallback` tracepoint hook is used instead: `via` names it) or `skipped`, and why."""
+    catalog = load_catalog() if catalog is None else catalog
+    out = []
+    for name, entry in catalog.items():
+        h = plan([name], caps, catalog)[0]
+        row = {"hook": name, "target": entry.get("target", ""),
+               "sets": ",".join(s for s in SETS if entry.get(s)), "method": h.method,
+               "status": "skipped", "via": "", "why": h.why}
+        if h.attached and h.name != name:
+            prefix = "fallback for %s (" % name
+            why = h.why[len(prefix):-1] if h.why.startswith(prefix) else h.why
+            row.update(status="fallback", via=h.name, why="%s; uses %s (%s)"
+                       % (why, h.name, h.target))
+        elif h.attached:
+            row["status"] = "available"
+        out.append(row)
+    return out

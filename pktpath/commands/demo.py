@@ -10,6 +10,7 @@ import sys
 from pktpath.lab import overlay
 from pktpath.lab import sender
 from pktpath.commands import trace
+from pktpath.config import cmdline_number
 from pktpath.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +29,8 @@ def add_arguments(p):
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.add_argument("--json", metavar="FILE", help="also write per-packet verdicts as JSON Lines")
     p.add_argument("--record", metavar="FILE", help="also write the raw events")
-    p.add_argument("--timeline", type=int, default=1, metavar="N",
+    p.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
+    p.add_argument("--timeline", type=cmdline_number("timeline", lo=0, integer=True), default=1, metavar="N",
                    help="show the timeline of the first N packets (default 1)")
     p.add_argument("--traffic", action="store_true", help=argparse.SUPPRESS)
     overlay.add_shape_arguments(p)
@@ -68,6 +70,7 @@ def run(args):
         targv = ["-c", LAB_CONFIG, "--timeline", str(args.timeline)] + overlay.trace_args(sh)
         targv += ["--json", args.json] if args.json else []
         targv += ["--record", args.record] if args.record else []
+        targv += ["--html", args.html] if args.html else []
         targs = parser.parse_args(targv)
         targs.command = [sys.executable, "-m", "pktpath.commands.demo", "--traffic"]
         os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")

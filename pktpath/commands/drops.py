@@ -22,6 +22,8 @@ from pktpath.process import drops as dropsmod
 from pktpath.process import session
 from pktpath.errors import UserError
 
+num = configmod.cmdline_number
+
 
 def add_arguments(p):
     p.add_argument("command", nargs="*", metavar="-- COMMAND",
@@ -29,7 +31,7 @@ def add_arguments(p):
     f = p.add_argument_group("filter (drops that do not match are neither counted nor shown)")
     f.add_argument("--proto", choices=sorted(program.PROTOCOLS) + ["arp"], default="any",
                    help="only this protocol (of the inner packet when tunnelled)")
-    f.add_argument("--port", type=int, metavar="N", help="only flows with this source or "
+    f.add_argument("--port", type=num("port", 1, 65535, integer=True), metavar="N", help="only flows with this source or "
                    "destination port")
     f.add_argument("--host", metavar="IP", help="only flows from or to this address (inner or "
                    "outer)")
@@ -38,18 +40,20 @@ def add_arguments(p):
     f.add_argument("--reason", metavar="R,..", help="only these drop reasons (e.g. "
                    "NO_SOCKET,NETFILTER_DROP)")
     o = p.add_argument_group("run and output")
-    o.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
-    o.add_argument("--interval", type=float, default=5.0, metavar="S",
+    o.add_argument("-d", "--duration", type=num("duration", above=0), metavar="S", help="stop after S seconds")
+    o.add_argument("--interval", type=num("interval", above=0), default=5.0, metavar="S",
                    help="print the exact counts every S seconds (default 5)")
-    o.add_argument("--limit", type=int, default=10, metavar="N",
+    o.add_argument("--limit", type=num("limit", lo=0, integer=True), default=10, metavar="N",
                    help="at most N detail lines per second per (location, reason); the rest "
                         "are counted (default 10)")
     o.add_argument("--stack", action="store_true", help="show the kernel stack of each drop")
     o.add_argument("--json", metavar="FILE", help="one JSON object per drop shown, then a "
                    "summary object with the exact counts")
     o.add_argument("--record", metavar="FILE", help="record for `run.py report FILE`")
+    o.add_argument("--html", metavar="FILE", help="also write the summary (drops by location, "
+                   "reason and namespace; top flows) as one self-contained HTML page")
     o.add_argument("--ready-file", metavar="PATH", help="create PATH once the probe is attached")
-    o.add_argument("--grace", type=float, default=0.5, metavar="S",
+    o.add_argument("--grace", type=num("grace", lo=0), default=0.5, metavar="S",
                    help="after COMMAND exits, keep reading for S seconds (default 0.5)")
     o.add_argument("--metrics", metavar="[ADDR:]PORT",
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics while running "
@@ -109,6 +113,9 @@ def run(args):
 def _run(args, metrics):
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
+    if getattr(args, "html", None):
+        from pktpath.output import html
+        html.check_path(args.html)
     if args.interval <= 0:
         raise UserError("--interval must be more than 0")
     if args.limit < 0:
@@ -197,4 +204,7 @@ def _run(args, metrics):
         jsonfile.close_json(json_out, args.json)
         if rec:
             rec.close()
+        if args.html:
+            from pktpath.output import html
+            html.write(args.html, html.render_drops(mon.final))
     return 0

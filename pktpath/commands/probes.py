@@ -30,6 +30,28 @@ def render(coverage):
                                              "WHY"])
 
 
+def render_catalog(rows_):
+    return tabulate([[c["hook"], c["target"], c["sets"], c["method"] or "-", c["status"],
+                      c["why"]] for c in rows_],
+                    headers=["HOOK", "TARGET", "SETS", "METHOD", "ON THIS KERNEL", "WHY"])
+
+
+def catalog_section(btf, root):
+    """Every hook of the catalog, planned on its own with what this kernel offers: what could be
+    traced here before choosing hooks (fentry is probed as root only)."""
+    from pktpath.collect import capabilities, hooks
+    caps = capabilities.capabilities(btf, symbols.Kallsyms(), want_fentry=root)
+    if not root:
+        caps.fentry_why = "fentry not probed (needs root)"
+    rows_ = hooks.catalog_coverage(caps)
+    counts = {k: sum(c["status"] == k for c in rows_) for k in ("available", "fallback",
+                                                                 "skipped")}
+    return ("== every hook of the catalog (configs/hooks.yaml) on this kernel: %d available, "
+            "%d through a tracepoint fallback, %d skipped; choose with --hooks or a config's "
+            "hooks: ==\n%s" % (counts["available"], counts["fallback"], counts["skipped"],
+                               render_catalog(rows_)))
+
+
 def run(args):
     ov = {}
     if args.hooks:
@@ -65,4 +87,6 @@ def run(args):
         print("packet headers in tp_btf programs: %s" % (
             "loaded in place (bpf_rdonly_cast)" if t.direct else
             "copied with bpf_probe_read_kernel (%s)" % t.direct_why))
+    if not args.hooks:   # what could be seen here, before choosing hooks
+        print("\n" + catalog_section(btf, os.geteuid() == 0 and not args.plan_only))
     return 0

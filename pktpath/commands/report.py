@@ -7,6 +7,7 @@ report both ways. This module does arguments and wiring only.
 """
 import sys
 
+from pktpath.config import cmdline_number
 from pktpath.errors import UserError
 from pktpath.output import drops, jsonfile, report
 from pktpath.process import pipeline
@@ -16,11 +17,14 @@ def add_arguments(p):
     p.add_argument("files", nargs="+", metavar="FILE", help="recording(s) made with --record")
     p.add_argument("--json", metavar="OUT", help="write per-packet verdicts as JSON Lines "
                                                  "('-' = stdout, instead of the report)")
-    p.add_argument("--timeline", type=int, default=50, metavar="N",
+    p.add_argument("--html", metavar="OUT", help="also write the report as one self-contained "
+                   "HTML page")
+    p.add_argument("--timeline", type=cmdline_number("timeline", lo=0, integer=True), default=50, metavar="N",
                    help="show the timeline of the first N packets (default 50; 0 = none)")
 
 
 def run(args):
+    args.html = getattr(args, "html", None)  # (callers building args by hand)
     if args.timeline < 0:
         raise UserError("--timeline must be 0 or more, got %d" % args.timeline)
     from pktpath.process import drops as dropsmod
@@ -29,17 +33,27 @@ def run(args):
             raise UserError("a drops recording is reported on its own")
         out = jsonfile.open_json(args.json if args.json != "-" else None)
         write = (lambda text: None) if args.json == "-" else print
-        dropsmod.replay(args.files[0], write, json_out=sys.stdout if args.json == "-" else out)
+        mon = dropsmod.replay(args.files[0], write,
+                              json_out=sys.stdout if args.json == "-" else out)
         jsonfile.close_json(out, args.json)
+        if args.html:
+            from pktpath.output import html
+            if mon.final is None:
+                raise UserError("%s: no end line: no HTML page without the run's summary"
+                                % args.files[0])
+            html.write(args.html, html.render_drops(mon.final))
         return 0
     # one packet at a time, in ID order: to the JSON and the report, never all held at once
     packets, meta, end = pipeline.recorded(args.files)
-    if args.json == "-":
+    if args.json == "-" and not args.html:
         report.write_json(packets, sys.stdout)
+        return 0
+    if args.json == "-":  # the JSON to stdout and the page, no text report
+        pipeline.emit(packets, meta, end, sys.stdout, args.timeline, html=args.html)
         return 0
     out = jsonfile.open_json(args.json)
     try:
-        text, stacked = pipeline.emit(packets, meta, end, out, args.timeline)
+        text, stacked = pipeline.emit(packets, meta, end, out, args.timeline, html=args.html)
         jsonfile.close_json(out, args.json)
     except OSError as e:
         raise UserError("cannot write --json %s: %s" % (args.json, e.strerror)) from None

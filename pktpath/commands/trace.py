@@ -18,9 +18,11 @@ from pktpath.collect import plan as planmod
 from pktpath.events import recording
 from pktpath.kernel import symbols
 from pktpath.kernel.btf import kernel_btf
-from pktpath.output import drops, jsonfile
+from pktpath.output import drops, jsonfile, progress
 from pktpath.process import pipeline, session
 from pktpath.errors import UserError
+
+num = configmod.cmdline_number
 
 
 def add_arguments(p):
@@ -35,11 +37,11 @@ def add_arguments(p):
     f.add_argument("--port", metavar="PORT",
                    help="destination port (UDP or TCP) of the traced (inner) traffic")
     f.add_argument("--udp-port", metavar="PORT", help="old name of --port")
-    f.add_argument("--vxlan-port", type=int, metavar="PORT",
+    f.add_argument("--vxlan-port", metavar="PORT",
                    help="VXLAN UDP port (4789; flannel 8472; 0: do not parse VXLAN)")
-    f.add_argument("--geneve-port", type=int, metavar="PORT",
+    f.add_argument("--geneve-port", metavar="PORT",
                    help="Geneve UDP port (6081; 0: do not parse Geneve)")
-    f.add_argument("--id-offset", type=int, metavar="BYTES", help="packet ID offset in the payload")
+    f.add_argument("--id-offset", metavar="BYTES", help="packet ID offset in the payload")
     f.add_argument("--id-byteorder", choices=("big", "little"), help="packet ID byte order")
     f.add_argument("--id-from", choices=("payload", "headers"),
                    help="packet key: the ID in the payload (default), or a hash of header fields "
@@ -49,28 +51,30 @@ def add_arguments(p):
     f.add_argument("--hooks", metavar="H1,H2", help="comma-separated hook names (configs/hooks.yaml), "
                    "or the sets `default` and `light` (transmit, delivery and drops only: cheapest)")
     o = p.add_argument_group("run and output")
-    o.add_argument("-d", "--duration", type=float, metavar="S", help="stop after S seconds")
+    o.add_argument("-d", "--duration", type=num("duration", above=0), metavar="S", help="stop after S seconds")
     o.add_argument("--json", metavar="FILE", help="write per-packet verdicts as JSON Lines")
     o.add_argument("--record", metavar="FILE", help="write raw events as JSON Lines (see `report`)")
+    o.add_argument("--html", metavar="FILE", help="also write the report as one self-contained "
+                   "HTML page (a picture of the path, funnel, latency histograms, verdicts)")
     o.add_argument("--ready-file", metavar="PATH", help="create PATH once every probe is attached")
-    o.add_argument("--timeline", type=int, default=50, metavar="N",
+    o.add_argument("--timeline", type=num("timeline", lo=0, integer=True), default=50, metavar="N",
                    help="show the timeline of the first N packets (default 50; 0 = none)")
-    o.add_argument("--grace", type=float, default=0.5, metavar="S",
+    o.add_argument("--grace", type=num("grace", lo=0), default=0.5, metavar="S",
                    help="after COMMAND exits, keep draining events for S seconds (default 0.5)")
     o.add_argument("--host", help="label for this host in recordings (default: hostname)")
     o.add_argument("--mode", choices=("summary", "events"), default="summary",
                    help="summary (default): the kernel assembles each packet's path and emits it "
                         "once; events: one event per hook (more detail per hop, more overhead)")
-    o.add_argument("--lost-after", type=float, default=2.0, metavar="S",
+    o.add_argument("--lost-after", type=num("lost_after", above=0), default=2.0, metavar="S",
                    help="summary mode: a packet unseen for S seconds is reported lost (default 2)")
-    o.add_argument("--keep-delivered", type=int, default=10000, metavar="N",
+    o.add_argument("--keep-delivered", type=num("keep_delivered", lo=0, integer=True), default=10000, metavar="N",
                    help="keep the first N delivered packets for the report; later ones go "
                         "to --json only and are counted (memory stays bounded; default 10000)")
     o.add_argument("--stack", action="store_true",
                    help="record the kernel stack at each drop of a traced packet")
     o.add_argument("--drops", choices=("traced", "all"), default="traced",
                    help="'all' also counts every drop on the machine, by location and reason")
-    o.add_argument("--interval", type=float, default=5.0, metavar="S",
+    o.add_argument("--interval", type=num("interval", above=0), default=5.0, metavar="S",
                    help="with --drops all, print the drop counts every S seconds (default 5)")
     o.add_argument("--metrics", metavar="[ADDR:]PORT",
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics while tracing "
@@ -104,6 +108,9 @@ def info(args, msg):
 
 
 def run(args):
+    if getattr(args, "html", None):
+        from pktpath.output import html
+        html.check_path(args.html)
     if not getattr(args, "metrics", None) or args.ebpf:
         return _run(args, None)
     from pktpath.output import metrics as metricsmod
@@ -150,9 +157,13 @@ def _run(args, metrics):
     interval_drops = drops.IntervalTable(kallsyms, decoder.reasons, session.netns_names)
     flush = pipe.flush
 
+    status = progress.Status(lambda: progress.snapshot(pipe.stream, t.counters),
+                             quiet=args.quiet)   # on a terminal only
+
     def on_drops(counts):
         if metrics is not None:
             _machine_drops(metrics, counts, kallsyms, decoder.reasons)
+        status.clear()
         info(args, "drops in the last %gs, all traffic:\n%s" % (args.interval,
                                                                  interval_drops(counts)))
     if metrics is not None:
@@ -179,8 +190,11 @@ def _run(args, metrics):
             info(args, "tracing while `%s` runs" % " ".join(args.command) if args.command else
                  "tracing%s; Ctrl-C to stop and print the report"
                  % (" for %gs" % args.duration if args.duration else ""))
-            session.poll_loop(t, stop, child, pipe.on_record, flush, summary,
+            session.poll_loop(t, stop, child, pipe.on_record, status.wrap(flush), summary,
                               args.lost_after, args.duration, args.grace, args.interval, on_drops)
+            status.clear()
+            if stop.at is not None:     # PKTPATH_TIMES: "loop" is then signal -> loop left
+                marks.append(("signal", stop.at))
             marks.append(("loop", time.monotonic()))
             session.drain(t, pipe.on_record)
             marks.append(("drain+sweep", time.monotonic()))
@@ -192,6 +206,7 @@ def _run(args, metrics):
                     _machine_drops(metrics, drop_counts, kallsyms, decoder.reasons)
             marks.append(("settle", time.monotonic()))
         finally:
+            status.clear()
             t.close()
             child.stop()
             if marks:
@@ -201,7 +216,8 @@ def _run(args, metrics):
     if args.stats_file:
         _write_stats(args.stats_file, t, counters, pipe.events, ready_s)
     with session.Stop():  # the report of a finished trace is printed whole, signals or not
-        packets, text = pipe.report(counters, lost_ids, meta, args.timeline)
+        packets, text = pipe.report(counters, lost_ids, meta, args.timeline,
+                                    html=args.html)
         print(text)
         if args.stack:
             print("\n== drop stacks ==\n" + (drops.stacks_section(packets) or "none recorded"))

@@ -11,6 +11,7 @@ import struct
 import time
 
 from pktpath.kernel import netns as netnsmod
+from pktpath.config import cmdline_number as num
 from pktpath.errors import UserError
 
 MAX_ID = 2 ** 32 - 1
@@ -19,29 +20,29 @@ MAX_ID = 2 ** 32 - 1
 def add_arguments(p):
     p.add_argument("--dst", required=True, help="destination IPv4 or IPv6 address (with "
                    "--geneve: the outer, underlay destination)")
-    p.add_argument("--port", required=True, type=int, help="destination UDP port (with "
+    p.add_argument("--port", required=True, type=num("port", 1, 65535, integer=True), help="destination UDP port (with "
                    "--geneve: the inner one)")
-    p.add_argument("--count", type=int, default=10, help="datagrams to send (default 10)")
-    p.add_argument("--rate", type=float, default=0, help="datagrams per second (0 = max)")
-    p.add_argument("--start-id", type=int, default=1, help="first packet ID (default 1)")
-    p.add_argument("--size", type=int, default=64, help="UDP payload bytes (>= 4, default 64)")
+    p.add_argument("--count", type=num("count", lo=0, integer=True), default=10, help="datagrams to send (default 10)")
+    p.add_argument("--rate", type=num("rate", lo=0), default=0, help="datagrams per second (0 = max)")
+    p.add_argument("--start-id", type=num("start_id", 0, MAX_ID, integer=True), default=1, help="first packet ID (default 1)")
+    p.add_argument("--size", type=num("size", 4, 65507, integer=True), default=64, help="UDP payload bytes (>= 4, default 64)")
     p.add_argument("--netns", help="send from this `ip netns` namespace (root)")
     p.add_argument("--byteorder", choices=("big", "little"), default="big",
                    help="packet ID byte order (default big = network order)")
-    p.add_argument("--src-port", type=int, default=0, help="source UDP port (default: any)")
+    p.add_argument("--src-port", type=num("src_port", 0, 65535, integer=True), default=0, help="source UDP port (default: any)")
     p.add_argument("--paged", action="store_true",
                    help="have the kernel put the payload in page fragments, not the linear "
                         "data (UDP_SEGMENT, as GSO senders such as QUIC stacks do)")
     g = p.add_argument_group("Geneve frames built here")
-    g.add_argument("--geneve", type=int, metavar="VNI",
+    g.add_argument("--geneve", type=num("geneve", 0, 2 ** 24 - 1, integer=True), metavar="VNI",
                    help="send Geneve frames with this VNI (0-16777215), with options")
-    g.add_argument("--geneve-port", type=int, default=6081, metavar="PORT",
+    g.add_argument("--geneve-port", type=num("geneve_port", 1, 65535, integer=True), default=6081, metavar="PORT",
                    help="outer UDP destination port (default 6081)")
     g.add_argument("--inner-src", default="198.51.100.1",
                    help="inner source address (default 198.51.100.1; IPv6 for an IPv6 inner)")
     g.add_argument("--inner-dst", default="198.51.100.2", help="inner destination address "
                    "(default 198.51.100.2; the same family as --inner-src)")
-    g.add_argument("--inner-sport", type=int, default=40000,
+    g.add_argument("--inner-sport", type=num("inner_sport", 0, 65535, integer=True), default=40000,
                    help="inner UDP source port (default 40000)")
 
 

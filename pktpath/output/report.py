@@ -177,6 +177,8 @@ class ReportBuilder:
         self._t0 = aggregate.t0 if aggregate else None   # trace_start() of all packets
         self._paths = aggregate.paths if aggregate else analysis.PathStats()
         self._summary = aggregate.summary if aggregate else Summary()
+        self._drop_from = {}         # (reason, location, netns) -> {stage before the drop: n}
+        self._deliver_at = set()     # hooks delivered packets were last seen at
 
     def add(self, p):
         """Account for one packet record (reconstruct); it is kept only for the timeline."""
@@ -198,6 +200,61 @@ class ReportBuilder:
                 self._problem_rows.append(row)
         self._paths.add(p)
         self._summary.add(p)
+        if p["verdict"] == "delivered" and p["path"] and len(self._deliver_at) < 64:
+            self._deliver_at.add(p["path"][-1]["hook"])
+        if p["verdict"] == "dropped" and len(p["path"]) > 1:
+            d, path = p["drop"], p["path"]
+            i = next((k for k in range(len(path) - 1, 0, -1)
+                      if path[k]["hook"] in analysis.DROP_HOOKS), len(path) - 1)
+            at = self._drop_from.setdefault((d["reason"], d["location"], d["netns"]), {})
+            before = analysis.stage(path[i - 1])
+            at[before] = at.get(before, 0) + 1
+
+    def _verdicts(self, count):
+        """(title, rows) of the verdict table."""
+        v = self._summary.result()["verdicts"]
+        problems = count - v.get("delivered", 0)
+        if count <= MAX_VERDICT_ROWS:
+            return "verdicts", self._rows
+        shown = self._problem_rows
+        if len(shown) < problems:
+            return ("verdicts (a sample: showing %d of %d not delivered, the first %d and "
+                    "the first %d of each drop point or last sighting; %d packets in all; "
+                    "all in --json)" % (len(shown), problems, MAX_VERDICT_ROWS,
+                                        sample.PER_GROUP, count)), shown
+        return "verdicts (%d of %d packets; all in --json)" % (len(shown), count), shown
+
+    def _notes(self, end):
+        notes = list(end.get("warnings", []))
+        if end.get("duplicate_ids"):
+            n = end["duplicate_ids"]
+            notes.append(DUPLICATES_NOTE % (n, "" if n == 1 else "s"))
+        if end.get("unreachable"):
+            notes.append("%d hook firings saw a matching packet whose ID was out of reach "
+                         "(not in the linear skb data)"
+                         % end["unreachable"])
+        return notes
+
+    def data(self, meta=None, end=None):
+        """What the report shows, as data (output/html.py draws it): summary (counts by
+        verdict, drop and lost groups), funnel, segments, latencies(a, b), verdicts (title,
+        rows), drop_from, deliver_hooks, coverage, lost_events, notes."""
+        meta, end = meta or {}, end or {}
+        s = self._summary.result()
+        if end.get("streamed_delivered"):
+            s["packets"] += end["streamed_delivered"]
+            s["verdicts"]["delivered"] += end["streamed_delivered"]
+        notes = self._notes(end)
+        if end.get("lost"):
+            notes.insert(0, "%d events lost by the tracer (ring buffer full: raise "
+                            "ringbuf_pages)" % end["lost"])
+        return {"summary": s, "funnel": self._paths.funnel(), "segments": self._paths.segments(),
+                "latencies": self._paths.latencies,
+                "verdicts": self._verdicts(self._summary.packets) if self._summary.packets
+                else ("verdicts", []),
+                "drop_from": self._drop_from, "deliver_hooks": self._deliver_at,
+                "coverage": meta.get("coverage") or [],
+                "lost_events": end.get("lost", 0), "notes": notes}
 
     def render(self, meta=None, end=None):
         """The report text of the packets added (render_report's `meta` and `end`)."""
@@ -214,19 +271,7 @@ class ReportBuilder:
                 title = "timeline" if count <= n else \
                     "timeline (first %d of %d packets; see --timeline)" % (n, count)
                 sections.append((title, render_timeline(self._timeline, self._t0)))
-            v = self._summary.result()["verdicts"]
-            problems = count - v.get("delivered", 0)
-            if count <= MAX_VERDICT_ROWS:
-                title, shown = "verdicts", self._rows
-            elif len(self._problem_rows) < problems:
-                shown = self._problem_rows
-                title = ("verdicts (a sample: showing %d of %d not delivered, the first %d and "
-                         "the first %d of each drop point or last sighting; %d packets in all; "
-                         "all in --json)" % (len(shown), problems, MAX_VERDICT_ROWS,
-                                             sample.PER_GROUP, count))
-            else:
-                shown = self._problem_rows
-                title = "verdicts (%d of %d packets; all in --json)" % (len(shown), count)
+            title, shown = self._verdicts(count)
             sections.append((title, _verdict_table(shown)))
             sections.append(("per-hop latency",
                              analysis.format_segments(self._paths.segments())))
@@ -234,14 +279,7 @@ class ReportBuilder:
         sections.append(("summary", _render_summary(
             self._summary.result(), end.get("lost", 0),
             streamed_delivered=end.get("streamed_delivered", 0))))
-        notes = list(end.get("warnings", []))
-        if end.get("duplicate_ids"):
-            n = end["duplicate_ids"]
-            notes.append(DUPLICATES_NOTE % (n, "" if n == 1 else "s"))
-        if end.get("unreachable"):
-            notes.append("%d hook firings saw a matching packet whose ID was out of reach "
-                         "(not in the linear skb data)"
-                         % end["unreachable"])
+        notes = self._notes(end)
         if notes:
             sections.append(("notes", "\n".join(notes)))
         return "\n\n".join("== %s ==\n%s" % s for s in sections)

@@ -55,17 +55,28 @@ class PathStats:
         self._reach = {}       # stage -> packets reaching it
         self._positions = {}   # stage -> {position on the path: packets}
         self._rank = {}        # key of _gaps or _reach -> lowest (id, first_ns, hop) having it
+        self._ended = {}       # last counted stage of a path -> {verdict: packets}
 
     def add(self, p):
         path = p["path"]
         self.add_stages((p["id"], p["first_ns"] or 0), [stage(hop) for hop in path],
                         [hop["t_ns"] for hop in path],
-                        [hop["hook"] not in DROP_HOOKS for hop in path])
+                        [hop["hook"] not in DROP_HOOKS for hop in path], p.get("verdict"))
 
-    def add_stages(self, rank, stages, times, counted):
+    def _end(self, stages, counted, verdict, count):
+        """Count `count` packets of `verdict` as ending at the last counted stage of `stages`."""
+        for i in range(len(stages) - 1, -1, -1):
+            if counted[i]:
+                at = self._ended.setdefault(stages[i], {})
+                at[verdict] = at.get(verdict, 0) + count
+                return
+
+    def add_stages(self, rank, stages, times, counted, verdict=None):
         """One packet's path as its stages, their times (ns) and whether each stage counts in
         the funnel (drops do not); `rank` (id, first_ns) orders ties in the tables the same
-        whatever order packets are added in (that of ID order)."""
+        whatever order packets are added in (that of ID order); `verdict` (dropped, lost, ...)
+        says how the funnel names the packets that go no further."""
+        self._end(stages, counted, verdict, 1)
         gaps, ranks = self._gaps, self._rank
         i = 0
         for sa, sb, ta, tb in zip(stages, stages[1:], times, times[1:]):
@@ -95,10 +106,13 @@ class PathStats:
                 at = positions[s]
                 at[i] = at.get(i, 0) + 1
 
-    def add_bulk(self, rank, stages, counted, dts, count):
+    def add_bulk(self, rank, stages, counted, dts, count, idle=None, verdict=None):
         """`count` packets of the same path (stages, counted: see add_stages), their hop times
         flattened in `dts` (an array, len(stages) per packet); `rank`: the lowest (id,
-        first_ns) of them."""
+        first_ns) of them; `verdict`: theirs (see add_stages). `idle` (if any) is called
+        between segments (a live trace drains its ring buffer: sorting a flood's latencies
+        takes tens of ms per segment)."""
+        self._end(stages, counted, verdict, count)
         n = len(stages)
         gaps, ranks = self._gaps, self._rank
         for i in range(n - 1):
@@ -109,7 +123,12 @@ class PathStats:
                 ranks[key] = rank + (i,)
             elif rank < ranks[key]:
                 ranks[key] = rank + (i,)
-            vals.extend(map(truediv, map(sub, dts[i + 1::n], dts[i::n]), repeat(1e3, count)))
+            # sorted: the array is then a few long sorted runs, which segments() merges in
+            # linear time instead of sorting every latency at the stop
+            vals.extend(sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]),
+                                   repeat(1e3, count))))
+            if idle is not None and count > 4096:
+                idle()
         seen = set()
         reach, positions = self._reach, self._positions
         for i, s in enumerate(stages):
@@ -122,6 +141,10 @@ class PathStats:
                 reach[s] += count
                 at = positions[s]
                 at[i] = at.get(i, 0) + count
+
+    def latencies(self, a, b):
+        """The latencies (us, in no order) of segment a -> b (stage strings), empty if none."""
+        return self._gaps.get((a, b), ())
 
     def segments(self):
         """What segments() returns for the packets added."""
@@ -144,10 +167,30 @@ class PathStats:
         message = None
         for (a, na), (b, nb) in zip(rows, rows[1:]):
             if nb < na:
-                message = "%d packet%s lost between %s and %s" % (
-                    na - nb, "" if na - nb == 1 else "s", a, b)
+                message = self._fall_message(a, b, na - nb)
                 break
         return rows, message
+
+
+    def _fall_message(self, a, b, fall):
+        """"N packets dropped between A and B" for the packets whose path ended at A with a
+        drop, "lost" for those lost there; the others "were not seen at B" (another path, or
+        their events were lost)."""
+        ended = self._ended.get(a, {})
+        dropped = min(ended.get("dropped", 0), fall)
+        # incomplete: lost packets the finishing policy found the tracer lost events of (a live
+        # trace may decide that after the packet was counted here): both were lost from sight
+        lost = min(ended.get("lost", 0) + ended.get("incomplete", 0), fall - dropped)
+        other = fall - dropped - lost
+        parts = ["%d %s" % (n, what) for n, what in ((dropped, "dropped"), (lost, "lost")) if n]
+        if not parts:
+            return "%d packet%s seen at %s %s not seen at %s" % (
+                other, "" if other == 1 else "s", a, "was" if other == 1 else "were", b)
+        first = dropped or lost
+        parts[0] = parts[0].replace(" ", " packet%s " % ("" if first == 1 else "s"), 1)
+        return "%s between %s and %s%s" % (", ".join(parts), a, b, "; %d more %s not seen at %s"
+                                           % (other, "was" if other == 1 else "were", b)
+                                           if other else "")
 
 
 def _median(counts):

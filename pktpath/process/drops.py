@@ -27,6 +27,7 @@ class DropMonitor:
         self._previous = None       # counts at the last interval
         self._hinted = set()
         self.details = 0
+        self.final = None           # finish()'s facts, for the HTML page (output/html.py)
 
     def detail(self, d):
         # NETFILTER_DROP: the netfilter hook, from the stack (see netfilter_hook)
@@ -64,6 +65,8 @@ class DropMonitor:
         """At the end: the whole run's counts, the details not shown, the top flows, the hints;
         the --json summary object and the recording's end line."""
         counts = [tuple(c) for c in counts]
+        self.final = {"counts": counts, "flows": flows, "lost": lost, "duration_s": duration_s,
+                      "netns_names": dict(self.netns_names), "shown": dict(self.shown)}
         total = sum(c[3] for c in counts)
         nshown = sum(self.shown.values())
         parts = ["== all drops counted (%d, exact; %d shown in detail, %d not shown%s) ==\n%s"

@@ -138,10 +138,11 @@ def live_end(counters, lost_ids, netns_names, events, streamed, coverage=()):
 
 # ---- the sinks ----
 
-def emit(packets, meta, end, json_out=None, timeline=50, aggregate=None):
+def emit(packets, meta, end, json_out=None, timeline=50, aggregate=None, html=None):
     """Each packet (any iterable, consumed once) to `json_out` (if any) and to the report, on
     top of the packets counted in `aggregate` (a live trace's sample.Aggregate); returns
-    (report text, the packets with a drop stack, reduced to what the stacks section reads)."""
+    (report text, the packets with a drop stack, reduced to what the stacks section reads).
+    `html`: a path to write the HTML page of the same report to (output/html.py)."""
     builder, stacked = report.ReportBuilder(timeline, aggregate), []
     line = schema.packet_line
     write = json_out.write if json_out is not None else None
@@ -152,7 +153,11 @@ def emit(packets, meta, end, json_out=None, timeline=50, aggregate=None):
             stacked.append({"id": p["id"], "drop": {"stack": stack}})
         if write is not None:
             write(line(p))
-    return builder.render(meta, end), stacked
+    text = builder.render(meta, end)
+    if html:
+        from pktpath.output import html as htmlmod
+        htmlmod.write(html, htmlmod.render_trace(builder.data(meta, end)))
+    return text, stacked
 
 
 # ---- live: kernel records in ----
@@ -233,11 +238,12 @@ class LivePipeline:
             self.rec.close()
         return packets, end
 
-    def report(self, counters, lost_ids, meta, timeline=50):
+    def report(self, counters, lost_ids, meta, timeline=50, html=None):
         """(packets, report text) of the finished trace: end(), then the sinks (the packets go
-        to the --json output, which the caller closes)."""
+        to the --json output, which the caller closes; `html`: the page's path, or None)."""
         packets, end = self.end(counters, lost_ids, meta.get("coverage"))
-        return packets, emit(packets, meta, end, self.json_out, timeline, self.stream.agg)[0]
+        return packets, emit(packets, meta, end, self.json_out, timeline, self.stream.agg,
+                             html)[0]
 
 
 # ---- recorded: recordings in ----

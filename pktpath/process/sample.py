@@ -98,14 +98,15 @@ class Aggregate:
         if shape.verdict == "lost":
             self.lost.append((pid, shape.key, shape.fields))
 
-    def fold(self):
-        """Move the shapes' packets into PathStats, Summary (and t0)."""
+    def fold(self, idle=None):
+        """Move the shapes' packets into PathStats, Summary (and t0); `idle`: see
+        PathStats.add_bulk."""
         for shape in self._shapes:
             self.packets += shape.count
             if self.t0 is None or shape.t0 < self.t0:
                 self.t0 = shape.t0
             self.paths.add_bulk(shape.rank, shape.stages, shape.counted, shape.dts,
-                                shape.count)
+                                shape.count, idle, shape.verdict)
             if shape.verdict != "lost":
                 self.summary.add_groups(shape.ids, shape.count, shape.verdict, shape.key,
                                         shape.fields)
@@ -146,9 +147,12 @@ class Sampler:
         self._groups = {}       # group -> max-heap as above
         self._seq = 0
         self.offered = 0
+        self.dropped = 0        # offered with a drop group (the live status line counts them)
 
     def offer(self, pid, first_ns, group, item):
         self.offered += 1
+        if group[0] == "dropped":
+            self.dropped += 1
         top, heap = self._first, self._groups.get(group)
         if top and heap and len(top) == self.first and len(heap) == self.per_group and \
                 -pid < top[0][0] and -pid < heap[0][0]:
@@ -234,6 +238,12 @@ class RawPaths:
         self._drop = records.KINDS.index("drop")
         self._shapes = {}       # static fields -> Shape (None: not plain)
         self._names = None
+        self._first_id, order = _fmt(records.PATH, ("first_ts", "id"))
+        assert order == ["first_ts", "id"]
+        dt = dict((n, (off, size)) for n, off, size, _c in records.HOP.fields)["dt"]
+        assert dt[1] == 4
+        self._dt_at = (dt[0], self._hop_size - dt[0] - 4)   # bytes before / after a hop's dt
+        self._dts = {}          # hops -> struct of their dt fields only
 
     def read(self, data, names):
         if data.__class__ is not bytes:
@@ -264,6 +274,22 @@ class RawPaths:
             shape = self._shapes[key] = self._shape(key, names)
         if shape is None or (n > 1 and sorted(dts) != list(dts)):
             return None
+        return pid, first_ts + dts[0], shape, dts
+
+    def shape_of(self, data, names):
+        """The Shape read() finds for `data` (None: not plain): what read_as() needs."""
+        got = self.read(data, names)
+        return got[2] if got is not None else None
+
+    def read_as(self, data, shape):
+        """read() of a record whose Shape shape_of() found (with the same names): only the
+        ID and times are unpacked."""
+        first_ts, pid = self._first_id.unpack_from(data)
+        dts = self._dts.get(shape.n)
+        if dts is None:
+            dts = self._dts[shape.n] = struct.Struct(
+                "<" + ("%dxI%dx" % self._dt_at) * shape.n)
+        dts = dts.unpack_from(data, self._hops_off)
         return pid, first_ts + dts[0], shape, dts
 
     def _shape(self, key, names):

@@ -19,6 +19,7 @@ class Stop:
 
     def __init__(self):
         self.reason = None
+        self.at = None          # time.monotonic() of the (first) signal
         self._old = {}
 
     def __enter__(self):
@@ -27,6 +28,8 @@ class Stop:
         return self
 
     def _handler(self, signum, _frame):
+        if self.reason is None:
+            self.at = time.monotonic()
         self.reason = signal.Signals(signum).name
 
     def __exit__(self, *exc):

@@ -52,6 +52,11 @@ class PacketStream:
         # packets not delivered: a bounded sample kept (raw or built), the rest aggregated and
         # streamed (sample.py); raw_paths (sample.RawPaths) aggregates plain records unexpanded
         self.raw_paths = raw_paths
+        # a lone record not delivered is read (raw_paths.shape_of) at the first flush after it
+        # arrived, not when it is due, so that the stop has less to do: id -> its Shape (False:
+        # not plain), found with the names `_names` (read again if the names change)
+        self._plain = {}
+        self._names = None
         self.agg = sample.Aggregate()
         self.sampler = sample.Sampler(self._spill, first=sample_first)
         self.backlog = None                 # a list: JSON of spilled packets written later
@@ -83,6 +88,8 @@ class PacketStream:
                 prev = self.raw[pid] = [(prev, True)]
             prev.append((record, delivered))
             self._again[pid] = self._nbucket
+            if self._plain:
+                self._plain.pop(pid, None)  # no longer a lone record
         self._ids.append(pid)
 
     def record_adder(self, key, deliver):
@@ -121,10 +128,16 @@ class PacketStream:
     def flush(self, force=False):
         """Finish the packets of IDs quiet for settle_ns (all of them with `force`)."""
         done = self._due(force)
-        if not done:
+        if not done and (force or not self.raw):
             return
         names = self.netns_names()
         int_names = reconstruct.ns_names(names)
+        if int_names == self._names:
+            int_names = self._names         # the same object: RawPaths keeps its shapes
+        else:
+            self._plain.clear()             # read with other names: read again below
+            self._names = int_names
+        eager, read = self._plain, self.raw_paths.read if self.raw_paths is not None else None
         evs, batch, plain = [], 0, 0
         # the per-ID work of a busy live trace (summary mode: `pending` and `arrived` are empty,
         # `_again` nearly so): dictionaries looked up once, empty ones not touched
@@ -132,6 +145,7 @@ class PacketStream:
         offer = self.sampler.offer
         metrics = self.metrics
         for pid in done:
+            got = eager.pop(pid, None) if eager else None
             raw = raw_pop(pid, None)
             mine = pending.pop(pid, None) if pending else None
             if raw is None and mine is None:
@@ -144,9 +158,10 @@ class PacketStream:
                 # nothing needs its events now: keep the compact record (expanded at the end if
                 # kept), or count it from its bytes
                 lone = raw.__class__ is not list
-                if not lone and len(raw) == 1 and not raw[0][1] and self.raw_paths is not None:
-                    got = self.raw_paths.read(raw[0][0], int_names)
-                    if got is not None:     # plain: sampled or aggregated from its bytes
+                if not lone and len(raw) == 1 and not raw[0][1] and read is not None:
+                    got = read(raw[0][0], int_names) if got is None else \
+                        got and self.raw_paths.read_as(raw[0][0], got)
+                    if got:                 # plain: sampled or aggregated from its bytes
                         offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
                         if metrics is not None:
                             metrics.record(raw[0][0], got[2].verdict, int_names)
@@ -188,7 +203,24 @@ class PacketStream:
                     self.idle()             # e.g. drain the ring buffer: it keeps filling
         self._finish_packets(evs, names)
         if not force:
-            self.agg.fold()                 # in bulk, a little at a time: less at the stop
+            self.agg.fold(self.idle)        # in bulk, a little at a time: less at the stop
+            if read is not None and self.fast and self._buckets:
+                self._preread(self._buckets[-1][2], int_names)
+
+    def _preread(self, ids, names):
+        """Read the lone records not delivered of `ids` (the IDs that arrived since the last
+        flush) ahead of time (see _plain): reading costs a few us per record, which a flood's
+        last second would otherwise add to the stop. Not done as records arrive: the ring
+        buffer must be emptied quickly."""
+        raw, plain, read, idle = self.raw, self._plain, self.raw_paths.shape_of, self.idle
+        n = 0
+        for pid in ids:
+            r = raw.get(pid)
+            if r.__class__ is list and len(r) == 1 and pid not in plain:
+                plain[pid] = read(r[0][0], names) or False
+                n += 1
+                if n & 4095 == 0 and idle is not None:
+                    idle()
 
     def settle(self, defer_json=False):
         """Finish every packet now, expanding the kept records (call while `expand` still

@@ -1,5 +1,5 @@
 """Truth under load (root): a flood of dropped packets, then Ctrl-C. The report must appear
-within ~1.5 s of the signal, count exactly what the kernel counted, and the tracer's memory
+within ~1 s of the signal, count exactly what the kernel counted, and the tracer's memory
 must stay bounded (the dropped packets are aggregated, only a sample is kept)."""
 import os
 import re
@@ -108,9 +108,12 @@ def test_flood_of_drops_reports_within_a_second_of_ctrl_c(fault, tmp_path):
     # the drop table has the exact count, the verdict table says it shows a sample
     assert re.search(r"NO_SOCKET .* %d " % dropped, out), out[-3000:]
     assert re.search(r"showing \d+ of %d not delivered" % dropped, out), out[-3000:]
-    # The goal is 1 s; measured 1.0-1.7 s here with a loaded CI machine (the last ~1.25 s of
-    # records are finished at the stop). The bound catches a return of the old behaviour (22-29 s,
-    # every dropped packet expanded) without failing on the machine's jitter.
+    # The goal is 1 s. Measured for ~200-240k drops (2 s of two senders) on a loaded 2-CPU
+    # machine: 0.92-1.38 s (was 1.6-2.1 s before records were read ahead of the stop and
+    # latencies sorted as they are folded). What is left at the signal is the flush under way
+    # and the last second of records (finished at the stop); the bound catches a return of the
+    # old behaviour (22-29 s, every dropped packet expanded) without failing on the jitter: a
+    # full-suite run while other work loaded the machine once took just over 2 s.
     assert stop_s < 3.0, "report %.2f s after SIGINT" % stop_s
     # (before: 3.9 GB for 335k dropped packets, all kept as dicts)
     assert hwm - base < 300 * 1024, "peak RSS %d MB, %d MB at start" % (hwm // 1024, base // 1024)

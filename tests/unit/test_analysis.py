@@ -47,3 +47,31 @@ def test_report_has_latency_and_funnel_sections():
     text = report.render_report(packets())
     assert "== per-hop latency ==" in text and "== stage funnel ==" in text
     assert "3 packets lost between" in text
+
+
+def test_funnel_says_dropped_for_dropped_packets_and_lost_for_lost_ones():
+    evs = []
+    for pid in range(10):   # 0-2 dropped (VNI mismatch) after netif_receive_skb, 3 lost, rest delivered
+        base = pid * 1000
+        evs += [ev(pid, base, "net_dev_queue", "eth0", 1),
+                ev(pid, base + 10, "netif_receive_skb", "pp-vA", 2)]
+        if pid < 3:
+            d = ev(pid, base + 20, "kfree_skb", "pp-vA", 2, "drop")
+            d.update(reason="VXLAN_VNI_NOT_FOUND", location="vxlan_rcv+0x3b4")
+            evs.append(d)
+        elif pid > 3:
+            evs.append(ev(pid, base + 40, "sk_data_ready", "", 3, "deliver"))
+    pkts = build_packets(evs, NAMES)
+    assert sorted(p["verdict"] for p in pkts) == ["delivered"] * 6 + ["dropped"] * 3 + ["lost"]
+    rows, message = analysis.funnel(pkts)
+    assert rows[-1] == ("sk_data_ready/ctrB", 6)
+    assert message == ("3 packets dropped, 1 lost between netif_receive_skb@pp-vA/hostA and "
+                       "sk_data_ready/ctrB")
+    only_drops = [p for p in pkts if p["verdict"] != "lost"]
+    assert analysis.funnel(only_drops)[1] == ("3 packets dropped between "
+                                              "netif_receive_skb@pp-vA/hostA and sk_data_ready/ctrB")
+    # packets that went another way are neither dropped nor lost
+    stats = analysis.PathStats()
+    stats.add_stages((1, 0), ["a", "b"], [0, 1], [True, True], "delivered")
+    stats.add_stages((2, 0), ["a", "c"], [0, 1], [True, True], "delivered")
+    assert stats.funnel()[1] == "1 packet seen at a was not seen at b"

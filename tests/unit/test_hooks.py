@@ -136,3 +136,57 @@ def test_light_set_from_a_config_and_the_command_line():
     assert [h.name for h in plan] == ["net_dev_queue", "sk_data_ready", "kfree_skb"]
     with pytest.raises(UserError, match="unknown hook 'lite'.*did you mean 'light'"):
         hooks.select(["lite"], hooks.load_catalog())
+
+
+def test_catalog_coverage_covers_every_hook_with_method_fallback_or_why():
+    cov = hooks.catalog_coverage(caps(), CATALOG)
+    assert [c["hook"] for c in cov] == list(CATALOG)   # every hook, not only the default set
+    by = {c["hook"]: c for c in cov}
+    assert by["net_dev_queue"]["status"] == "available"
+    assert by["net_dev_queue"]["method"] == "raw_tracepoint"
+    assert by["net_dev_queue"]["sets"] == "default"
+    assert by["netif_receive_skb"]["status"] == "available" and by["netif_receive_skb"]["sets"] == ""
+    assert by["netif_rx"]["status"] == "skipped" and "does not exist" in by["netif_rx"]["why"]
+    # no kprobes, no fentry: the function hook falls back to its tracepoint, and says why
+    ip = by["ip_rcv"]
+    assert ip["status"] == "fallback" and ip["via"] == "netif_receive_skb"
+    assert ip["method"] == "raw_tracepoint"
+    assert "kprobes are not available" in ip["why"] and "uses netif_receive_skb" in ip["why"]
+    # with kprobes the function hook itself is available; with fentry it uses fentry
+    assert {c["hook"]: c for c in hooks.catalog_coverage(caps(kprobes=True), CATALOG)}[
+        "ip_rcv"]["method"] == "kprobe"
+    assert {c["hook"]: c for c in hooks.catalog_coverage(caps(kprobes=True, fentry=True),
+                                                          CATALOG)}["ip_rcv"]["method"] == "fentry"
+    # a function hook without a fallback is skipped with the kernel's reason
+    cat = dict(CATALOG, vxlan_rcv={"target": "vxlan_rcv", "method": "auto", "kind": "pass"})
+    vx = {c["hook"]: c for c in hooks.catalog_coverage(caps(), cat)}["vxlan_rcv"]
+    assert vx["status"] == "skipped" and vx["method"] is None and "kprobes" in vx["why"]
+
+
+def test_catalog_coverage_of_the_real_catalog():
+    cat = hooks.load_catalog()
+    cov = hooks.catalog_coverage(caps(), cat)
+    assert len(cov) == len(cat) > 20
+    assert all(c["status"] in ("available", "fallback", "skipped") and
+               (c["method"] is None) == (c["status"] == "skipped") and
+               (c["status"] == "available" or c["why"]) for c in cov)
+
+
+def test_probes_without_hooks_lists_the_whole_catalog():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        pytest.skip("no kernel BTF")
+    run = [sys.executable, os.path.join(root, "run.py"), "probes", "--plan-only"]
+    p = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    head, _, section = p.stdout.partition("== every hook of the catalog")
+    assert section, p.stdout
+    listed = {line.split()[0] for line in section.splitlines()[3:] if line.strip()}
+    assert listed == set(hooks.load_catalog())
+    assert "vxlan_rcv" not in head            # the first table is still the default set
+    p = subprocess.run(run + ["--hooks", "kfree_skb"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "every hook of the catalog" not in p.stdout

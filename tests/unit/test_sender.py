@@ -15,12 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.mark.parametrize("args,needle", [
     (["--dst", "300.1.1.1", "--port", "5000"], "not an IPv4 or IPv6 address"),
-    (["--dst", "127.0.0.1", "--port", "70000"], "out of range"),
-    (["--dst", "127.0.0.1", "--port", "5000", "--count", "-1"], "--count"),
-    (["--dst", "127.0.0.1", "--port", "5000", "--size", "2"], "--size"),
+    (["--dst", "127.0.0.1", "--port", "70000"], "command line: port: must be an integer 1-65535"),
+    (["--dst", "127.0.0.1", "--port", "5000", "--count", "-1"], "command line: count: "),
+    (["--dst", "127.0.0.1", "--port", "5000", "--size", "2"], "command line: size: must be an integer 4-65507"),
     (["--dst", "127.0.0.1", "--port", "5000", "--start-id", "4294967295", "--count", "2"],
      "32 bits"),
-    (["--dst", "127.0.0.1", "--port", "x"], "invalid int value"),
+    (["--dst", "127.0.0.1", "--port", "x"], "command line: port: must be an integer"),
     (["--dst", "127.0.0.1", "--port", "5000", "--netns", "pp-nosuch"], "netns"),
 ])
 def test_bad_arguments_one_line_exit_2(args, needle):
