@@ -115,6 +115,9 @@ BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
 #define PP_H_DELIVERED 2    /* a delivery was recorded */
 
 #define PP_IN_FRAGS 3   /* matched, but the ID lies in the paged data (pp_paged_id) */
+/* parsed, but the inner filter rejected the flow: a traced packet after NAT if the skb map
+ * says its skb carries an open one (the key is then the map's) */
+#define PP_REWRITTEN 4
 
 /* A flow as the parse holds it: the IPv4 addresses as loaded (network order) and both UDP
  * ports in one load (network order; on x86 sport is the low half). It lives in registers until
@@ -727,9 +730,11 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
     if (proto == 17)
         return PP_NOMATCH;   /* (UDP is parsed for the tunnels) */
 #endif
-    if (!pp_match_inner(&f, fam, p->in6))
-        return PP_NOMATCH;
-    /* a packet of the traced flow: from here on every result fills *p */
+    /* The filter applies to the packet as first seen: a flow it rejects may be a traced packet
+     * after NAT (DNAT/REDIRECT, SNAT). Then *p is filled too and the skb map decides
+     * (PP_REWRITTEN; see pp_identify). */
+    int rc = pp_match_inner(&f, fam, p->in6) ? PP_MATCH : PP_REWRITTEN;
+    /* a packet of the traced flow (or maybe one): from here on every result fills *p */
     p->in = f;
     p->out = o;
     p->vni = vni;
@@ -737,6 +742,10 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
     p->tun = tun;
     p->ofamily = ofam;
     p->proto = proto;
+    if (rc != PP_MATCH) {
+        p->id = 0;
+        return rc;
+    }
 #ifdef PP_KEY_HEADERS
     p->id = pp_key_headers(&f, fam, p->in6, proto, k3, k4);
     return PP_MATCH;
@@ -747,7 +756,7 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
 #else
     u32 pay = l4 + 8;   /* a constant where only UDP is traced: fewer verifier states */
 #endif
-    int rc = pp_key_payload(h, addr, direct, pay, linear, &id);
+    rc = pp_key_payload(h, addr, direct, pay, linear, &id);
     p->id = id;
     return rc;
 #endif
@@ -934,6 +943,19 @@ static __always_inline void pp_flow_put(struct pp_flow *r, struct pp_flow4 *f, u
 
 #ifdef PP_SUMMARY
 
+/* Whether the parse's flow differs from record r (NAT rewrote addresses or ports). */
+static __always_inline int pp_flow_differs(struct pp_flow *r, struct pp_flow4 *f, u64 *a6,
+                                           u8 family)
+{
+    if (r->family != family || r->sport != __builtin_bswap16(f->ports) ||
+        r->dport != __builtin_bswap16(f->ports >> 16))
+        return 1;
+    if (family == 6)
+        return r->saddr[0] != a6[0] || r->saddr[1] != a6[1] || r->daddr[0] != a6[2] ||
+               r->daddr[1] != a6[3];
+    return r->saddr[0] != f->saddr || r->daddr[0] != f->daddr;
+}
+
 /* Emit path `v` (its hops up to `idx` + 1) to user space. */
 static __always_inline void pp_emit(struct pp_path *v, u32 idx, u64 id)
 {
@@ -960,8 +982,8 @@ static __always_inline void pp_emit(struct pp_path *v, u32 idx, u64 id)
  *   path began at: that skb now carries another packet of the same ID (the first one's end
  *   went unseen). The old path is then emitted as it stands, open: user space reports it like
  *   a path that went quiet (`lost` at its last sighting, or `incomplete`), never delivered.
- * - On another skb: the path of that ID begun last (pathskb), unless this is where that path
- *   began (another packet of the ID: a second sender's, or the next identical datagram). A
+ * - On another skb: the path of that ID begun last (pathskb), unless this is the device that
+ *   path began at (another packet of the ID: a second sender's, or the next identical one). A
  *   delivery or drop on another skb ends that path only if the path is on that skb by now, or
  *   it is the packet this CPU saw pass moments ago (pp_lastseen): a datagram of an older
  *   packet of the ID, still queued, must not deliver a newer one. `exact`: no other skb. */
@@ -990,7 +1012,11 @@ static __always_inline struct pp_path *pp_path_of(struct pp_pathkey *key, u16 ho
     if (!v)
         return 0;
     if (kind == PP_KIND_PASS) {
-        if (hook == v->hops[0].hook && netdev == v->first_dev)
+        /* on the device where that path began: another packet of the ID. (The device, not the
+         * hook + device: two packets of one ID sent at once on two CPUs both begin there, and
+         * the second may look before the first has written its first hop; first_dev is set
+         * before the path is published. Seen as a merged 17-hop path, ~1 run in 16.) */
+        if (netdev == v->first_dev)
             return 0;
     } else if (v->last_skb != key->skb) {
         u32 zero = 0;
@@ -1063,6 +1089,11 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
      * and the empty slot it leaves is not marked PP_F_HOP_SET, so user space skips it. */
     u32 idx = v->nhops;
     __sync_fetch_and_add(&v->nhops, 1);
+    /* NAT: the first sighting whose (parsed) flow differs from the path's first one */
+    if (p->family && !v->nat_hop && idx && pp_flow_differs(&v->inner, &p->in, p->in6, p->family)) {
+        v->nat_hop = idx;
+        pp_flow_put(&v->nat, &p->in, p->in6, p->family, p->proto);
+    }
     u16 port = 0;
     if (idx < PP_MAX_HOPS) {
         struct pp_hop *h = &v->hops[idx];
@@ -1228,6 +1259,14 @@ static __always_inline int pp_identify(u64 skb, struct pp_skbf *s, int rc, struc
         }
     }
 #endif
+    if (rc == PP_REWRITTEN) {
+        /* headers parsed (the rewritten flow is kept), the ID is the skb's */
+        u64 rid = 0;
+        if (pp_skbmap_get(skb, s->head, s->tail, &rid) < 0)
+            return -1;
+        p->id = rid;
+        return PP_UNPARSED;
+    }
     if (rc == PP_UNPARSED) {
         u64 mid = 0;
         if (pp_skbmap_get(skb, s->head, s->tail, &mid) < 0)
@@ -1823,6 +1862,31 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
     return found;
 }
 
+#ifdef PP_PORT
+/* Whether socket sk (not on the filter's port) may hold a traced packet: its receive queue's
+ * tail is an open packet's skb (skb map), or (summary) a traced packet passed on this CPU
+ * moments ago. */
+static __always_inline int pp_nat_candidate(u64 sk, int direct)
+{
+#ifdef PP_SUMMARY
+    u32 zero = 0;
+    struct pp_lastseen *ls = lastseen.lookup(&zero);
+    if (ls && ls->ts && bpf_ktime_get_ns() - ls->ts <= PP_LASTSEEN_NS)
+        return 1;
+#endif
+    u64 skb = 0;
+    u32 qlen = 0;
+    pp_queue_tail(sk + PP_OFF_SK_QHEAD, direct, &skb, &qlen);
+    if (!pp_is_kptr(skb) || skb == sk + PP_OFF_SK_QHEAD || !qlen)
+        return 0;
+    struct pp_skbf s;
+    if (pp_skb_fields(skb, direct, &s))
+        return 0;
+    u64 was;
+    return pp_skbmap_get(skb, s.head, s.tail, &was) >= 0;
+}
+#endif
+
 /* A socket's data-ready callback: the datagram just queued is the receive queue's tail.
  * Races: when two CPUs queue datagrams at once, both callbacks may see the later one as the
  * tail, so the datagrams before it are looked at too; and a reader running on another CPU may
@@ -1848,8 +1912,10 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
         return 0;
 #endif
 #ifdef PP_PORT
-    /* cheapest test first: a socket on another port never receives a traced datagram */
-    if (PP_RD(u16, sk + PP_OFF_SK_NUM, direct) != PP_PORT)
+    /* cheapest test first: a socket on another port receives a traced packet only after NAT
+     * (REDIRECT, DNAT): then the skb map knows the queue's tail (or, in summary mode, this CPU
+     * saw a traced packet pass moments ago: the reader may have taken it already) */
+    if (PP_RD(u16, sk + PP_OFF_SK_NUM, direct) != PP_PORT && !pp_nat_candidate(sk, direct))
         return 0;
 #endif
     int found = pp_scan_queues(ctx, sk, hook, direct, skproto == 17);

@@ -108,6 +108,9 @@ struct pp_path {
     __u64 first_dev;        /* kernel side only: the net_device of the first sighting */
     struct pp_flow inner;   /* first sighting */
     struct pp_tunnel tun;   /* first encapsulated sighting (PP_TUN_NONE: never seen in one) */
+    struct pp_flow nat;     /* NAT: the flow first seen rewritten (differing from inner) */
+    __u32 nat_hop;          /* the hop slot where it was first seen; 0: never rewritten */
+    __u32 _pad4;
     struct pp_hop hops[PP_MAX_HOPS];
 };
 

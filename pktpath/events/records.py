@@ -169,6 +169,8 @@ PROTOS = {17: "udp", 6: "tcp"}
 # how packets are keyed (config packet_id.from): the events' and packets' "key"
 KEY_FROM = ("payload", "headers")
 _PA_OUTER = itemgetter(*[_P["tun.outer." + f] for f in _FLOW])
+_PA_NAT = itemgetter(*[_P["nat." + f] for f in _FLOW])
+_PA_NAT_HOP = itemgetter(_P["nat_hop"])
 
 
 def format_host(family, addr):
@@ -325,6 +327,10 @@ class PathDecoder(Decoder):
         key = self.key
         if key:
             proto = PROTOS.get(t[_PA_PROTO]) or str(t[_PA_PROTO])
+        # NAT: from hop slot nat_hop on, the packet carried the rewritten flow
+        nat_hop = _PA_NAT_HOP(t) or MAX_HOPS
+        if nat_hop < MAX_HOPS:
+            nsrc, ndst, _o, _d = self._flows(t, _PA_NAT, _PA_OUTER, False)
         out = []
         # a record carries the hops its emitter claimed; another CPU may have claimed more since
         for i in range(min(nhops, MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE)):
@@ -348,8 +354,8 @@ class PathDecoder(Decoder):
                 "encap": encap,
                 "tunnel": tname if encap else None,
                 "vni": vni if encap else None,
-                "src": src,
-                "dst": dst,
+                "src": src if i < nat_hop else nsrc,
+                "dst": dst if i < nat_hop else ndst,
                 "outer_src": osrc if encap else None,
                 "outer_dst": odst if encap else None,
                 "reason": None, "reason_code": None, "location": None, "port": None,
@@ -389,7 +395,8 @@ class DeliveredJSON:
         t = _PATH.unpack_from(data)
         final_kind, nhops, first_ts, vni, pid, port, tun = _JSON_FIELDS(t)
         n = (len(data) - PATH_HDR) // HOP_SIZE
-        if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0:
+        if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0 or \
+                _PA_NAT_HOP(t):
             return None
         if names is not self._names:
             self._head.clear()      # netns names changed: re-render

@@ -56,10 +56,12 @@ def render_timeline(packets, t0=None):
     for p in packets:
         last = len(p["path"]) - 1
         prev = first = p["path"][0]["t_ns"] if p["path"] else 0
+        nat = {n["hop"] for n in p.get("nat") or ()}   # the hops where a rewrite was first seen
         for i, h in enumerate(p["path"]):
             outer = "%s > %s" % (h["outer_src"], h["outer_dst"]) if h["encap"] else ""
             rows.append(["%.3f" % ((h["t_ns"] - t0) / 1e6), "%.1f" % ((h["t_ns"] - prev) / 1e3),
-                         "%.1f" % ((h["t_ns"] - first) / 1e3), h["hook"], h["dev"] or "",
+                         "%.1f" % ((h["t_ns"] - first) / 1e3),
+                         h["hook"] + " [NAT]" if i in nat else h["hook"], h["dev"] or "",
                          ns_label(h["netns"], h.get("netns_name")), h["src"] or "", h["dst"] or "",
                          outer, _vni_cell(h), p["id"],
                          _verdict_cell(p) if i == last else ""])

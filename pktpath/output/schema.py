@@ -11,12 +11,16 @@ import json
 PACKET_FIELDS = ("id", "verdict", "events", "first_ns", "last_ns", "last", "drop", "delivered",
                  "path")
 # present only when they apply, after the others, in this order
-PACKET_OPTIONAL = ("key", "proto", "src", "dst", "freed_after_delivery", "clone_drops",
+PACKET_OPTIONAL = ("key", "proto", "src", "dst", "nat", "freed_after_delivery", "clone_drops",
                    "incomplete")
 # key, proto, src, dst: how the packet was keyed ("payload": the ID in its payload; "headers": a
 # hash of its header fields, config packet_id.from), its transport protocol ("udp", "tcp") and
 # its (inner) flow, "addr:port" each (with proto: the 5-tuple). Present in traces and
 # recordings made since keys could come from headers; absent in older recordings.
+# "nat": one entry per rewrite of the packet's addresses or ports (DNAT/REDIRECT, SNAT,
+# masquerade): the index in "path" of the hop where it was first seen, the flow before and after
+# ("ip:port > ip:port")
+NAT_FIELDS = ("hop", "from", "to")
 LAST_FIELDS = ("hook", "dev", "ifindex", "netns", "netns_name")
 DROP_FIELDS = ("reason", "reason_code", "location", "dev", "netns", "netns_name")
 DROP_OPTIONAL = ("stack",)
@@ -57,6 +61,8 @@ def check(p):
                               ("delivered", DELIVERED_FIELDS, ())):
         if p.get(name) is not None:
             keys(p[name], fields, opt, name)
+    for i, d in enumerate(p.get("nat") or ()):
+        keys(d, NAT_FIELDS, (), "nat[%d]" % i)
     for i, d in enumerate(p.get("clone_drops") or ()):
         keys(d, DROP_FIELDS, DROP_OPTIONAL, "clone_drops[%d]" % i)
     for i, h in enumerate(p.get("path") or ()):

@@ -37,6 +37,24 @@ def _drop(ev, names):
             "netns_name": names.get(netns)}
 
 
+UNPARSED_FLOW = "0.0.0.0:0"   # a sighting whose headers were not parsed (ID from the skb map)
+
+
+def nat_hops(path):
+    """The rewrites (NAT) along `path` (hop dicts): [{"hop": i, "from": "src > dst", "to": ...}]
+    for each parsed hop whose flow differs from the parsed hop before it."""
+    out, prev = [], None
+    for i, h in enumerate(path):
+        src, dst = h["src"], h["dst"]
+        if not src or (src == UNPARSED_FLOW and dst == UNPARSED_FLOW):
+            continue
+        flow = "%s > %s" % (src, dst)
+        if prev is not None and flow != prev:
+            out.append({"hop": i, "from": prev, "to": flow})
+        prev = flow
+    return out
+
+
 def _packet(pid, evs, names):
     """The record of packet `pid` from its events `evs`, already in time order."""
     path = []
@@ -82,6 +100,9 @@ def _packet(pid, evs, names):
         pkt["proto"] = first.get("proto")
         pkt["src"] = first.get("src")
         pkt["dst"] = first.get("dst")
+    nat = nat_hops(path)
+    if nat:
+        pkt["nat"] = nat
     if delivers:
         d = delivers[0]
         pkt["verdict"] = "delivered"

@@ -1,0 +1,126 @@
+"""Follow a packet through NAT (issue #18, root, on the lab): a REDIRECT 5000 -> 5001 in the
+receiving container. Every datagram must be delivered on port 5001, one path per packet, with the
+NAT hop shown, as the kernel counted (the sink on 5001, Udp InDatagrams, the rule's counter).
+Was: every datagram reported `lost` (the port filter rejected the packet after the rewrite)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pktpath.lab import overlay
+
+pytestmark = pytest.mark.root
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN = [sys.executable, os.path.join(ROOT, "run.py")]
+CFG = os.path.join(ROOT, "configs", "lab.yaml")
+NEW_PORT = overlay.PORT + 1
+N, FIRST_ID = 20, 0x4e410000
+RULE = ["PREROUTING", "-p", "udp", "--dport", str(overlay.PORT), "-j", "REDIRECT",
+        "--to-ports", str(NEW_PORT)]
+
+
+def _in_ns(*cmd, **kw):
+    return subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, *cmd],
+                          capture_output=True, text=True, check=True, **kw).stdout
+
+
+def in_datagrams():
+    rows = [line.split()[1:] for line in _in_ns("cat", "/proc/net/snmp").splitlines()
+            if line.startswith("Udp:")]
+    return dict(zip(rows[0], map(int, rows[1])))["InDatagrams"]
+
+
+def rule_packets():
+    """The REDIRECT rule's packet counter (one per new conntrack flow)."""
+    out = _in_ns("iptables", "-t", "nat", "-L", "PREROUTING", "-v", "-n", "-x")
+    hits = [int(line.split()[0]) for line in out.splitlines()
+            if "REDIRECT" in line and "ports %d" % NEW_PORT in line]
+    assert len(hits) == 1, out
+    return hits[0]
+
+
+@pytest.fixture
+def redirect(lab_up, tmp_path):
+    """The REDIRECT rule and a sink on the new port in the receiving container (removed after)."""
+    rec = tmp_path / "sink.ids"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    sink = subprocess.Popen(["ip", "netns", "exec", overlay.RECEIVER_NS, sys.executable, "-m",
+                             "pktpath.lab.sink", "--port", str(NEW_PORT), "--record", str(rec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+                            start_new_session=True)
+    try:
+        assert "listening" in sink.stdout.readline()
+        _in_ns("iptables", "-t", "nat", "-A", *RULE)
+        yield rec
+    finally:
+        subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, "iptables", "-t", "nat",
+                        "-D", *RULE], capture_output=True)
+        os.killpg(sink.pid, signal.SIGTERM)
+        sink.wait(timeout=10)
+
+
+def send():
+    """N datagrams to port 5000, each from a source port of its own (a new conntrack flow each:
+    the rule's counter counts every one; the ports change from run to run, so no flow of an
+    earlier run, still in conntrack, is reused); payload: the packet ID, big endian."""
+    base = 20000 + int(time.time()) % 200 * 100
+    subprocess.run(["ip", "netns", "exec", overlay.SENDER_NS, sys.executable, "-c",
+                    "import socket, struct, time\n"
+                    "for i in range(%d):\n"
+                    "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                    "    s.bind(('', %d + i))\n"
+                    "    s.sendto(struct.pack('>I', %d + i) + b'nat', (%r, %d))\n"
+                    "    s.close(); time.sleep(0.005)"
+                    % (N, base, FIRST_ID, overlay.DST_IP, overlay.PORT)], check=True, timeout=30)
+
+
+@pytest.mark.parametrize("mode", ["summary", "events"])
+def test_redirect_is_followed(redirect, tmp_path, mode):
+    out, ready = tmp_path / "p.jsonl", tmp_path / "ready"
+    tracer = subprocess.Popen(RUN + ["-c", CFG, "--mode", mode, "--json", str(out),
+                                     "--ready-file", str(ready), "--timeline", "50"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while not ready.exists() and tracer.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert ready.exists(), tracer.stderr.read() if tracer.poll() is not None else "no ready"
+        before, rule_before = in_datagrams(), rule_packets()
+        send()
+        time.sleep(2.5)     # every datagram read by the sink, and past --lost-after
+        read, redirected = in_datagrams() - before, rule_packets() - rule_before
+        tracer.send_signal(signal.SIGINT)
+        text, err = tracer.communicate(timeout=60)
+        assert tracer.returncode == 0, err
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    sunk = sorted(int(line) for line in redirect.read_text().split())
+    ids = list(range(FIRST_ID, FIRST_ID + N))
+    # the kernel's side: every datagram redirected and read on the new port
+    assert redirected == N and read == N and sunk == ids, (redirected, read, sunk)
+    packets = [json.loads(line) for line in out.read_text().splitlines()]
+    ours = sorted((p for p in packets if FIRST_ID <= p["id"] < FIRST_ID + N),
+                  key=lambda p: p["id"])
+    assert [p["id"] for p in ours] == ids, [(p["id"], p["verdict"]) for p in ours]
+    for p in ours:
+        assert p["verdict"] == "delivered", p
+        assert p["delivered"]["port"] == NEW_PORT and \
+            p["delivered"]["netns_name"] == overlay.RECEIVER_NS, p
+        assert sum(h["hook"] == "sk_data_ready" for h in p["path"]) == 1, p
+        nat = p.get("nat")
+        assert nat and len(nat) == 1, p
+        (n,) = nat
+        assert n["from"].endswith("> %s:%d" % (overlay.DST_IP, overlay.PORT)), p
+        assert n["to"].endswith("> %s:%d" % (overlay.DST_IP, NEW_PORT)), p
+        assert n["from"].split(" > ")[0] == n["to"].split(" > ")[0], p  # REDIRECT: source kept
+        hop = p["path"][n["hop"]]
+        assert hop["netns_name"] == overlay.RECEIVER_NS and hop["dst"].endswith(":%d" % NEW_PORT)
+        assert all(h["dst"].endswith(":%d" % overlay.PORT) for h in p["path"][:n["hop"]]
+                   if h["dst"] != "0.0.0.0:0"), p
+    assert "[NAT]" in text
