@@ -7,7 +7,7 @@
 set -eu
 PKGS="python3 python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 bpftool iproute2 iptables
 nftables python3-yaml python3-tabulate python3-pytest python3-hypothesis make procps iperf3
-chromium"
+chromium python3-prometheus-client prometheus"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -55,6 +55,9 @@ def add_arguments(p):
     o.add_argument("--ready-file", metavar="PATH", help="create PATH once the probe is attached")
     o.add_argument("--grace", type=num("grace", lo=0), default=0.5, metavar="S",
                    help="after COMMAND exits, keep reading for S seconds (default 0.5)")
+    o.add_argument("--metrics", metavar="[ADDR:]PORT",
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics while running "
+                        "(ADDR default: all interfaces)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     o.add_argument("--no-cache", action="store_true",
                    help="compile the BPF program even if it was compiled before")
@@ -96,6 +99,18 @@ def _symbolized(counts, kallsyms, reasons):
 
 
 def run(args):
+    if not getattr(args, "metrics", None):
+        return _run(args, None)
+    from pktpath.output import metrics as metricsmod
+    metrics = metricsmod.Metrics(netns_names=session.netns_names)
+    server = metricsmod.serve(args.metrics, metrics.registry)
+    try:
+        return _run(args, metrics)
+    finally:
+        server.stop()
+
+
+def _run(args, metrics):
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
     if getattr(args, "html", None):
@@ -145,11 +160,16 @@ def run(args):
     def on_drops(counts):
         names.update(session.netns_names())
         mon.interval(_symbolized(counts, kallsyms, reasons), args.interval)
+        if metrics is not None:
+            metrics.set_machine_drops(_symbolized(counts, kallsyms, reasons))
+            metrics.set_counters(t.counters())
 
     child, stop = session.Child(), session.Stop()
     with stop:
         try:
             coverage = t.start(on_record)
+            if metrics is not None:
+                metrics.set_coverage(coverage)
             info(args, planmod.describe_coverage(coverage))
             info(args, "loaded in %.2fs (%s)" % (time.monotonic() - t_start,
                                                  "cached compile" if t.cached else "compiled"))

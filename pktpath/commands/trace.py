@@ -76,6 +76,9 @@ def add_arguments(p):
                    help="'all' also counts every drop on the machine, by location and reason")
     o.add_argument("--interval", type=num("interval", above=0), default=5.0, metavar="S",
                    help="with --drops all, print the drop counts every S seconds (default 5)")
+    o.add_argument("--metrics", metavar="[ADDR:]PORT",
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics while tracing "
+                        "(ADDR default: all interfaces; see README, Watching a fleet)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     o.add_argument("--no-frags", action="store_true",
                    help="do not read packet IDs from page fragments (paged/GSO payloads are then "
@@ -108,6 +111,19 @@ def run(args):
     if getattr(args, "html", None):
         from pktpath.output import html
         html.check_path(args.html)
+    if not getattr(args, "metrics", None) or args.ebpf:
+        return _run(args, None)
+    from pktpath.output import metrics as metricsmod
+    metrics = metricsmod.Metrics(netns_names=session.netns_names,
+                                 latency_budget=metricsmod.LATENCY_BUDGET)
+    server = metricsmod.serve(args.metrics, metrics.registry)
+    try:
+        return _run(args, metrics)
+    finally:
+        server.stop()
+
+
+def _run(args, metrics):
     cfg = configmod.load_config(args.config, overrides_from(args))
     from pktpath.events import records
     from pktpath.collect import tracer  # (tracer imports bcc lazily)
@@ -136,28 +152,45 @@ def run(args):
     pipe = pipeline.LivePipeline(
         decoder, session.netns_names, summary=summary, json_out=json_out, rec=rec,
         only_netns=session.netns_filter(cfg.netns), keep_delivered=args.keep_delivered,
-        stack=lambda sid: session.clean_stack([kallsyms(a) for a in t.stack(sid)]), idle=t.drain)
+        stack=lambda sid: session.clean_stack([kallsyms(a) for a in t.stack(sid)]), idle=t.drain,
+        metrics=metrics)
     interval_drops = drops.IntervalTable(kallsyms, decoder.reasons, session.netns_names)
+    flush = pipe.flush
 
     status = progress.Status(lambda: progress.snapshot(pipe.stream, t.counters),
                              quiet=args.quiet)   # on a terminal only
 
     def on_drops(counts):
+        if metrics is not None:
+            _machine_drops(metrics, counts, kallsyms, decoder.reasons)
         status.clear()
         info(args, "drops in the last %gs, all traffic:\n%s" % (args.interval,
                                                                  interval_drops(counts)))
+    if metrics is not None:
+        metrics.decoder = decoder
+
+        flushes = [0]
+
+        def flush():
+            pipe.flush()
+            metrics.tick()
+            flushes[0] += 1
+            if flushes[0] % 4 == 0:     # the tracer's counters once a second
+                metrics.set_counters(t.counters())
     child, stop = session.Child(), session.Stop()
     marks = []
     with stop:
         try:
             coverage = t.start(pipe.on_record)
+            if metrics is not None:
+                metrics.set_coverage(coverage)
             meta, ready_s = _started(args, cfg, t, coverage, plan, host, rec, t_start)
             if args.command:
                 child.start(args.command)
             info(args, "tracing while `%s` runs" % " ".join(args.command) if args.command else
                  "tracing%s; Ctrl-C to stop and print the report"
                  % (" for %gs" % args.duration if args.duration else ""))
-            session.poll_loop(t, stop, child, pipe.on_record, status.wrap(pipe.flush), summary,
+            session.poll_loop(t, stop, child, pipe.on_record, status.wrap(flush), summary,
                               args.lost_after, args.duration, args.grace, args.interval, on_drops)
             status.clear()
             if stop.at is not None:     # PKTPATH_TIMES: "loop" is then signal -> loop left
@@ -167,6 +200,10 @@ def run(args):
             marks.append(("drain+sweep", time.monotonic()))
             counters, lost_ids, drop_counts = t.counters(), t.lost_ids(), t.drop_counts()
             pipe.settle()  # while drop stacks can still be read
+            if metrics is not None:
+                metrics.set_counters(counters)
+                if t.drops_all:
+                    _machine_drops(metrics, drop_counts, kallsyms, decoder.reasons)
             marks.append(("settle", time.monotonic()))
         finally:
             status.clear()
@@ -197,6 +234,12 @@ def run(args):
         pipe.write_backlog()
         jsonfile.close_json(json_out, args.json)
     return 0
+
+
+def _machine_drops(metrics, counts, kallsyms, reasons):
+    """The drop monitor's counts (--drops all) to the metrics."""
+    metrics.set_machine_drops([(kallsyms(loc) or "0x%x" % loc, reasons.get(r, str(r)), ns, n)
+                               for loc, r, ns, n in counts])
 
 
 def _started(args, cfg, t, coverage, plan, host, rec, t_start):

@@ -173,18 +173,20 @@ class LivePipeline:
 
     `decoder`: records.PathDecoder; `netns_names`: callable -> {inode: name}; `rec`: a
     recording.RecordingWriter or None; `only_netns`: set of inodes (empty: all); `stack`:
-    stack_id -> [frames] (None: no stacks); `idle`: called between batches of a long flush.
+    stack_id -> [frames] (None: no stacks); `idle`: called between batches of a long flush;
+    `metrics`: output/metrics.Metrics (--metrics) told of each packet finished, or None.
     """
 
     def __init__(self, decoder, netns_names, summary=True, json_out=None, rec=None,
-                 only_netns=(), keep_delivered=10000, stack=None, idle=None):
+                 only_netns=(), keep_delivered=10000, stack=None, idle=None, metrics=None):
         self.decoder, self.netns_names = decoder, netns_names
         self.json_out, self.rec = json_out, rec
         self.only_netns, self.stack = only_netns, stack
         self.stream = PacketStream(netns_names, json_out, keep_delivered=keep_delivered,
                                    expand=self._expand, fast=not (rec or only_netns), idle=idle,
                                    json_line=records.DeliveredJSON(decoder),
-                                   raw_paths=sample.RawPaths(decoder) if summary else None)
+                                   raw_paths=sample.RawPaths(decoder) if summary else None,
+                                   metrics=metrics)
         self.summary = summary
         self.on_record = summary_handler(self.stream) if summary else self._on_event
 

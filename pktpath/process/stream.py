@@ -27,7 +27,7 @@ from pktpath.output import schema
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
-                 raw_paths=None, sample_first=sample.FIRST):
+                 raw_paths=None, sample_first=sample.FIRST, metrics=None):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -65,6 +65,8 @@ class PacketStream:
         self.streamed = 0                   # delivered packets written out and dropped
         self.streamed_ids = array("Q")      # their IDs (the count of IDs not unique needs them)
         self.events = 0
+        # output/metrics.Metrics (--metrics): told of each packet as it is finished, or None
+        self.metrics = metrics
 
     def add(self, ev):
         arrived, pid = self.arrived, ev["id"]
@@ -141,6 +143,7 @@ class PacketStream:
         # `_again` nearly so): dictionaries looked up once, empty ones not touched
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
         offer = self.sampler.offer
+        metrics = self.metrics
         for pid in done:
             got = eager.pop(pid, None) if eager else None
             raw = raw_pop(pid, None)
@@ -160,6 +163,8 @@ class PacketStream:
                         got and self.raw_paths.read_as(raw[0][0], got)
                     if got:                 # plain: sampled or aggregated from its bytes
                         offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
+                        if metrics is not None:
+                            metrics.record(raw[0][0], got[2].verdict, int_names)
                         plain += 1
                         if plain & 4095 == 0 and self.idle is not None:
                             self.idle()     # ~10 ms of work: the ring buffer keeps filling
@@ -168,16 +173,22 @@ class PacketStream:
                     if self.kept_delivered < self.keep_delivered:
                         self.kept_delivered += 1
                         self.deferred.append(raw)
+                        if metrics is not None:
+                            self._meter_delivered(raw, lone, int_names, names)
                         continue
                     if self.json_out is None:
                         self.streamed += 1  # delivered, nothing else to say: count it
                         self.streamed_ids.append(pid)
+                        if metrics is not None:
+                            self._meter_delivered(raw, lone, int_names, names)
                         continue
                     line = self.json_line(raw, int_names) if lone and self.json_line else None
                     if line is not None:
                         self.json_out.write(line)   # straight from the record
                         self.streamed += 1
                         self.streamed_ids.append(pid)
+                        if metrics is not None:
+                            self._meter_delivered(raw, lone, int_names, names)
                         continue
             if raw is not None:
                 for record in _records(raw):
@@ -259,6 +270,8 @@ class PacketStream:
 
     def _finish_packets(self, evs, names):
         for pkt in reconstruct.build_packets(evs, names):
+            if self.metrics is not None:
+                self.metrics.packet(pkt)
             if pkt["verdict"] == "delivered":
                 if self.kept_delivered >= self.keep_delivered:
                     if self.json_out is not None:
@@ -271,6 +284,16 @@ class PacketStream:
             else:
                 self.sampler.offer(pkt["id"], pkt["first_ns"], sample.group_of(pkt),
                                    ("pkt", pkt))
+
+    def _meter_delivered(self, raw, lone, int_names, names):
+        """A delivered packet still raw, to the metrics: a lone record from its bytes; several
+        records (an ID reused) as the packets they make."""
+        if lone:
+            self.metrics.record(raw, "delivered", int_names)
+            return
+        evs = [ev for record in _records(raw) for ev in self.expand(record)]
+        for pkt in reconstruct.build_packets(evs, names):
+            self.metrics.packet(pkt)
 
     def finish(self):
         """All packets kept, sorted by ID and time (call after the last add)."""
