@@ -102,12 +102,8 @@ def run(args):
     if not getattr(args, "metrics", None):
         return _run(args, None)
     from pktpath.output import metrics as metricsmod
-    metrics = metricsmod.Metrics(netns_names=session.netns_names)
-    server = metricsmod.serve(args.metrics, metrics.registry)
-    try:
-        return _run(args, metrics)
-    finally:
-        server.stop()
+    return metricsmod.run_served(args.metrics, lambda m: _run(args, m),
+                                 netns_names=session.netns_names)
 
 
 def _run(args, metrics):

@@ -114,13 +114,9 @@ def run(args):
     if not getattr(args, "metrics", None) or args.ebpf:
         return _run(args, None)
     from pktpath.output import metrics as metricsmod
-    metrics = metricsmod.Metrics(netns_names=session.netns_names,
+    return metricsmod.run_served(args.metrics, lambda m: _run(args, m),
+                                 netns_names=session.netns_names,
                                  latency_budget=metricsmod.LATENCY_BUDGET)
-    server = metricsmod.serve(args.metrics, metrics.registry)
-    try:
-        return _run(args, metrics)
-    finally:
-        server.stop()
 
 
 def _run(args, metrics):

@@ -80,6 +80,17 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+def run_served(addr, run, **metrics_kw):
+    """run(metrics) with a Metrics(**metrics_kw) served at `addr` ([ADDR:]PORT) while it runs;
+    the server stops when run returns (the tracer and `drops` share this)."""
+    metrics = Metrics(**metrics_kw)
+    server = serve(addr, metrics.registry)
+    try:
+        return run(metrics)
+    finally:
+        server.stop()
+
+
 def serve(spec, registry):
     """Serve `registry` at http://ADDR:PORT/metrics in a daemon thread; returns the server
     (stop() it). A bad address or a port in use is a UserError (one line, exit 2)."""
