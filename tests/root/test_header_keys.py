@@ -174,3 +174,59 @@ def _udp_only(tmp_path):
             srv.wait()
     assert packets == []
     return packets
+
+
+SAME_SENDER = r"""
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(%(count)d):
+    s.sendto(b"identical payload", ("%(dst)s", %(port)d))
+    time.sleep(0.002)
+"""
+
+
+def _nth_rule(action):
+    return ["ip", "netns", "exec", overlay.RECEIVER_NS, "iptables", action, "INPUT", "-p", "udp",
+            "--dport", str(PORT), "-m", "statistic", "--mode", "nth", "--every", "3",
+            "--packet", "0", "-j", "DROP"]
+
+
+def _rule_packets():
+    out = subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, "iptables", "-nvxL",
+                          "INPUT"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if "statistic" in line]
+    assert len(rows) == 1, out
+    return int(rows[0][0])
+
+
+def test_identical_unstamped_datagrams_with_an_nth_drop(lab_up, tmp_path):
+    """100 datagrams with the same payload from one unconnected socket (a payload ID would be
+    the same for all; their IP IDs differ, measured: so do their header keys), every third
+    dropped by an iptables nth rule in pp-ctrB: 100 packets, as many dropped (NETFILTER_DROP)
+    as the rule counted, the rest delivered, as many as the socket read, nothing lost."""
+    count = 100
+    got = tmp_path / "got.txt"
+    subprocess.run(_nth_rule("-I"), check=True)
+    try:
+        rx = _start(_in_ns(overlay.RECEIVER_NS, UDP_RECEIVER % {"port": PORT}, str(got)))
+        try:
+            packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, SAME_SENDER % {
+                "count": count, "dst": overlay.DST_IP, "port": PORT}), [])
+            time.sleep(0.2)
+        finally:
+            rx.kill()
+            rx.wait()
+        dropped_by_rule = _rule_packets()
+    finally:
+        subprocess.run(_nth_rule("-D"), check=False)
+    received = len(got.read_text().splitlines())
+    verdicts = {}
+    for q in packets:
+        verdicts[q["verdict"]] = verdicts.get(q["verdict"], 0) + 1
+    summary = "verdicts %s, rule %d, read %d" % (verdicts, dropped_by_rule, received)
+    assert dropped_by_rule + received == count, summary
+    assert len(packets) == count, summary
+    assert verdicts.get("dropped", 0) == dropped_by_rule, summary
+    assert verdicts.get("delivered", 0) == received, summary
+    assert all(q["drop"]["reason"] == "NETFILTER_DROP" for q in packets
+               if q["verdict"] == "dropped"), summary
