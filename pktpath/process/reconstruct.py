@@ -163,14 +163,27 @@ def _infer_tcp(pkt, evs, names):
 class _Gen:
     """One packet being built from an ID's events (see generations)."""
     __slots__ = ("evs", "start", "skbs", "done", "last_skb", "positions", "delivered", "final",
-                 "paths")
+                 "paths", "hops")
 
     def __init__(self, start):
-        self.evs, self.start, self.paths = [], start, set()
+        self.evs, self.start, self.paths, self.hops = [], start, set(), set()
         self.skbs, self.done, self.positions = set(), set(), set()
         self.last_skb = None
         self.delivered = None   # (skb, netns, port) of its delivery
         self.final = False      # delivered, or dropped on the skb it travelled on last
+
+    def repeats(self, ev, kind):
+        """True if `ev` is a hop of a kernel-built path this packet has already: the kernel
+        emitted that path twice (two CPUs delivered its datagram at once: a batch's walk and the
+        datagram's own callback; or user space swept it as quiet while it was delivered). Both
+        copies have the path's first time stamp; the second repeats the first one's hops and
+        may add a second delivery of the same datagram (a path never holds two deliveries)."""
+        path = ev.get("path")
+        if path is None or path not in self.paths:
+            return False
+        if kind == "deliver" and self.delivered is not None:
+            return True
+        return (path, ev["t_ns"], ev.get("hook")) in self.hops
 
     def add(self, ev, skb, kind, pos):
         self.evs.append(ev)
@@ -178,6 +191,7 @@ class _Gen:
         path = ev.get("path")
         if path is not None:
             self.paths.add(path)
+            self.hops.add((path, ev["t_ns"], ev.get("hook")))
         if skb is not None:
             self.skbs.add(skb)
         if kind == "pass":
@@ -253,6 +267,8 @@ def generations(evs, gap_ns=REUSE_GAP_NS):
         except TypeError:
             pos = repr(pos)
         g = _place(live, ev, skb, kind, pos)
+        if g is not None and g.repeats(ev, kind):
+            continue
         if g is None:
             g = _Gen(pos)
             live.append(g)

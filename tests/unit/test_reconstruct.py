@@ -285,6 +285,25 @@ def test_one_kernel_path_is_one_packet():
     assert _shape(build_packets(a + b)) == [("delivered", 9)] * 2
 
 
+def test_a_kernel_path_emitted_twice_is_one_packet():
+    """Summary mode, as captured on the lab (two senders, 2,000 IDs each, ~1 path in 500): two
+    CPUs delivered one datagram at once (a batch's walk and the datagram's own callback), so the
+    kernel emitted its path twice: the same first time stamp, the same 8 hops, each copy with a
+    delivery. One packet of 9 hops with one delivery (was: 17 hops), and the other packet of the
+    ID stays apart."""
+    a = _lab_packet(3, 0, 7)
+    for ev in a:
+        ev["path"] = 0
+    again = [dict(ev) for ev in a]
+    again[-1]["t_ns"] += 700               # the second CPU's delivery hop
+    other = _lab_packet(3, 300, 8)
+    for ev in other:
+        ev["path"] = 300
+    pkts = build_packets(sorted(a + again + other, key=lambda e: e["t_ns"]))
+    assert _shape(pkts) == [("delivered", 9)] * 2
+    assert [h["t_ns"] for h in pkts[0]["path"]] == [e["t_ns"] for e in a]
+
+
 def test_lab_recording_of_duplicate_ids():
     """Recorded on the lab (events mode): three "hello world" datagrams (the payload ID is then
     b"hell"), then two senders sending IDs 800-809 at once. The skb stays the same from the
