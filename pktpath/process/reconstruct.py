@@ -160,6 +160,13 @@ def _infer_tcp(pkt, evs, names):
                           "by __kfree_skb (no tracepoint)"
 
 
+def _hop_id(path, ev):
+    """A hop of a kernel-built path: two hops of one path never share the time stamp, hook,
+    kind and CPU (one CPU's clock moves between two hooks)."""
+    get = ev.get
+    return path, ev["t_ns"], get("hook"), get("kind"), get("cpu")
+
+
 class _Gen:
     """One packet being built from an ID's events (see generations)."""
     __slots__ = ("evs", "start", "skbs", "done", "last_skb", "positions", "delivered", "final",
@@ -183,7 +190,7 @@ class _Gen:
             return False
         if kind == "deliver" and self.delivered is not None:
             return True
-        return (path, ev["t_ns"], ev.get("hook")) in self.hops
+        return _hop_id(path, ev) in self.hops
 
     def add(self, ev, skb, kind, pos):
         self.evs.append(ev)
@@ -191,7 +198,7 @@ class _Gen:
         path = ev.get("path")
         if path is not None:
             self.paths.add(path)
-            self.hops.add((path, ev["t_ns"], ev.get("hook")))
+            self.hops.add(_hop_id(path, ev))
         if skb is not None:
             self.skbs.add(skb)
         if kind == "pass":

@@ -262,11 +262,11 @@ def _random_delivered(rng, pid):
     n = rng.randrange(1, 12)
     hops, dt = [], 0
     for i in range(n):
-        dt += rng.choice([0, 1, 700, 12345])
+        dt += rng.choice([0, 1, 700, 12345])    # ties: two CPUs (one CPU's clock moves on)
         hops.append(dict(dt=dt, hook=rng.randrange(5), kind=2 if i == n - 1 else 0,
                          flags=records.F_HOP_SET | (records.F_ENCAP if rng.random() < 0.3 else 0),
                          netns=rng.choice([0, 4026531840, 4026532315]), ifindex=i,
-                         cpu=rng.randrange(4),
+                         cpu=i,
                          dev=rng.choice([b"", b"eth0", b"pp-vx", b'we"ird\\\xc3\xa9'])))
     return _path([_flow("inner.", _rand_ip(rng), _rand_ip(rng), rng.randrange(65536), 5000),
                   _flow("tun.outer.", _rand_ip(rng), _rand_ip(rng), rng.randrange(65536), 4789)],
