@@ -6,6 +6,8 @@ it is not part of the key).
 Memory is bounded: the snaps of the first `max_packets` packet IDs are kept (at most
 `per_packet` each); the others are counted, never stored.
 """
+import struct
+
 from pktpath.events import records
 
 SNAP = records.LAYOUTS["pp_snap"]
@@ -48,6 +50,11 @@ def pack(**kw):
     return SNAP.pack(**kw)
 
 
+_ID = struct.Struct("<Q").unpack_from
+_ID_OFF = SNAP.offset("id")
+LEFT_IDS = 1_000_000    # packets left out are counted by ID up to this many (then: at least)
+
+
 class SnapStore:
     """The snaps of a trace: `add(bytes)` is the tracer's handler of the `snaps` ring."""
 
@@ -61,18 +68,18 @@ class SnapStore:
 
     def add(self, data):
         self.snaps += 1
-        s = decode(data)
-        got = self.by_id.get(s.id)
+        pid = _ID(data, _ID_OFF)[0]     # the key first: a snap left out is never decoded
+        got = self.by_id.get(pid)
         if got is None:
             if len(self.by_id) >= self.max_packets:
                 self.left_out_snaps += 1
-                if len(self.left_packets) < 100000:
-                    if s.id not in self.left_packets:
-                        self.left_packets.add(s.id)
-                        self.left_out_packets += 1
+                left = self.left_packets
+                if pid not in left and len(left) < LEFT_IDS:
+                    left.add(pid)
+                    self.left_out_packets += 1
                 return
-            got = self.by_id[s.id] = []
+            got = self.by_id[pid] = []
         if len(got) >= self.per_packet:
             self.left_out_snaps += 1
             return
-        got.append(s)
+        got.append(decode(data))
