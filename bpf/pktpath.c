@@ -1837,6 +1837,14 @@ static __always_inline int pp_deliver_known(void *ctx, u64 skb, u16 hook, u64 sk
     __builtin_memset(&p, 0, PP_PKT_ZERO);
     p.id = id;
     u64 now = bpf_ktime_get_ns();
+#ifdef PP_PCAP
+    {
+        int l2 = s.mac != 0xffff && s.mac != s.net;
+        u32 start = l2 ? s.mac : s.net;
+        if (start != 0xffff && start < s.tail)
+            pp_snap(skb, &s, start, l2, hook, PP_KIND_DELIVER, id, now, sk, direct ? 2 : 0);
+    }
+#endif
 #ifdef PP_SUMMARY
     /* delivered only while its path is open (PP_H_CLOSED if not) */
     return pp_summary(ctx, skb, hook, PP_KIND_DELIVER, 0, 0, sk, &p, PP_F_FROM_MAP, now,
