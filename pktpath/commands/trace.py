@@ -259,6 +259,8 @@ def _write_pcap(args, snaps, packets, plan, meta):
     if st["left_out_packets"] or st["left_out_snaps"]:
         left = "; left out (beyond --pcap-packets %d): %d packets, %d snaps" % (
             args.pcap_packets, st["left_out_packets"], st["left_out_snaps"])
+    if st["missing"]:
+        left += "; %d hops have no header copy (the copies' ring was full)" % st["missing"]
     info(args, "wrote %s: %d packets at %d interfaces%s" % (args.pcap, st["packets"],
                                                              st["interfaces"], left))
 

@@ -117,8 +117,9 @@ def _fallback_verdict(snaps):
 def build(fh, store, packets, hook_names, netns_names=None, wall_offset_ns=0):
     """Write the file of SnapStore `store` for the finished `packets` (report records). A snap
     is written when it is one of its packet's hops (id, hook, time stamp); a packet the report
-    did not keep gets all its snaps. Returns {"packets": blocks written, "unmatched": snaps of
-    report packets that are none of their hops, "left_out_packets", "left_out_snaps"}."""
+    did not keep gets all its snaps. Returns {"packets": blocks written, "interfaces",
+    "unmatched": snaps of report packets that are none of their hops, "missing": hops of kept
+    packets without a snap, "left_out_packets", "left_out_snaps"}."""
     from pktpath.process.snaps import SNAP_LEN
     names = netns_names or {}
     verdicts = _verdicts(packets)
@@ -140,6 +141,10 @@ def build(fh, store, packets, hook_names, netns_names=None, wall_offset_ns=0):
                 unmatched += 1
                 continue
             blocks.append((s.ts, hook, pid, verdict, s))
+    # hops of the packets whose snaps were kept that have none (the snaps ring was full)
+    matched = {(b[2], b[1], b[0]) for b in blocks}
+    missing = sum(1 for pid, (_v, hops) in verdicts.items() if hops and pid in store.by_id
+                  for hook, t in hops if (pid, hook, t) not in matched)
     blocks.sort(key=lambda b: b[0])
     for ts, hook, pid, verdict, s in blocks:
         ns = names.get(str(s.netns)) or str(s.netns)
@@ -150,6 +155,7 @@ def build(fh, store, packets, hook_names, netns_names=None, wall_offset_ns=0):
         w.packet(ifid, ts + wall_offset_ns, s.data, s.len,
                  "hook=%s id=%d verdict=%s" % (hook, pid, verdict))
     return {"packets": w.packets, "interfaces": len(w.ifaces), "unmatched": unmatched,
+            "missing": missing,
             "left_out_packets": store.left_out_packets, "left_out_snaps": store.left_out_snaps}
 
 

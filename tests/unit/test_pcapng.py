@@ -104,6 +104,7 @@ def test_tshark_reads_hops_comments_interfaces_and_vxlan(tmp_path):
     path = tmp_path / "t.pcapng"
     st = pcapng.write(str(path), store, packets, HOOKS, NS, wall_offset_ns=5 * 10 ** 18)
     assert st["packets"] == 5 and st["unmatched"] == 1 and st["interfaces"] == 3
+    assert st["missing"] == 0
     assert not (tmp_path / "t.pcapng.tmp").exists()
     rows = tshark(path, "frame.comment", "frame.interface_name", "frame.cap_len", "frame.len",
                   "vxlan.vni", "ip.src", "ip.dst", "udp.dstport", "frame.time_epoch")
@@ -125,6 +126,13 @@ def test_tshark_reads_hops_comments_interfaces_and_vxlan(tmp_path):
     assert rows[2][5:8] == ["198.51.100.1", "198.51.100.2", "5000"]
     # nanosecond time stamps, on the wall clock
     assert rows[0][8] == "5000000001.000000010"
+
+
+def test_hops_without_a_snap_are_counted(tmp_path):
+    store, packets = recorded_trace()
+    packets[0]["path"].append(hop(1_000_000_099, "kfree_skb", "eth0", "ctrB"))
+    st = pcapng.write(str(tmp_path / "m.pcapng"), store, packets, HOOKS, NS)
+    assert st["missing"] == 1 and st["packets"] == 5
 
 
 def test_section_comment_and_interface_options(tmp_path):
