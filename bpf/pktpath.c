@@ -1317,6 +1317,49 @@ static __always_inline int pp_record_event(void *ctx, u64 skb, u16 hook, u8 kind
 }
 #endif
 
+#ifdef PP_PCAP
+/* --pcap: the packet's first PP_SNAP_LEN bytes at this hop (from `start`, the mac header when
+ * set, else the network header), in their own ring. One bounded copy; skb->len and skb->data at
+ * their BTF offsets (the original length counts from `start`, not from data). Built only with
+ * -DPP_PCAP: the default program has none of this. A full ring loses the snap, not the hop. */
+BPF_RINGBUF_OUTPUT(snaps, PP_SNAP_PAGES);
+
+static __always_inline void pp_snap(u64 skb, struct pp_skbf *s, u32 start, int l2, u16 hook,
+                                    u8 kind, u64 id, u64 now, u64 sk, int direct)
+{
+    struct pp_snap *r = snaps.ringbuf_reserve(sizeof(struct pp_snap));
+    if (!r)
+        return;
+    u32 len = 0;
+    u64 data = 0;
+    bpf_probe_read_kernel(&len, sizeof(len), (void *)(skb + PP_OFF_SKB_LEN));
+    bpf_probe_read_kernel(&data, sizeof(data), (void *)(skb + PP_OFF_SKB_DATA));
+    u64 from = s->head + start;
+    if (data > from && data - from < 0x10000)
+        len += data - from;         /* receive: data at L3, the copy starts at L2 */
+    else if (from > data && from - data < len)
+        len -= from - data;
+    u64 cap = s->tail - start;      /* linear bytes from start (start < tail: pp_handle) */
+    if (cap > PP_SNAP_LEN)
+        cap = PP_SNAP_LEN;
+    asm volatile("" : "+r"(cap));   /* re-check on the register the call uses */
+    if (!(cap >= 1 && cap <= PP_SNAP_LEN &&
+          bpf_probe_read_kernel(r->data, cap, (void *)from) == 0))
+        cap = 0;
+    r->ts = now;
+    r->skb = skb;
+    r->id = id;
+    r->len = len;
+    r->caplen = cap;
+    r->hook = hook;
+    r->kind = kind;
+    r->flags = l2 ? PP_SNAP_L2 : 0;
+    r->_spad = 0;
+    pp_where(s->netdev, sk, &r->netns, &r->ifindex, r->dev, &r->port, direct);
+    snaps.ringbuf_submit(r, 0);
+}
+#endif
+
 /* Common path: identify the packet in `skb`, then emit an event of kind `hk & 0xff` for hook
  * `hk >> 8`. `aux` is the drop reason for PP_KIND_DROP, the socket for the deliver kinds (whose
  * netns/port are taken from the socket: skb->dev is not valid on a socket queue).
@@ -1353,6 +1396,9 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         return 0;
 
     u64 now = bpf_ktime_get_ns();
+#ifdef PP_PCAP
+    pp_snap(skb, &s, start, l2, hook, kind, p.id, now, sk, direct ? 2 : 0);
+#endif
 #ifndef PP_SUMMARY
     if (rc == PP_MATCH && kind == PP_KIND_PASS)
         pp_skbmap_put(skb, s.head, s.tail, p.id, now);
@@ -1791,6 +1837,14 @@ static __always_inline int pp_deliver_known(void *ctx, u64 skb, u16 hook, u64 sk
     __builtin_memset(&p, 0, PP_PKT_ZERO);
     p.id = id;
     u64 now = bpf_ktime_get_ns();
+#ifdef PP_PCAP
+    {
+        int l2 = s.mac != 0xffff && s.mac != s.net;
+        u32 start = l2 ? s.mac : s.net;
+        if (start != 0xffff && start < s.tail)
+            pp_snap(skb, &s, start, l2, hook, PP_KIND_DELIVER, id, now, sk, direct ? 2 : 0);
+    }
+#endif
 #ifdef PP_SUMMARY
     /* delivered only while its path is open (PP_H_CLOSED if not) */
     return pp_summary(ctx, skb, hook, PP_KIND_DELIVER, 0, 0, sk, &p, PP_F_FROM_MAP, now,

@@ -116,6 +116,30 @@ struct pp_path {
     struct pp_hop hops[PP_MAX_HOPS];
 };
 
+/* --pcap: the headers of a traced packet as seen at one hop, up to PP_SNAP_LEN bytes from its
+ * Ethernet header (mac_header set) or else its IP header. Emitted to the `snaps` ring only in a
+ * program built with -DPP_PCAP; user space joins a snap to its packet's hop by id, hook and
+ * time stamp (pktpath/process/snaps.py). */
+#define PP_SNAP_LEN 128
+#define PP_SNAP_L2  1       /* data starts at the Ethernet header, else at the IP header */
+
+struct pp_snap {
+    __u64 ts;               /* bpf_ktime_get_ns(): the hop's time stamp */
+    __u64 skb;              /* skb address */
+    __u64 id;               /* packet key (as pp_event.id) */
+    __u32 netns;            /* netns inode (of the socket at a deliver hook) */
+    __u32 ifindex;
+    __u32 len;              /* original length from the first byte copied */
+    __u16 caplen;           /* bytes in data (<= PP_SNAP_LEN) */
+    __u16 hook;             /* index into the hook list */
+    __u8  kind;             /* PP_KIND_* */
+    __u8  flags;            /* PP_SNAP_L2 */
+    __u16 port;             /* deliver: the socket's local port */
+    __u32 _spad;
+    char  dev[PP_DEV_LEN];
+    __u8  data[PP_SNAP_LEN];
+};
+
 /* --drops all (dropwatch mode): the key of the `dropcounts` hash (value: __u64 drops) */
 struct pp_dropkey {
     __u64 location;         /* kfree_skb caller */

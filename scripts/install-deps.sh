@@ -3,11 +3,11 @@
 # Everything by package name: bcc and its Python module, kernel headers for bcc to compile
 # against (any version: pktpath reads struct offsets from BTF), iproute2/nftables for the lab,
 # the Python libraries for the system python3, iperf3 (bench/iperf3.py) and chromium (tests
-# render the --html page in it).
+# render the --html page in it), tshark (tests read the --pcap file back with it).
 set -eu
 PKGS="python3 python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 bpftool iproute2 iptables
 nftables python3-yaml python3-tabulate python3-pytest python3-hypothesis make procps iperf3
-chromium python3-prometheus-client prometheus"
+chromium python3-prometheus-client prometheus tshark"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -15,6 +15,8 @@ done
 if [ -n "$missing" ]; then
     echo "pktpath: installing:$missing" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # tshark: do not ask whether non-root users may capture (the answer: no)
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi

@@ -249,6 +249,19 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     return ["-D%s=%s" % (k, v) for k, v in sorted(d.items())]
 
 
+# --pcap (bpf/pktpath.c, pp_snap): the skb's length and data pointer, read only there
+PCAP_FIELDS = (("PP_OFF_SKB_LEN", "sk_buff", "len"),
+               ("PP_OFF_SKB_DATA", "sk_buff", "data"))
+SNAP_PAGES = 1024  # the snaps ring: 4 MiB, ~20k snaps between two polls
+
+
+def pcap_defines(btf, pages=SNAP_PAGES):
+    """-D values of a program that also copies each traced hop's headers (--pcap)."""
+    d = {m: btf.offset(struct, path) for m, struct, path in PCAP_FIELDS}
+    d.update(PP_PCAP=1, PP_SNAP_PAGES=pages)
+    return d
+
+
 # what the `drops` command reads besides FIELDS: the skb's socket and its state
 DROP_FIELDS = (("PP_OFF_SKB_SK", "sk_buff", "sk"),
                ("PP_OFF_SK_STATE", "sock", "__sk_common.skc_state"))

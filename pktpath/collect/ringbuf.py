@@ -89,24 +89,38 @@ class RingReader:
 
 class Rings:
     """The program's two ring buffers read as one: `events` (cfg.ringbuf_pages) and `rescue`
-    (the fallback ring a record goes to when `events` is full, program.RESCUE_PAGES)."""
+    (the fallback ring a record goes to when `events` is full, program.RESCUE_PAGES).
+    `snaps`: (pages, handler) of the --pcap program's `snaps` ring (header copies, handed to
+    their own handler whenever the others are read), or None."""
 
-    def __init__(self, maps, pages, rescue_pages):
+    def __init__(self, maps, pages, rescue_pages, snaps=None):
         self.events = RingReader(maps["events"].fd, pages * mmap.PAGESIZE)
+        self.snaps, self._on_snap = None, None
         try:
             self.rescue = RingReader(maps["rescue"].fd, rescue_pages * mmap.PAGESIZE)
+            if snaps is not None:
+                self.snaps = RingReader(maps["snaps"].fd, snaps[0] * mmap.PAGESIZE, wait=False)
+                self._on_snap = snaps[1]
         except BaseException:
-            self.events.close()
+            self.close()
             raise
+
+    def _snaps(self):
+        return self.snaps.consume(self._on_snap) if self.snaps is not None else 0
 
     def poll(self, handle, timeout_ms):
         """Wait for records (up to timeout_ms) and hand each to `handle`; returns how many."""
-        return self.events.poll(handle, timeout_ms) + self.rescue.consume(handle)
+        n = self.events.poll(handle, timeout_ms) + self.rescue.consume(handle)
+        self._snaps()
+        return n
 
     def consume(self, handle):
         """Hand every waiting record to `handle`, without waiting; returns how many."""
-        return self.events.consume(handle) + self.rescue.consume(handle)
+        n = self.events.consume(handle) + self.rescue.consume(handle)
+        self._snaps()
+        return n
 
     def close(self):
-        self.events.close()
-        self.rescue.close()
+        for r in (self.events, getattr(self, "rescue", None), self.snaps):
+            if r is not None:
+                r.close()

@@ -34,7 +34,7 @@ class Tracer:
     `text`/`cflags`: the program as last built (a fallback builds it again)."""
 
     def __init__(self, cfg, plan, btf, stacks=False, drops_all=False, summary=True,
-                 frags=True, kallsyms=None, cache=True, extra=None):
+                 frags=True, kallsyms=None, cache=True, extra=None, on_snap=None):
         self.cfg, self.btf, self.cache = cfg, btf, cache
         self.plan = list(plan)
         self.drops_all = drops_all
@@ -42,6 +42,11 @@ class Tracer:
         paged, self.paged_why = capmod.page_fragments(btf, kallsyms, frags)
         self.frags = bool(paged)
         self.direct, self.direct_why = capmod.in_place_reads(btf, self.plan)
+        # --pcap: the program also copies each traced hop's headers to the `snaps` ring, each
+        # handed to on_snap(bytes)
+        self._on_snap = on_snap
+        if on_snap is not None:
+            extra = dict(extra or {}, **program.pcap_defines(btf))
         self._build = dict(offsets=program.resolve_offsets(btf), paged=paged, stacks=stacks,
                            drops_all=drops_all, summary=summary, extra=extra)
         self.cflags = self._cflags()
@@ -81,7 +86,9 @@ class Tracer:
         # record is exactly the packet's header and its recorded hops
         self._on_event = on_event
         self._rings = ringbuf.Rings(self._programs.maps, self.cfg.ringbuf_pages,
-                                    program.RESCUE_PAGES)
+                                    program.RESCUE_PAGES,
+                                    snaps=(program.SNAP_PAGES, self._on_snap)
+                                    if self._on_snap is not None else None)
         self._maps.maps = self._programs.maps
         return self.coverage
 

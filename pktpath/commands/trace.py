@@ -56,6 +56,13 @@ def add_arguments(p):
     o.add_argument("--record", metavar="FILE", help="write raw events as JSON Lines (see `report`)")
     o.add_argument("--html", metavar="FILE", help="also write the report as one self-contained "
                    "HTML page (a picture of the path, funnel, latency histograms, verdicts)")
+    o.add_argument("--pcap", metavar="FILE",
+                   help="also write the traced packets' headers at each hop (first 128 bytes) "
+                        "as pcap-ng, one interface per device@netns, each packet's comment "
+                        "giving hook, ID and verdict; written when the trace ends")
+    o.add_argument("--pcap-packets", type=num("pcap_packets", lo=1, integer=True), default=1000,
+                   metavar="N", help="--pcap: keep the header copies of the first N packets "
+                   "(the others are counted; default 1000)")
     o.add_argument("--ready-file", metavar="PATH", help="create PATH once every probe is attached")
     o.add_argument("--timeline", type=num("timeline", lo=0, integer=True), default=50, metavar="N",
                    help="show the timeline of the first N packets (default 50; 0 = none)")
@@ -111,6 +118,9 @@ def run(args):
     if getattr(args, "html", None):
         from pktpath.output import html
         html.check_path(args.html)
+    if getattr(args, "pcap", None):
+        from pktpath.output import pcapng
+        pcapng.check_path(args.pcap)
     if not getattr(args, "metrics", None) or args.ebpf:
         return _run(args, None)
     from pktpath.output import metrics as metricsmod
@@ -126,9 +136,13 @@ def _run(args, metrics):
     btf, kallsyms = kernel_btf(), symbols.Kallsyms()
     plan = planmod.build_plan(cfg, btf, kallsyms)
     summary = args.mode == "summary"
+    snaps = None
+    if getattr(args, "pcap", None):
+        from pktpath.process.snaps import SnapStore
+        snaps = SnapStore(max_packets=args.pcap_packets)
     t = tracer.Tracer(cfg, plan, btf, stacks=args.stack, drops_all=args.drops == "all",
                       summary=summary, frags=not args.no_frags, kallsyms=kallsyms,
-                      cache=not args.no_cache)
+                      cache=not args.no_cache, on_snap=snaps.add if snaps else None)
     if args.ebpf:
         print("/* cflags: %s */" % " ".join(t.cflags))
         print(t.text)
@@ -221,6 +235,8 @@ def _run(args, metrics):
             print("\n== all drops on this machine (--drops all) ==\n" + drops.drop_table(
                 drop_counts, kallsyms, decoder.reasons, session.netns_names()))
         sys.stdout.flush()
+        if snaps is not None:
+            _write_pcap(args, snaps, packets, plan, meta)
         marks.append(("report", time.monotonic()))
         if os.environ.get("PKTPATH_TIMES"):  # where the stop goes (bench, tests)
             print("pktpath: stop " + ", ".join("%s %.3fs" % (name, t1 - t0) for (_, t0), (
@@ -230,6 +246,23 @@ def _run(args, metrics):
         pipe.write_backlog()
         jsonfile.close_json(json_out, args.json)
     return 0
+
+
+def _write_pcap(args, snaps, packets, plan, meta):
+    """--pcap: the header copies joined to the finished packets, written atomically."""
+    from pktpath.output import pcapng
+    clock = meta.get("clock") or {}
+    st = pcapng.write(args.pcap, snaps, packets, [h.name for h in plan],
+                      meta.get("netns_names") or session.netns_names(),
+                      clock.get("wall_ns", 0) - clock.get("mono_ns", 0))
+    left = ""
+    if st["left_out_packets"] or st["left_out_snaps"]:
+        left = "; left out (beyond --pcap-packets %d): %d packets, %d snaps" % (
+            args.pcap_packets, st["left_out_packets"], st["left_out_snaps"])
+    if st["missing"]:
+        left += "; %d hops have no header copy (the copies' ring was full)" % st["missing"]
+    info(args, "wrote %s: %d packets at %d interfaces%s" % (args.pcap, st["packets"],
+                                                             st["interfaces"], left))
 
 
 def _machine_drops(metrics, counts, kallsyms, reasons):

@@ -75,7 +75,8 @@ RECORDS = [("pp_event", records.EVENT), ("pp_hop", records.HOP), ("pp_path", rec
            ("pp_flow", records.LAYOUTS["pp_flow"]), ("pp_tunnel", records.LAYOUTS["pp_tunnel"]),
            ("pp_dropkey", records.DROPKEY), ("pp_dropinfo", records.LAYOUTS["pp_dropinfo"]),
            ("pp_dropflow", records.LAYOUTS["pp_dropflow"]),
-           ("pp_dropquota", records.LAYOUTS["pp_dropquota"])]
+           ("pp_dropquota", records.LAYOUTS["pp_dropquota"]),
+           ("pp_snap", records.LAYOUTS["pp_snap"])]
 
 
 @pytest.mark.parametrize("cname,layout", RECORDS)
