@@ -1030,8 +1030,15 @@ static __always_inline struct pp_path *pp_path_of(struct pp_pathkey *key, u16 ho
 
 /* Append this sighting to the packet's path; on delivery or drop, emit the whole path.
  * `origin`: the path's key skb when the caller knows it (a delivery of the packet last seen),
- * else 0 (this skb's). `only_open`: a datagram deeper in a socket queue is delivered only
- * while its path is open (PP_H_CLOSED if not). */
+ * else 0 (this skb's). `only_open` 1: a datagram deeper in a socket queue is delivered only
+ * while its path is open on this skb (PP_H_CLOSED if not). 2: the sighting was identified by
+ * the skb map alone (not parsed, or a flow the filter rejects): it continues an open path (on
+ * any skb) but never begins one. The map keeps every skb + buffer a packet travelled on, and
+ * only the last is closed when the packet is done: an skb and buffer recycled for another
+ * segment within PP_MAP_TTL_NS (a TCP retransmission's clone, dropped, then its skb and the
+ * buffer its head was copied from reused for the server's ACK) would otherwise begin a packet
+ * of the old key with the new segment's flow. Nor does a rewritten sighting whose ports are
+ * the path's, swapped, continue it: that is a reply on a recycled skb, never a NAT rewrite. */
 static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
                                       u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
                                       u64 head, u32 tail, int map_it, u64 netdev, int direct,
@@ -1039,8 +1046,10 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
 {
     u32 id = p->id;
     struct pp_pathkey key = {.skb = origin ? origin : skb, .id = p->id};
-    struct pp_path *v = pp_path_of(&key, hook, kind, netdev, now, only_open);
+    struct pp_path *v = pp_path_of(&key, hook, kind, netdev, now, only_open == 1);
     if (!v) {
+        if (only_open == 2)
+            return 0;
         if (only_open)
             return PP_H_CLOSED;   /* already delivered (or never seen): so are older ones */
         /* a datagram still queued whose packet was delivered already (the next callbacks of a
@@ -1070,6 +1079,10 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
             ps->skb = key.skb;
         }
     }
+    if (only_open == 2 && (flags & PP_F_REWRITTEN) && p->proto == v->inner.protocol &&
+        v->inner.sport == __builtin_bswap16(p->in.ports >> 16) &&
+        v->inner.dport == __builtin_bswap16(p->in.ports))
+        return 0;
     v->last_ts = now;
     /* skb -> ID for the hooks that cannot parse the packet: written when the packet shows up
      * on another skb or data buffer, not at every hop */
@@ -1265,6 +1278,7 @@ static __always_inline int pp_identify(u64 skb, struct pp_skbf *s, int rc, struc
         if (pp_skbmap_get(skb, s->head, s->tail, &rid) < 0)
             return -1;
         p->id = rid;
+        *known = 2;
         return PP_UNPARSED;
     }
     if (rc == PP_UNPARSED) {
@@ -1367,14 +1381,15 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         pp_skbmap_close(skb, s.head, s.tail);
     }
 #endif
-    u8 flags = (p.tun != PP_TUN_NONE ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0) |
+    u8 flags = (p.tun != PP_TUN_NONE ? PP_F_ENCAP : 0) |
+               (known == 1 ? PP_F_FROM_MAP : known ? PP_F_REWRITTEN : 0) |
                (kind == PP_KIND_PASS ? (u8)aux : 0);   /* a pass hook's aux: extra PP_F_* */
 #ifdef PP_SUMMARY
     /* a consume ends the path open on this very skb, never starts one (the sender's copy of a
      * TCP segment, freed when it is acknowledged, is not the packet) */
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                       s.head, s.tail, rc == PP_MATCH && kind == PP_KIND_PASS, s.netdev,
-                      direct ? 2 : 0, 0, kind == PP_KIND_CONSUME);
+                      direct ? 2 : 0, 0, kind == PP_KIND_CONSUME ? 1 : known ? 2 : 0);
 #else
     return pp_record_event(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                            s.netdev, direct ? 2 : 0);

@@ -255,7 +255,8 @@ def generations(evs, gap_ns=REUSE_GAP_NS):
     delivered or dropped already or the event is where that packet began (the skb was
     recycled); an event on another skb continues the oldest packet under way that has not been
     seen at that hook + device + namespace yet, unless a packet of the ID began there. A packet
-    never holds two deliveries. Events of one kernel-built path (summary mode: `path`, the
+    never holds two deliveries; an event known only by the skb map begins none. Events of one
+    kernel-built path (summary mode: `path`, the
     record's first time stamp) stay one packet. After a quiet gap of more than `gap_ns` every packet is done,
     except for events on their skbs (a datagram freed from a socket queue long after its
     delivery is still the same packet)."""
@@ -275,6 +276,12 @@ def generations(evs, gap_ns=REUSE_GAP_NS):
             pos = repr(pos)
         g = _place(live, ev, skb, kind, pos)
         if g is not None and g.repeats(ev, kind):
+            continue
+        if g is None and get("path") is None and (get("from_map") or get("rewritten")):
+            # known only by the skb map (headers not parsed, or a flow the filter rejects):
+            # never a packet's first sighting. It continues no packet under way: the skb and
+            # buffer were recycled for another packet (the server's ACK on the skb of a
+            # dropped retransmission), whose ID the map still gave.
             continue
         if g is None:
             g = _Gen(pos)
