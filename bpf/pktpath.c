@@ -352,7 +352,7 @@ static __always_inline s32 pp_ipv4(u8 *h, u64 addr, int direct, u32 off, struct 
     /* header key (PP_KEY_HEADERS): total length, ID, flags + fragment offset (see
      * pp_key_headers). Not TOS (ECN may be marked on the way), TTL or checksum (both change
      * at every router) */
-    *k3 = w0 >> 16;
+    *k3 = w0 >> 16 | (u64)(vihl & 0xf) << 48;   /* (the header length: see pp_key_headers) */
     /* a non-first fragment has no L4 header (offset: low 5 bits of byte 6, byte 7) */
     if (((w0 >> 48) & 0xff1f) || (vihl & 0xf) < 5)
         return 0;
@@ -616,10 +616,25 @@ static __always_inline u32 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u
     /* UDP: not the L3 length nor IPv4's more-fragments flag, which reassembly changes (a first
      * fragment and its reassembled datagram have one key; UDP's length covers the length).
      * TCP: the L3 length with the data offset gives the payload length. */
-    if (proto == 17)
+    if (proto == 17) {
         k3 &= fam == 6 ? 0x00000000ffffffffULL : 0x0000ffdfffff0000ULL;
-    else
-        k3 &= fam == 6 ? 0x0000ffffffffffffULL : 0x0000ffdfffffffffULL;
+    } else {
+        /* A TCP segment that occupies sequence space (SYN, FIN or data) is keyed by its bytes
+         * of the stream: not the IP ID (IPv6: the flow label) nor the ACK number, which a
+         * retransmission of it changes, so that a retransmission has its first copy's key
+         * (user space marks it). A pure ACK keeps both: the receiver's ACKs share seq, flags
+         * and length. k4[1]: TCP bytes 12-13 as loaded (data offset, flags). */
+        u32 of = (u32)k4[1];
+        u32 plen = fam == 6 ? __builtin_bswap16((u16)(k3 >> 32))
+                            : __builtin_bswap16((u16)k3) - ((k3 >> 48) & 0xf) * 4;
+        int seqspace = ((of >> 8) & 3) || plen > ((of & 0xf0) >> 2);
+        if (fam == 6)
+            k3 &= seqspace ? 0x0000ffff00000000ULL : 0x0000ffffffffffffULL;
+        else
+            k3 &= seqspace ? 0x0000ffdf0000ffffULL : 0x0000ffdfffffffffULL;
+        if (seqspace)
+            k4[0] &= 0xffffffffULL;   /* the sequence number (its 4 bytes as loaded) */
+    }
     h = pp_mix(h, (u64)f->ports << 32 | (u32)k4[1]);
     h = pp_mix(h, k3);
     h = pp_mix(h, k4[0]);

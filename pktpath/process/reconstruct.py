@@ -302,15 +302,36 @@ def build_packets(events, netns_names=None, reuse_gap_ns=REUSE_GAP_NS):
     for ev in events:
         by_id[ev["id"]].append(ev)
     key = itemgetter("t_ns")
-    return [_packet(pid, gen, names) for pid, evs in sorted(by_id.items())
-            for gen in generations(sorted(evs, key=key), reuse_gap_ns)]
+    return [p for pid, evs in sorted(by_id.items())
+            for p in retransmissions([_packet(pid, gen, names) for gen in
+                                      generations(sorted(evs, key=key), reuse_gap_ns)])]
+
+
+def retransmissions(pkts):
+    """Mark TCP retransmissions among the packets of one ID (in time order), and return them.
+    A header key of a TCP segment that occupies sequence space (SYN, FIN, data) is its flow,
+    sequence number, flags and length (bpf/pktpath.c, pp_key_headers: not the IP ID nor the
+    ACK number): a later packet of the key and flow is a retransmission of the first one, a
+    packet of its own (the split rules of `generations`) with `"retransmission_of":
+    {"first_ns": ...}`. Pure ACKs keep IP ID and ACK number in their key: theirs are distinct.
+    Payload IDs are not marked: a TCP payload's bytes at the ID offset may repeat in segments
+    that are not retransmissions (only the duplicate-ID warning applies)."""
+    if len(pkts) < 2:
+        return pkts
+    first = pkts[0]
+    for p in pkts[1:]:
+        if p.get("key") == "headers" and p.get("proto") == "tcp" and \
+                first.get("key") == "headers" and (p.get("src"), p.get("dst")) == \
+                (first.get("src"), first.get("dst")) and first["first_ns"] is not None:
+            p["retransmission_of"] = {"first_ns": first["first_ns"]}
+    return pkts
 
 
 # what _packet and generations read of an event besides t_ns and skb: an event is kept as
 # (t_ns, skb, shape) where the shape (a dict of these keys) is shared by all events alike
 SHAPE_KEYS = ("hook", "kind", "cpu", "dev", "ifindex", "netns", "encap", "tunnel", "vni", "src", "dst",
               "outer_src", "outer_dst", "reason", "reason_code", "location", "port", "stack",
-              "key", "proto")
+              "key", "proto", "tcp_data", "from_map", "rewritten")
 
 
 class EventStore:
@@ -353,8 +374,8 @@ class EventStore:
             evs.sort(key=_T_NS)
             dicts = [dict(tmpl, t_ns=t, skb=skb) if path is None else
                      dict(tmpl, t_ns=t, skb=skb, path=path) for t, skb, tmpl, path in evs]
-            for gen in generations(dicts, reuse_gap_ns):
-                yield _packet(pid, gen, names)
+            yield from retransmissions([_packet(pid, gen, names)
+                                        for gen in generations(dicts, reuse_gap_ns)])
 
 
 _T_NS = itemgetter(0)
