@@ -91,17 +91,20 @@ static __always_inline struct pp_pathskb *pp_pathskb_slot(u64 id)
     return pathskb.lookup(&idx);
 }
 BPF_PERCPU_ARRAY(pathinit, struct pp_path, 1);
+#endif
 /* per CPU: the last traced packet seen passing a hook, and where. A UDP datagram is queued to
- * its socket in the same softirq call chain that saw it at the device, on the same CPU. */
+ * its socket in the same softirq call chain that saw it at the device, on the same CPU; a TCP
+ * segment that changes its socket's state does so there too (pp_state). */
 struct pp_lastseen {
     u64 ts;
-    u64 skb;    /* its path's key */
+    u64 skb;    /* its path's key (summary mode) */
     u64 id;
     u32 netns;
+    u32 ports;  /* events mode: its flow's ports (pp_flow4.ports), 0 if not parsed */
+    u32 proto;  /* events mode: its transport protocol, 0 if not parsed */
     u32 _lpad;
 };
 BPF_PERCPU_ARRAY(lastseen, struct pp_lastseen, 1);
-#endif
 #ifdef PP_DROPS_ALL
 /* struct pp_dropkey (pktpath.h) -> drops; both CPUs write it: see pp_dropwatch */
 BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
@@ -1341,6 +1344,18 @@ static __always_inline int pp_record_event(void *ctx, u64 skb, u16 hook, u8 kind
         e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
 #endif
     pp_where(netdev, sk, &e->netns, &e->ifindex, e->dev, &e->port, direct);
+    if (kind == PP_KIND_PASS) {
+        /* for pp_state, as summary mode's hops note it */
+        u32 zero = 0;
+        struct pp_lastseen *ls = lastseen.lookup(&zero);
+        if (ls) {
+            ls->ts = now;
+            ls->id = p->id;
+            ls->netns = e->netns;
+            ls->ports = p->family ? p->in.ports : 0;
+            ls->proto = p->family ? p->proto : 0;
+        }
+    }
     events.ringbuf_submit(e, pp_wakeup());
     return 0;
 }
@@ -1385,6 +1400,13 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #ifndef PP_SUMMARY
     if (rc == PP_MATCH && kind == PP_KIND_PASS)
         pp_skbmap_put(skb, s.head, s.tail, p.id, now);
+    if (kind == PP_KIND_CONSUME) {
+        /* as in summary mode, a consume only ends a packet seen on this very skb and buffer
+         * (the sender's copy of a TCP segment, freed when it is acknowledged, is not it) */
+        u64 was;
+        if (pp_skbmap_get(skb, s.head, s.tail, &was) < 0 || (u32)was != p.id)
+            return 0;
+    }
     if (kind != PP_KIND_PASS) {
         /* a queued datagram already delivered (a batch's later callbacks see the same tail) */
         u64 was;
@@ -2009,10 +2031,35 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
  * netns). It ends that packet's path as consumed. */
 static __always_inline int pp_state(void *ctx, u64 sk, int old, int new, u16 hook, int direct)
 {
-#ifdef PP_SUMMARY
     if (!((old == 3 && new == 1) || (old == 4 && new == 5) || (old == 9 && new == 7) ||
           (old == 11 && new == 6)))
         return 0;
+#ifndef PP_SUMMARY
+    /* events mode: the same link, by the flow the CPU noted with the segment's last event
+     * (there is no path): a consume record of that key, at the socket */
+    if (!pp_is_kptr(sk))
+        return 0;
+    u32 zero = 0;
+    struct pp_lastseen *ls = lastseen.lookup(&zero);
+    if (!ls || !ls->ts || ls->proto != 6)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now - ls->ts > PP_LASTSEEN_NS)
+        return 0;
+    /* (ports as loaded: sport low half; the socket's own port is the segment's destination) */
+    u16 sport = PP_RD(u16, sk + PP_OFF_INET_SPORT, direct);
+    u16 dport = PP_RD(u16, sk + PP_OFF_SK_DPORT, direct);
+    if ((u16)(ls->ports >> 16) != sport || (u16)ls->ports != dport)
+        return 0;
+    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
+    if (pp_netns_of_net(skn, direct) != ls->netns)
+        return 0;
+    struct pp_pkt p;
+    __builtin_memset(&p, 0, PP_PKT_ZERO);
+    p.id = ls->id;
+    ls->ts = 0;
+    pp_record_event(ctx, 0, hook, PP_KIND_CONSUME, 0, 0, sk, &p, 0, now, 0, direct);
+#else
     if (!pp_is_kptr(sk))
         return 0;
     u32 zero = 0;

@@ -277,11 +277,14 @@ def generations(evs, gap_ns=REUSE_GAP_NS):
         g = _place(live, ev, skb, kind, pos)
         if g is not None and g.repeats(ev, kind):
             continue
-        if g is None and get("path") is None and (get("from_map") or get("rewritten")):
+        if g is None and get("path") is None and (get("from_map") or get("rewritten") or
+                                                  kind == "consume"):
             # known only by the skb map (headers not parsed, or a flow the filter rejects):
             # never a packet's first sighting. It continues no packet under way: the skb and
             # buffer were recycled for another packet (the server's ACK on the skb of a
-            # dropped retransmission), whose ID the map still gave.
+            # dropped retransmission), whose ID the map still gave. Nor does a consume begin
+            # one (summary mode's rule: the stack finishing with an skb ends a packet seen on
+            # it; the sender's copy of a TCP segment, freed when acknowledged, is not one).
             continue
         if g is None:
             g = _Gen(pos)

@@ -45,13 +45,13 @@ s.close()
 """
 
 
-def _connection(tmp_path, wait, gap, count=20, retransmits_ok=False):
+def _connection(tmp_path, wait, gap, count=20, retransmits_ok=False, mode="summary"):
     got = tmp_path / "got.txt"
     srv = _start(_in_ns(overlay.RECEIVER_NS, SERVER % {"port": PORT, "wait": wait}, str(got)))
     try:
         packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, CLIENT % {
             "dst": overlay.DST_IP, "port": PORT, "count": count, "gap": gap}),
-            ["--proto", "tcp"])
+            ["--proto", "tcp", "--mode", mode])
         srv.wait(timeout=10)
     finally:
         if srv.poll() is None:
@@ -83,26 +83,33 @@ def _connection(tmp_path, wait, gap, count=20, retransmits_ok=False):
     return packets
 
 
-def test_tcp_small_writes_every_segment_delivered(lab_up, tmp_path):
+MODES = pytest.mark.parametrize("mode", ["summary", "events"])
+
+
+@MODES
+def test_tcp_small_writes_every_segment_delivered(lab_up, tmp_path, mode):
     """20 writes of 10 bytes (TCP_NODELAY, 10 ms apart), read at once: 20 data segments and the
-    FIN delivered, each seen queued (sk_data_ready), 3 segments consumed, 24 packets."""
-    packets = _connection(tmp_path, 0, 0.01)
+    FIN delivered, each seen queued (sk_data_ready), 3 segments consumed, 24 packets; the same
+    verdicts in both modes (events mode links the state-change ACKs as summary mode does)."""
+    packets = _connection(tmp_path, 0, 0.01, mode=mode)
     delivered = [q for q in packets if q["verdict"] == "delivered"]
     assert len(delivered) == 21 and len(packets) == 24
     assert not any(q.get("inferred") for q in delivered)
 
 
-def test_tcp_coalesced_segments_are_delivered(lab_up, tmp_path):
+@MODES
+def test_tcp_coalesced_segments_are_delivered(lab_up, tmp_path, mode):
     """The server reads only after 1 s: segments queued behind unread data are merged into the
     queue's tail (tcp_try_coalesce) and freed unseen; they are delivered, inferred so."""
-    packets = _connection(tmp_path, 1.0, 0.01, retransmits_ok=True)
+    packets = _connection(tmp_path, 1.0, 0.01, retransmits_ok=True, mode=mode)
     delivered = [q for q in packets if q["verdict"] == "delivered"]
     assert len(delivered) == 21
     inferred = [q for q in delivered if q.get("inferred")]
     assert inferred and all(q["path"][-1]["hook"] == "tcp_probe" for q in inferred)
 
 
-def test_tcp_syn_to_closed_port_dropped_no_socket(lab_up, tmp_path):
+@MODES
+def test_tcp_syn_to_closed_port_dropped_no_socket(lab_up, tmp_path, mode):
     """Nothing listens: the SYN is dropped NO_SOCKET in pp-ctrB (the client gets a reset)."""
     client = r"""
 import socket
@@ -111,7 +118,8 @@ try:
 except OSError as e:
     print("refused", e)
 """ % (overlay.DST_IP, PORT)
-    packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, client), ["--proto", "tcp"])
+    packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, client),
+                        ["--proto", "tcp", "--mode", mode])
     assert len(packets) == 1, [(q["verdict"], q["path"]) for q in packets]
     q = packets[0]
     assert (q["verdict"], q["proto"]) == ("dropped", "tcp")
@@ -150,7 +158,7 @@ def _retx_rule_count():
     return int(rows[0][0])
 
 
-@pytest.mark.parametrize("mode", ["summary", "events"])
+@MODES
 def test_tcp_retransmission_is_a_new_packet_marked(lab_up, tmp_path, mode):
     """An iptables rule in pp-ctrB drops the first copy of one data segment: that packet is
     dropped NETFILTER_DROP (as many as the rule counted: one); TCP retransmits the segment, and

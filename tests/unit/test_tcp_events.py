@@ -158,3 +158,15 @@ def test_no_retransmission_without_tcp_header_keys():
     for kw in ({"key": "payload"}, {"proto": "udp"}, {"src": "198.51.100.3:40000"}):
         pkts = build_packets(_retransmitted(**kw), NAMES)
         assert len(pkts) == 2 and not any("retransmission_of" in p for p in pkts), kw
+
+
+def test_events_mode_consume_begins_no_packet():
+    """Events mode (no kernel paths): a consume that continues no packet (the sender's copy of
+    a segment, freed when acknowledged: seen on the lab as lone tcp_consume packets) is not a
+    packet, as in summary mode; a state change after the segment's last sighting ends it."""
+    lone = [ev(9, 5, "tcp_consume", "consume", netns=0, skb=3, path=None)]
+    assert build_packets(lone, NAMES) == []
+    evs = [dict(e, path=None) for e in wire(10)] + [
+        ev(10, 20, "tcp_state", "consume", skb=0, path=None)]
+    p = one(evs)
+    assert p["verdict"] == "consumed" and "inet_sock_set_state" in p["inferred"]
