@@ -91,17 +91,20 @@ static __always_inline struct pp_pathskb *pp_pathskb_slot(u64 id)
     return pathskb.lookup(&idx);
 }
 BPF_PERCPU_ARRAY(pathinit, struct pp_path, 1);
+#endif
 /* per CPU: the last traced packet seen passing a hook, and where. A UDP datagram is queued to
- * its socket in the same softirq call chain that saw it at the device, on the same CPU. */
+ * its socket in the same softirq call chain that saw it at the device, on the same CPU; a TCP
+ * segment that changes its socket's state does so there too (pp_state). */
 struct pp_lastseen {
     u64 ts;
-    u64 skb;    /* its path's key */
+    u64 skb;    /* its path's key (summary mode) */
     u64 id;
     u32 netns;
+    u32 ports;  /* events mode: its flow's ports (pp_flow4.ports), 0 if not parsed */
+    u32 proto;  /* events mode: its transport protocol, 0 if not parsed */
     u32 _lpad;
 };
 BPF_PERCPU_ARRAY(lastseen, struct pp_lastseen, 1);
-#endif
 #ifdef PP_DROPS_ALL
 /* struct pp_dropkey (pktpath.h) -> drops; both CPUs write it: see pp_dropwatch */
 BPF_HASH(dropcounts, struct pp_dropkey, u64, 4096);
@@ -352,7 +355,7 @@ static __always_inline s32 pp_ipv4(u8 *h, u64 addr, int direct, u32 off, struct 
     /* header key (PP_KEY_HEADERS): total length, ID, flags + fragment offset (see
      * pp_key_headers). Not TOS (ECN may be marked on the way), TTL or checksum (both change
      * at every router) */
-    *k3 = w0 >> 16;
+    *k3 = w0 >> 16 | (u64)(vihl & 0xf) << 48;   /* (the header length: see pp_key_headers) */
     /* a non-first fragment has no L4 header (offset: low 5 bits of byte 6, byte 7) */
     if (((w0 >> 48) & 0xff1f) || (vihl & 0xf) < 5)
         return 0;
@@ -616,10 +619,25 @@ static __always_inline u32 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u
     /* UDP: not the L3 length nor IPv4's more-fragments flag, which reassembly changes (a first
      * fragment and its reassembled datagram have one key; UDP's length covers the length).
      * TCP: the L3 length with the data offset gives the payload length. */
-    if (proto == 17)
+    if (proto == 17) {
         k3 &= fam == 6 ? 0x00000000ffffffffULL : 0x0000ffdfffff0000ULL;
-    else
-        k3 &= fam == 6 ? 0x0000ffffffffffffULL : 0x0000ffdfffffffffULL;
+    } else {
+        /* A TCP segment that occupies sequence space (SYN, FIN or data) is keyed by its bytes
+         * of the stream: not the IP ID (IPv6: the flow label) nor the ACK number, which a
+         * retransmission of it changes, so that a retransmission has its first copy's key
+         * (user space marks it). A pure ACK keeps both: the receiver's ACKs share seq, flags
+         * and length. k4[1]: TCP bytes 12-13 as loaded (data offset, flags). */
+        u32 of = (u32)k4[1];
+        u32 plen = fam == 6 ? __builtin_bswap16((u16)(k3 >> 32))
+                            : __builtin_bswap16((u16)k3) - ((k3 >> 48) & 0xf) * 4;
+        int seqspace = ((of >> 8) & 3) || plen > ((of & 0xf0) >> 2);
+        if (fam == 6)
+            k3 &= seqspace ? 0x0000ffff00000000ULL : 0x0000ffffffffffffULL;
+        else
+            k3 &= seqspace ? 0x0000ffdf0000ffffULL : 0x0000ffdfffffffffULL;
+        if (seqspace)
+            k4[0] &= 0xffffffffULL;   /* the sequence number (its 4 bytes as loaded) */
+    }
     h = pp_mix(h, (u64)f->ports << 32 | (u32)k4[1]);
     h = pp_mix(h, k3);
     h = pp_mix(h, k4[0]);
@@ -1030,8 +1048,15 @@ static __always_inline struct pp_path *pp_path_of(struct pp_pathkey *key, u16 ho
 
 /* Append this sighting to the packet's path; on delivery or drop, emit the whole path.
  * `origin`: the path's key skb when the caller knows it (a delivery of the packet last seen),
- * else 0 (this skb's). `only_open`: a datagram deeper in a socket queue is delivered only
- * while its path is open (PP_H_CLOSED if not). */
+ * else 0 (this skb's). `only_open` 1: a datagram deeper in a socket queue is delivered only
+ * while its path is open on this skb (PP_H_CLOSED if not). 2: the sighting was identified by
+ * the skb map alone (not parsed, or a flow the filter rejects): it continues an open path (on
+ * any skb) but never begins one. The map keeps every skb + buffer a packet travelled on, and
+ * only the last is closed when the packet is done: an skb and buffer recycled for another
+ * segment within PP_MAP_TTL_NS (a TCP retransmission's clone, dropped, then its skb and the
+ * buffer its head was copied from reused for the server's ACK) would otherwise begin a packet
+ * of the old key with the new segment's flow. Nor does a rewritten sighting whose ports are
+ * the path's, swapped, continue it: that is a reply on a recycled skb, never a NAT rewrite. */
 static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64 location,
                                       u32 reason, u64 sk, struct pp_pkt *p, u8 flags, u64 now,
                                       u64 head, u32 tail, int map_it, u64 netdev, int direct,
@@ -1039,8 +1064,10 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
 {
     u32 id = p->id;
     struct pp_pathkey key = {.skb = origin ? origin : skb, .id = p->id};
-    struct pp_path *v = pp_path_of(&key, hook, kind, netdev, now, only_open);
+    struct pp_path *v = pp_path_of(&key, hook, kind, netdev, now, only_open == 1);
     if (!v) {
+        if (only_open == 2)
+            return 0;
         if (only_open)
             return PP_H_CLOSED;   /* already delivered (or never seen): so are older ones */
         /* a datagram still queued whose packet was delivered already (the next callbacks of a
@@ -1070,6 +1097,10 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
             ps->skb = key.skb;
         }
     }
+    if (only_open == 2 && (flags & PP_F_REWRITTEN) && p->proto == v->inner.protocol &&
+        v->inner.sport == __builtin_bswap16(p->in.ports >> 16) &&
+        v->inner.dport == __builtin_bswap16(p->in.ports))
+        return 0;
     v->last_ts = now;
     /* skb -> ID for the hooks that cannot parse the packet: written when the packet shows up
      * on another skb or data buffer, not at every hop */
@@ -1265,6 +1296,7 @@ static __always_inline int pp_identify(u64 skb, struct pp_skbf *s, int rc, struc
         if (pp_skbmap_get(skb, s->head, s->tail, &rid) < 0)
             return -1;
         p->id = rid;
+        *known = 2;
         return PP_UNPARSED;
     }
     if (rc == PP_UNPARSED) {
@@ -1312,6 +1344,18 @@ static __always_inline int pp_record_event(void *ctx, u64 skb, u16 hook, u8 kind
         e->stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
 #endif
     pp_where(netdev, sk, &e->netns, &e->ifindex, e->dev, &e->port, direct);
+    if (kind == PP_KIND_PASS) {
+        /* for pp_state, as summary mode's hops note it */
+        u32 zero = 0;
+        struct pp_lastseen *ls = lastseen.lookup(&zero);
+        if (ls) {
+            ls->ts = now;
+            ls->id = p->id;
+            ls->netns = e->netns;
+            ls->ports = p->family ? p->in.ports : 0;
+            ls->proto = p->family ? p->proto : 0;
+        }
+    }
     events.ringbuf_submit(e, pp_wakeup());
     return 0;
 }
@@ -1402,6 +1446,13 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
 #ifndef PP_SUMMARY
     if (rc == PP_MATCH && kind == PP_KIND_PASS)
         pp_skbmap_put(skb, s.head, s.tail, p.id, now);
+    if (kind == PP_KIND_CONSUME) {
+        /* as in summary mode, a consume only ends a packet seen on this very skb and buffer
+         * (the sender's copy of a TCP segment, freed when it is acknowledged, is not it) */
+        u64 was;
+        if (pp_skbmap_get(skb, s.head, s.tail, &was) < 0 || (u32)was != p.id)
+            return 0;
+    }
     if (kind != PP_KIND_PASS) {
         /* a queued datagram already delivered (a batch's later callbacks see the same tail) */
         u64 was;
@@ -1413,14 +1464,15 @@ static __always_inline int pp_handle(void *ctx, u64 skb, u32 hk, u64 location, u
         pp_skbmap_close(skb, s.head, s.tail);
     }
 #endif
-    u8 flags = (p.tun != PP_TUN_NONE ? PP_F_ENCAP : 0) | (known ? PP_F_FROM_MAP : 0) |
+    u8 flags = (p.tun != PP_TUN_NONE ? PP_F_ENCAP : 0) |
+               (known == 1 ? PP_F_FROM_MAP : known ? PP_F_REWRITTEN : 0) |
                (kind == PP_KIND_PASS ? (u8)aux : 0);   /* a pass hook's aux: extra PP_F_* */
 #ifdef PP_SUMMARY
     /* a consume ends the path open on this very skb, never starts one (the sender's copy of a
      * TCP segment, freed when it is acknowledged, is not the packet) */
     return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                       s.head, s.tail, rc == PP_MATCH && kind == PP_KIND_PASS, s.netdev,
-                      direct ? 2 : 0, 0, kind == PP_KIND_CONSUME);
+                      direct ? 2 : 0, 0, kind == PP_KIND_CONSUME ? 1 : known ? 2 : 0);
 #else
     return pp_record_event(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,
                            s.netdev, direct ? 2 : 0);
@@ -2033,10 +2085,35 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
  * netns). It ends that packet's path as consumed. */
 static __always_inline int pp_state(void *ctx, u64 sk, int old, int new, u16 hook, int direct)
 {
-#ifdef PP_SUMMARY
     if (!((old == 3 && new == 1) || (old == 4 && new == 5) || (old == 9 && new == 7) ||
           (old == 11 && new == 6)))
         return 0;
+#ifndef PP_SUMMARY
+    /* events mode: the same link, by the flow the CPU noted with the segment's last event
+     * (there is no path): a consume record of that key, at the socket */
+    if (!pp_is_kptr(sk))
+        return 0;
+    u32 zero = 0;
+    struct pp_lastseen *ls = lastseen.lookup(&zero);
+    if (!ls || !ls->ts || ls->proto != 6)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now - ls->ts > PP_LASTSEEN_NS)
+        return 0;
+    /* (ports as loaded: sport low half; the socket's own port is the segment's destination) */
+    u16 sport = PP_RD(u16, sk + PP_OFF_INET_SPORT, direct);
+    u16 dport = PP_RD(u16, sk + PP_OFF_SK_DPORT, direct);
+    if ((u16)(ls->ports >> 16) != sport || (u16)ls->ports != dport)
+        return 0;
+    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
+    if (pp_netns_of_net(skn, direct) != ls->netns)
+        return 0;
+    struct pp_pkt p;
+    __builtin_memset(&p, 0, PP_PKT_ZERO);
+    p.id = ls->id;
+    ls->ts = 0;
+    pp_record_event(ctx, 0, hook, PP_KIND_CONSUME, 0, 0, sk, &p, 0, now, 0, direct);
+#else
     if (!pp_is_kptr(sk))
         return 0;
     u32 zero = 0;

@@ -24,6 +24,9 @@
 #define PP_F_ENCAP    1     /* this sighting was encapsulated: the record's tunnel is set */
 #define PP_F_FROM_MAP 2     /* headers not parseable here: ID taken from the skb->ID map */
 #define PP_F_DATA     4     /* tcp_probe: the segment carries data (or FIN): it is queued */
+#define PP_F_REWRITTEN 8    /* parsed, but not the filter's flow: ID taken from the skb->ID map
+                             * (a traced packet after NAT, or a stale entry: never a packet's
+                             * first sighting) */
 #define PP_F_HOP_SET  0x80  /* summary mode: this hop slot was written */
 
 /* tunnel types (struct pp_tunnel), recognized by the outer UDP destination port */

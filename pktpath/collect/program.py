@@ -198,10 +198,10 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     d.update(direct or {})
     if stacks:
         d["PP_STACKS"] = 1
+    d["PP_LASTSEEN_NS"] = "1000000ULL"  # 1 ms: a device-to-socket call chain takes us
     if summary:
         d["PP_SUMMARY"] = 1
         d["PP_PATHS"] = paths
-        d["PP_LASTSEEN_NS"] = "1000000ULL"  # 1 ms: a device-to-socket call chain takes us
         d["PP_RESUME_NS"] = "1000000ULL"    # 1 ms: one batch's callbacks run back to back
         # a shallower delivery scan, for tests: every batch deeper than it must be resumed
         depth = os.environ.get("PKTPATH_DELIVER_SCAN")

@@ -134,6 +134,7 @@ KINDS = tuple(k[len("PP_KIND_"):].lower() for k, _v in
 F_ENCAP = DEFINES["PP_F_ENCAP"]
 F_FROM_MAP = DEFINES["PP_F_FROM_MAP"]
 F_DATA = DEFINES["PP_F_DATA"]
+F_REWRITTEN = DEFINES["PP_F_REWRITTEN"]
 F_HOP_SET = DEFINES["PP_F_HOP_SET"]
 TUN_NONE = DEFINES["PP_TUN_NONE"]
 # tunnel type -> its name in the output (PP_TUN_VXLAN -> "vxlan"); PP_TUN_NONE -> None
@@ -272,6 +273,8 @@ class Decoder:
             ev["stack_id"] = stack_id
         if flags & F_DATA:
             ev["tcp_data"] = True   # tcp_probe: the segment has data (or FIN)
+        if flags & F_REWRITTEN:
+            ev["rewritten"] = True  # not the filter's flow: the ID is the skb map's (NAT)
         return ev
 
 

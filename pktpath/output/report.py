@@ -57,11 +57,14 @@ def render_timeline(packets, t0=None):
         last = len(p["path"]) - 1
         prev = first = p["path"][0]["t_ns"] if p["path"] else 0
         nat = {n["hop"] for n in p.get("nat") or ()}   # the hops where a rewrite was first seen
+        retx = 0 if p.get("retransmission_of") else -1  # a TCP retransmission: its first hop
         for i, h in enumerate(p["path"]):
             outer = "%s > %s" % (h["outer_src"], h["outer_dst"]) if h["encap"] else ""
+            event = h["hook"] + " [NAT]" if i in nat else h["hook"]
+            if i == retx:
+                event += " [RETRANSMISSION]"
             rows.append(["%.3f" % ((h["t_ns"] - t0) / 1e6), "%.1f" % ((h["t_ns"] - prev) / 1e3),
-                         "%.1f" % ((h["t_ns"] - first) / 1e3),
-                         h["hook"] + " [NAT]" if i in nat else h["hook"], h["dev"] or "",
+                         "%.1f" % ((h["t_ns"] - first) / 1e3), event, h["dev"] or "",
                          ns_label(h["netns"], h.get("netns_name")), h["src"] or "", h["dst"] or "",
                          outer, _vni_cell(h), p["id"],
                          _verdict_cell(p) if i == last else ""])
@@ -77,6 +80,10 @@ def _reason(p):
         reason = "tracer lost events"
     else:
         reason = ""
+    retx = p.get("retransmission_of")
+    if retx and p["first_ns"] is not None:
+        reason += (", " if reason else "") + "retransmission (first copy %.1f ms before)" % (
+            (p["first_ns"] - retx["first_ns"]) / 1e6)
     if p.get("clone_drops"):
         later = p.get("freed_after_delivery")
         reason += (", " if reason else "") + (

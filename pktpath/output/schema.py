@@ -12,10 +12,13 @@ PACKET_FIELDS = ("id", "verdict", "events", "first_ns", "last_ns", "last", "drop
                  "path")
 # present only when they apply, after the others, in this order
 PACKET_OPTIONAL = ("key", "proto", "src", "dst", "nat", "freed_after_delivery", "clone_drops",
-                   "inferred", "incomplete")
+                   "inferred", "retransmission_of", "incomplete")
 # inferred: how pktpath concluded a TCP verdict it did not see happen (a text): a segment last
 # seen at tcp_probe (coalesced data: delivered; an ACK: consumed), or a socket state change
 # linked to the segment by the CPU that saw it moments before (consumed)
+# retransmission_of: {"first_ns": t} on a TCP segment keyed by headers whose key and flow a
+# packet first seen at t had already: a retransmission of it (reconstruct.retransmissions)
+RETRANSMISSION_FIELDS = ("first_ns",)
 # key, proto, src, dst: how the packet was keyed ("payload": the ID in its payload; "headers": a
 # hash of its header fields, config packet_id.from), its transport protocol ("udp", "tcp") and
 # its (inner) flow, "addr:port" each (with proto: the 5-tuple). Present in traces and
@@ -66,6 +69,8 @@ def check(p):
             keys(p[name], fields, opt, name)
     for i, d in enumerate(p.get("nat") or ()):
         keys(d, NAT_FIELDS, (), "nat[%d]" % i)
+    if p.get("retransmission_of") is not None:
+        keys(p["retransmission_of"], RETRANSMISSION_FIELDS, (), "retransmission_of")
     for i, d in enumerate(p.get("clone_drops") or ()):
         keys(d, DROP_FIELDS, DROP_OPTIONAL, "clone_drops[%d]" % i)
     for i, h in enumerate(p.get("path") or ()):

@@ -255,7 +255,8 @@ def generations(evs, gap_ns=REUSE_GAP_NS):
     delivered or dropped already or the event is where that packet began (the skb was
     recycled); an event on another skb continues the oldest packet under way that has not been
     seen at that hook + device + namespace yet, unless a packet of the ID began there. A packet
-    never holds two deliveries. Events of one kernel-built path (summary mode: `path`, the
+    never holds two deliveries; an event known only by the skb map begins none. Events of one
+    kernel-built path (summary mode: `path`, the
     record's first time stamp) stay one packet. After a quiet gap of more than `gap_ns` every packet is done,
     except for events on their skbs (a datagram freed from a socket queue long after its
     delivery is still the same packet)."""
@@ -276,6 +277,15 @@ def generations(evs, gap_ns=REUSE_GAP_NS):
         g = _place(live, ev, skb, kind, pos)
         if g is not None and g.repeats(ev, kind):
             continue
+        if g is None and get("path") is None and (get("from_map") or get("rewritten") or
+                                                  kind == "consume"):
+            # known only by the skb map (headers not parsed, or a flow the filter rejects):
+            # never a packet's first sighting. It continues no packet under way: the skb and
+            # buffer were recycled for another packet (the server's ACK on the skb of a
+            # dropped retransmission), whose ID the map still gave. Nor does a consume begin
+            # one (summary mode's rule: the stack finishing with an skb ends a packet seen on
+            # it; the sender's copy of a TCP segment, freed when acknowledged, is not one).
+            continue
         if g is None:
             g = _Gen(pos)
             live.append(g)
@@ -295,15 +305,36 @@ def build_packets(events, netns_names=None, reuse_gap_ns=REUSE_GAP_NS):
     for ev in events:
         by_id[ev["id"]].append(ev)
     key = itemgetter("t_ns")
-    return [_packet(pid, gen, names) for pid, evs in sorted(by_id.items())
-            for gen in generations(sorted(evs, key=key), reuse_gap_ns)]
+    return [p for pid, evs in sorted(by_id.items())
+            for p in retransmissions([_packet(pid, gen, names) for gen in
+                                      generations(sorted(evs, key=key), reuse_gap_ns)])]
+
+
+def retransmissions(pkts):
+    """Mark TCP retransmissions among the packets of one ID (in time order), and return them.
+    A header key of a TCP segment that occupies sequence space (SYN, FIN, data) is its flow,
+    sequence number, flags and length (bpf/pktpath.c, pp_key_headers: not the IP ID nor the
+    ACK number): a later packet of the key and flow is a retransmission of the first one, a
+    packet of its own (the split rules of `generations`) with `"retransmission_of":
+    {"first_ns": ...}`. Pure ACKs keep IP ID and ACK number in their key: theirs are distinct.
+    Payload IDs are not marked: a TCP payload's bytes at the ID offset may repeat in segments
+    that are not retransmissions (only the duplicate-ID warning applies)."""
+    if len(pkts) < 2:
+        return pkts
+    first = pkts[0]
+    for p in pkts[1:]:
+        if p.get("key") == "headers" and p.get("proto") == "tcp" and \
+                first.get("key") == "headers" and (p.get("src"), p.get("dst")) == \
+                (first.get("src"), first.get("dst")) and first["first_ns"] is not None:
+            p["retransmission_of"] = {"first_ns": first["first_ns"]}
+    return pkts
 
 
 # what _packet and generations read of an event besides t_ns and skb: an event is kept as
 # (t_ns, skb, shape) where the shape (a dict of these keys) is shared by all events alike
 SHAPE_KEYS = ("hook", "kind", "cpu", "dev", "ifindex", "netns", "encap", "tunnel", "vni", "src", "dst",
               "outer_src", "outer_dst", "reason", "reason_code", "location", "port", "stack",
-              "key", "proto")
+              "key", "proto", "tcp_data", "from_map", "rewritten")
 
 
 class EventStore:
@@ -346,8 +377,8 @@ class EventStore:
             evs.sort(key=_T_NS)
             dicts = [dict(tmpl, t_ns=t, skb=skb) if path is None else
                      dict(tmpl, t_ns=t, skb=skb, path=path) for t, skb, tmpl, path in evs]
-            for gen in generations(dicts, reuse_gap_ns):
-                yield _packet(pid, gen, names)
+            yield from retransmissions([_packet(pid, gen, names)
+                                        for gen in generations(dicts, reuse_gap_ns)])
 
 
 _T_NS = itemgetter(0)

@@ -76,12 +76,17 @@ def send():
                     "    s.sendto(struct.pack('>I', %d + i) + b'nat', (%r, %d))\n"
                     "    s.close(); time.sleep(0.005)"
                     % (N, base, FIRST_ID, overlay.DST_IP, overlay.PORT)], check=True, timeout=30)
+    return base
 
 
+@pytest.mark.parametrize("id_from", ["payload", "headers"])
 @pytest.mark.parametrize("mode", ["summary", "events"])
-def test_redirect_is_followed(redirect, tmp_path, mode):
+def test_redirect_is_followed(redirect, tmp_path, mode, id_from):
+    """In both key modes: a header key is taken at the first sighting (the port filter applies
+    to the packet as first seen) and linked across the rewrite by the skb it travels on."""
     out, ready = tmp_path / "p.jsonl", tmp_path / "ready"
-    tracer = subprocess.Popen(RUN + ["-c", CFG, "--mode", mode, "--json", str(out),
+    tracer = subprocess.Popen(RUN + ["-c", CFG, "--mode", mode, "--id-from", id_from,
+                                     "--json", str(out),
                                      "--ready-file", str(ready), "--timeline", "50"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -90,7 +95,7 @@ def test_redirect_is_followed(redirect, tmp_path, mode):
             time.sleep(0.02)
         assert ready.exists(), tracer.stderr.read() if tracer.poll() is not None else "no ready"
         before, rule_before = in_datagrams(), rule_packets()
-        send()
+        base = send()
         time.sleep(2.5)     # every datagram read by the sink, and past --lost-after
         read, redirected = in_datagrams() - before, rule_packets() - rule_before
         tracer.send_signal(signal.SIGINT)
@@ -105,9 +110,19 @@ def test_redirect_is_followed(redirect, tmp_path, mode):
     # the kernel's side: every datagram redirected and read on the new port
     assert redirected == N and read == N and sunk == ids, (redirected, read, sunk)
     packets = [json.loads(line) for line in out.read_text().splitlines()]
-    ours = sorted((p for p in packets if FIRST_ID <= p["id"] < FIRST_ID + N),
-                  key=lambda p: p["id"])
-    assert [p["id"] for p in ours] == ids, [(p["id"], p["verdict"]) for p in ours]
+    if id_from == "payload":
+        ours = sorted((p for p in packets if FIRST_ID <= p["id"] < FIRST_ID + N),
+                      key=lambda p: p["id"])
+        assert [p["id"] for p in ours] == ids, [(p["id"], p["verdict"]) for p in ours]
+    else:
+        # keyed by headers: ours by their source ports (one per datagram), each one packet
+        def sport(p):
+            return int(p["src"].rsplit(":", 1)[1])
+        ours = sorted((p for p in packets if base <= sport(p) < base + N), key=sport)
+        assert [sport(p) for p in ours] == list(range(base, base + N)), \
+            [(p["src"], p["verdict"], len(p["path"])) for p in ours]
+        assert len({p["id"] for p in ours}) == N and all(p["key"] == "headers" for p in ours)
+        assert all(p["dst"] == "%s:%d" % (overlay.DST_IP, overlay.PORT) for p in ours), ours
     for p in ours:
         assert p["verdict"] == "delivered", p
         assert p["delivered"]["port"] == NEW_PORT and \

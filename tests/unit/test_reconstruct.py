@@ -324,3 +324,21 @@ def test_lab_recording_of_duplicate_ids():
         by_id[p["id"]] = by_id.get(p["id"], 0) + 1
     assert by_id.pop(int.from_bytes(b"hell", "big")) == 3
     assert by_id == dict.fromkeys(range(800, 810), 2)
+
+
+def test_a_sighting_known_only_by_the_skb_map_begins_no_packet():
+    """Events mode, the shape captured on the lab (#18): a retransmitted client segment (ID 5)
+    dropped TCP_OLD_DATA on skb 1; 4 ms later the server's ACK is on that skb and buffer again,
+    so the skb map gave it ID 5 (its flow is the filter's reversed: `rewritten`). It is not a
+    packet; nor is an unparsed sighting (`from_map`) on a recycled skb."""
+    drop = dict(_ev(5, 30, 1, "drop", "kfree_skb"), reason="TCP_OLD_DATA")
+    evs = [_ev(5, 0, 1), _ev(5, 10, 1, hook="netif_receive_skb"), drop,
+           dict(_ev(5, 4_000_000, 1), rewritten=True, src="198.51.100.2:5007"),
+           dict(_ev(5, 4_000_100, 1, hook="netif_receive_skb"), rewritten=True),
+           dict(_ev(5, 4_000_200, 1, hook="tcp_probe"), from_map=True)]
+    pkts = build_packets(evs)
+    assert [(p["verdict"], p["events"]) for p in pkts] == [("dropped", 3)]
+    # a rewritten sighting that continues its packet (NAT) stays in it
+    evs = [_ev(6, 0, 1), dict(_ev(6, 10, 1, hook="netif_receive_skb"), rewritten=True),
+           dict(_ev(6, 20, 1, "deliver", "sk_data_ready"), rewritten=True)]
+    assert [(p["verdict"], p["events"]) for p in build_packets(evs)] == [("delivered", 3)]

@@ -107,3 +107,66 @@ def test_tcp_hook_entry_points():
     plan = {h.name: h for h in hooksmod.plan(["tcp_consume", "tcp_probe", "tcp_state"], caps)}
     assert [plan[n].args for n in ("tcp_consume", "tcp_probe", "tcp_state")] == \
         [(0,), (1,), (0, 1, 2)]
+
+
+def _retransmitted(path2=None, key="headers", proto="tcp", src=None):
+    """A data segment (key 7) dropped by netfilter in the server's netns, then its
+    retransmission 200 ms later (same key and flow: its bytes of the stream) delivered.
+    `path2`: the second copy's kernel path (summary mode), None: events mode (no paths)."""
+    t = 200_000_000
+    first = [dict(e, key=key, proto=proto) for e in wire(7)] + [
+        ev(7, 20, "kfree_skb", "drop", key=key, proto=proto, reason="NETFILTER_DROP",
+           location="nf_hook_slow+0x91")]
+    second = [ev(7, t, "net_dev_queue", netns=CLI, skb=2, key=key, proto=proto),
+              ev(7, t + 10, "netif_receive_skb", skb=2, key=key, proto=proto),
+              ev(7, t + 20, "tcp_probe", netns=0, skb=2, key=key, proto=proto, tcp_data=True),
+              ev(7, t + 30, "sk_data_ready", "deliver", skb=2, key=key, proto=proto, port=5007)]
+    for e in first:
+        e["path"] = 7000 if path2 is not None else None
+    for e in second:
+        e["path"] = path2
+        if src:
+            e["src"] = src
+    return first + second
+
+
+def test_tcp_retransmission_is_a_packet_of_its_own_marked():
+    """Same header key, later: two packets, never merged, the second marked as a retransmission
+    of the first (events mode: by the split rules; summary mode: two kernel paths)."""
+    for path2 in (None, 9000):
+        evs = _retransmitted(path2)
+        pkts = build_packets(evs, NAMES)
+        assert [(p["verdict"], p["events"]) for p in pkts] == [("dropped", 3), ("delivered", 4)]
+        assert all(schema.check(p) == [] for p in pkts)
+        assert "retransmission_of" not in pkts[0]
+        assert pkts[1]["retransmission_of"] == {"first_ns": 0}
+        verdicts = report.render_verdicts(pkts)
+        assert "retransmission (first copy 200.0 ms before)" in verdicts
+        timeline = report.render_timeline(pkts)
+        assert timeline.count("[RETRANSMISSION]") == 1
+        # a recording read back (EventStore) gives the same records
+        from pktpath.process.reconstruct import EventStore
+        store = EventStore()
+        for e in evs:
+            store.add(e)
+        assert list(store.packets(NAMES)) == pkts
+
+
+def test_no_retransmission_without_tcp_header_keys():
+    """Payload IDs (the same bytes at the ID offset are not the same segment), UDP, or another
+    flow (a 32-bit key collision): separate packets, not marked."""
+    for kw in ({"key": "payload"}, {"proto": "udp"}, {"src": "198.51.100.3:40000"}):
+        pkts = build_packets(_retransmitted(**kw), NAMES)
+        assert len(pkts) == 2 and not any("retransmission_of" in p for p in pkts), kw
+
+
+def test_events_mode_consume_begins_no_packet():
+    """Events mode (no kernel paths): a consume that continues no packet (the sender's copy of
+    a segment, freed when acknowledged: seen on the lab as lone tcp_consume packets) is not a
+    packet, as in summary mode; a state change after the segment's last sighting ends it."""
+    lone = [ev(9, 5, "tcp_consume", "consume", netns=0, skb=3, path=None)]
+    assert build_packets(lone, NAMES) == []
+    evs = [dict(e, path=None) for e in wire(10)] + [
+        ev(10, 20, "tcp_state", "consume", skb=0, path=None)]
+    p = one(evs)
+    assert p["verdict"] == "consumed" and "inet_sock_set_state" in p["inferred"]
