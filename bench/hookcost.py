@@ -2,7 +2,7 @@
 """Cost per hook, measured with bpf_stats: ns per run of each pktpath program and ns per sent
 datagram, this checkout's tracer against another commit's (--baseline), alternated.
 
-    sudo /usr/bin/python3 bench/hookcost.py --baseline DIR [--pairs 3] [--seconds 3]
+    sudo /usr/bin/python3 bench/hookcost.py --baseline DIR [--baseline DIR2] [--pairs 3] [--seconds 3]
                                             [--rate 20000] [--configs c,b,floor] [--json]
 
 (root, builds the lab; on the shared development machines under the lab lock:
@@ -17,7 +17,8 @@ Configurations:
   c      every packet matching (configs/lab.yaml, default hooks)
   b      the tracer attached, traffic not matching its filter (other UDP port)
   floor  an empty program on each default hook (no tracer): the bpf_stats floor
-Order per pair: old c, new c, old b, new b (then floor), so drift hits both alike. Each figure
+Order per round: each baseline's c then this checkout's c, the same for b, then floor, so drift
+hits all alike. Each figure
 is the median over the pairs. bpf_stats itself adds two clock reads per run (~20-40 ns: the
 floor's ns/run), to every configuration alike.
 """
@@ -134,7 +135,9 @@ def summarize(ms, names):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", metavar="DIR", help="a checkout of another commit")
+    ap.add_argument("--baseline", metavar="DIR", action="append", default=[],
+                    help="a checkout of another commit (repeatable: each is measured, labelled "
+                         "by its directory's name, in the order given, before this checkout)")
     ap.add_argument("--pairs", type=int, default=3, help="rounds of (old, new) per config")
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per measurement")
     ap.add_argument("--rate", type=int, default=20000, help="datagrams per second (one sender)")
@@ -148,9 +151,8 @@ def main():
     configs = [c for c in args.configs.split(",") if c]
     extra = args.tracer_args.split()
     flags = {"c": extra, "b": ["--udp-port", str(overlay.PORT + 999)] + extra}
-    sides = [("new", ROOT)]
-    if args.baseline:
-        sides.insert(0, ("old", os.path.abspath(args.baseline)))
+    sides = [(os.path.basename(os.path.abspath(d)), os.path.abspath(d)) for d in args.baseline]
+    sides.append(("new", ROOT))
     names = {label: hook_names(d) for label, d in sides}
     runs = {}
     base = 1
@@ -190,7 +192,7 @@ def main():
             overlay.down()
     allnames = names[sides[-1][0]]
     out = {"rate": args.rate, "seconds": args.seconds, "pairs": args.pairs,
-           "baseline": args.baseline and os.path.abspath(args.baseline),
+           "baselines": {label: d for label, d in sides[:-1]},
            "results": {"%s/%s" % k: summarize(v, allnames) for k, v in runs.items()}}
     if args.json:
         print(json.dumps(out))
