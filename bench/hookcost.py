@@ -18,9 +18,11 @@ Configurations:
   b      the tracer attached, traffic not matching its filter (other UDP port)
   floor  an empty program on each default hook (no tracer): the bpf_stats floor
 Order per round: each baseline's c then this checkout's c, the same for b, then floor, so drift
-hits all alike. Each figure
-is the median over the pairs. bpf_stats itself adds two clock reads per run (~20-40 ns: the
-floor's ns/run), to every configuration alike.
+hits all alike. Each figure is the median over the rounds. bpf_stats itself adds two clock
+reads per run (~20-40 ns: the floor's ns/run), to every configuration alike. The tracer's
+user-space CPU per datagram is shown too ("user ns/pkt": the Python consumer's share, which
+competes with the lab for the same 2 CPUs and is not in bpf_stats). Between runs on the shared
+machine a configuration's total moves by ~5-15%: compare columns of one run.
 """
 import argparse
 import json
@@ -86,15 +88,18 @@ def hook_names(checkout):
     return out.split()
 
 
-def measure(start, stop, names, seconds, rate, base):
-    """Per hook {runs, ns} of the programs `start()` loads, and the datagrams sent."""
+def measure(start, stop, names, seconds, rate, base, pid=None):
+    """Per hook {runs, ns} of the programs `start()` loads, the datagrams sent, and the CPU
+    time of process `pid(handle)` (the tracer's user space) meanwhile."""
     before = set(progs())
     handle = start()
     try:
         time.sleep(0.2)
         snap0 = {i: p for i, p in progs().items() if i not in before}
+        cpu0 = B.cpu_s(pid(handle)) if pid else 0
         sent, elapsed = send_fixed(seconds, rate, base)
         time.sleep(0.3)   # the last datagrams' delivery
+        cpu = B.cpu_s(pid(handle)) - cpu0 if pid else 0
         snap1 = {i: p for i, p in progs().items() if i in snap0}
     finally:
         stop(handle)
@@ -112,7 +117,7 @@ def measure(start, stop, names, seconds, rate, base):
         d = per.setdefault(hook, {"runs": 0, "ns": 0})
         d["runs"] += p.get("run_cnt", 0) - snap0[i].get("run_cnt", 0)
         d["ns"] += p.get("run_time_ns", 0) - snap0[i].get("run_time_ns", 0)
-    return {"sent": sent, "pps": sent / elapsed, "hooks": per}
+    return {"sent": sent, "pps": sent / elapsed, "hooks": per, "user_ns": cpu * 1e9 / sent}
 
 
 def summarize(ms, names):
@@ -128,6 +133,7 @@ def summarize(ms, names):
             "ns_per_pkt": round(med([m["hooks"][h]["ns"] / m["sent"] for m in xs]), 1)}
     out["ns_per_pkt"] = round(med([sum(d["ns"] for d in m["hooks"].values()) / m["sent"]
                                    for m in ms]), 1)
+    out["user_ns_per_pkt"] = round(med([m["user_ns"] for m in ms]))
     out["ns_per_pkt_all"] = [round(sum(d["ns"] for d in m["hooks"].values()) / m["sent"], 1)
                              for m in ms]
     return out
@@ -183,7 +189,7 @@ def main():
                         continue
                     for label, d in sides:
                         m = measure(tracer(d, flags[c]), stop_tracer, names[label],
-                                    args.seconds, args.rate, base)
+                                    args.seconds, args.rate, base, lambda h: h[0].pid)
                         runs.setdefault((c, label), []).append(m)
                         base = B.next_base(base, 1)
     finally:
@@ -204,13 +210,14 @@ def main():
 def print_table(out, names):
     print("hookcost: %d pairs x %.0f s at %d pps, bpf_stats (median over pairs)" % (
         out["pairs"], out["seconds"], out["rate"]))
-    print("%-12s %8s %6s  %s" % ("CONFIG", "ns/pkt", "runs", "  ".join(
+    print("%-12s %8s %6s %6s  %s" % ("CONFIG", "ns/pkt", "runs", "user", "  ".join(
         "%-22s" % h for h in names)))
-    print("%-12s %8s %6s  %s" % ("", "", "/pkt", "  ".join(
+    print("%-12s %8s %6s %6s  %s" % ("", "(BPF)", "/pkt", "ns/pkt", "  ".join(
         "%-22s" % "ns/run runs/pkt ns/pkt" for _ in names)))
     for k, r in out["results"].items():
         runs = sum(h["runs_per_pkt"] for h in r["hooks"].values())
-        print("%-12s %8.1f %6.2f  %s   all %s" % (k, r["ns_per_pkt"], runs, "  ".join(
+        print("%-12s %8.1f %6.2f %6d  %s   all %s" % (k, r["ns_per_pkt"], runs,
+                                                  r["user_ns_per_pkt"], "  ".join(
             "%-22s" % ("%6.1f %4.2f %7.1f" % (r["hooks"][h]["ns_per_run"],
                                                r["hooks"][h]["runs_per_pkt"],
                                                r["hooks"][h]["ns_per_pkt"])
