@@ -149,6 +149,9 @@ def main():
     ap.add_argument("--rate", type=int, default=20000, help="datagrams per second (one sender)")
     ap.add_argument("--configs", default="c,b,floor", help="of c, b, floor")
     ap.add_argument("--tracer-args", default="", help="extra tracer arguments (both tracers)")
+    ap.add_argument("--alt-args", metavar="ARGS", default="",
+                    help="also measure this checkout's tracer with ARGS added (labelled alt), "
+                         "alternated with it: e.g. '--id-from headers' against payload IDs")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep-lab", action="store_true")
     args = ap.parse_args()
@@ -156,10 +159,15 @@ def main():
         raise SystemExit("hookcost: run as root")
     configs = [c for c in args.configs.split(",") if c]
     extra = args.tracer_args.split()
-    flags = {"c": extra, "b": ["--udp-port", str(overlay.PORT + 999)] + extra}
-    sides = [(os.path.basename(os.path.abspath(d)), os.path.abspath(d)) for d in args.baseline]
-    sides.append(("new", ROOT))
-    names = {label: hook_names(d) for label, d in sides}
+    sides = [(os.path.basename(os.path.abspath(d)), os.path.abspath(d), extra)
+             for d in args.baseline]
+    sides.append(("new", ROOT, extra))
+    if args.alt_args:
+        sides.append(("alt", ROOT, extra + args.alt_args.split()))
+
+    def flags(c, more):
+        return more if c == "c" else ["--udp-port", str(overlay.PORT + 999)] + more
+    names = {label: hook_names(d) for label, d, _ in sides}
     runs = {}
     base = 1
     overlay.up()
@@ -174,21 +182,21 @@ def main():
                 B.stop_tracer(proc, stats)
 
             # one unmeasured start each: the first start compiles
-            for label, d in sides:
+            for label, d, more in sides:
                 for c in configs:
                     if c != "floor":
-                        stop_tracer(tracer(d, flags[c])())
+                        stop_tracer(tracer(d, flags(c, more))())
             for _ in range(args.pairs):
                 for c in configs:
                     if c == "floor":
                         m = measure(lambda: B.attach_empty(None),
                                     lambda fds: [os.close(fd) for fd in fds],
-                                    names[sides[-1][0]], args.seconds, args.rate, base)
+                                    names["new"], args.seconds, args.rate, base)
                         runs.setdefault(("floor", "-"), []).append(m)
                         base = B.next_base(base, 1)
                         continue
-                    for label, d in sides:
-                        m = measure(tracer(d, flags[c]), stop_tracer, names[label],
+                    for label, d, more in sides:
+                        m = measure(tracer(d, flags(c, more)), stop_tracer, names[label],
                                     args.seconds, args.rate, base, lambda h: h[0].pid)
                         runs.setdefault((c, label), []).append(m)
                         base = B.next_base(base, 1)
@@ -196,9 +204,10 @@ def main():
         set_stats(0)
         if not args.keep_lab:
             overlay.down()
-    allnames = names[sides[-1][0]]
+    allnames = names["new"]
     out = {"rate": args.rate, "seconds": args.seconds, "pairs": args.pairs,
-           "baselines": {label: d for label, d in sides[:-1]},
+           "baselines": {label: d for label, d, _ in sides if label not in ("new", "alt")},
+           "alt_args": args.alt_args,
            "results": {"%s/%s" % k: summarize(v, allnames) for k, v in runs.items()}}
     if args.json:
         print(json.dumps(out))

@@ -446,6 +446,15 @@ static __always_inline s32 pp_ipv6(u8 *h, u64 addr, int direct, u32 off, struct 
 static __always_inline s32 pp_l3(u8 *h, u64 addr, int direct, u16 type, u32 off,
                                  struct pp_flow4 *f, u64 *a6, u8 *proto, u8 *fam, u64 *k3)
 {
+#ifdef PP_NO_IPV6
+    /* no IPv6 flow can match the filter on either level (program.py): an IPv6 packet is not
+     * parsed (as an unparsed one, the skb map alone may still know it) */
+    *fam = 4;
+    if (type != 0x0800)
+        return -1;
+    s32 r4 = pp_ipv4(h, addr, direct, off, f, proto, k3);
+    return r4 == -2 ? -1 : r4;
+#else
     if (type == 0x0800) {
         s32 r = pp_ipv4(h, addr, direct, off, f, proto, k3);
         if (r != -2) {
@@ -457,6 +466,7 @@ static __always_inline s32 pp_l3(u8 *h, u64 addr, int direct, u16 type, u32 off,
     }
     *fam = 6;
     return pp_ipv6(h, addr, direct, off, f, a6, proto, k3);
+#endif
 }
 
 /* L4 at `off`: the header's length (UDP 8; TCP its data offset) with the ports in f, for UDP
@@ -640,9 +650,15 @@ static __always_inline u32 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u
     /* UDP: not the L3 length nor IPv4's more-fragments flag, which reassembly changes (a first
      * fragment and its reassembled datagram have one key; UDP's length covers the length).
      * TCP: the L3 length with the data offset gives the payload length. */
+#ifdef PP_PROTO_TCP
     if (proto == 17) {
+#else
+    {   /* (only UDP is traced) */
+#endif
         k3 &= fam == 6 ? 0x00000000ffffffffULL : 0x0000ffdfffff0000ULL;
-    } else {
+    }
+#ifdef PP_PROTO_TCP
+    else {
         /* A TCP segment that occupies sequence space (SYN, FIN or data) is keyed by its bytes
          * of the stream: not the IP ID (IPv6: the flow label) nor the ACK number, which a
          * retransmission of it changes, so that a retransmission has its first copy's key
@@ -659,6 +675,7 @@ static __always_inline u32 pp_key_headers(struct pp_flow4 *f, u8 fam, u64 *a6, u
         if (seqspace)
             k4[0] &= 0xffffffffULL;   /* the sequence number (its 4 bytes as loaded) */
     }
+#endif
     h = pp_mix(h, (u64)f->ports << 32 | (u32)k4[1]);
     h = pp_mix(h, k3);
     h = pp_mix(h, k4[0]);
@@ -746,14 +763,20 @@ static __always_inline int pp_parse(u8 *h, u64 addr, int direct, int l2, u32 lin
             return PP_NOMATCH;
         o = f;
         ofam = fam;
+#ifndef PP_NO_IPV6
         if (fam == 6) {
             p->out6[0] = p->in6[0];
             p->out6[1] = p->in6[1];
             p->out6[2] = p->in6[2];
             p->out6[3] = p->in6[3];
         }
+#endif
         in = pp_l2(eth, in, 0, &type);
+#ifdef PP_NO_IPV6
+        if (type != 0x0800)
+#else
         if (type != 0x0800 && type != 0x86dd)
+#endif
             return PP_NOMATCH;
         l4 = pp_l3(h, addr, direct, type, in, &f, p->in6, &proto, &fam, &k3);
         if (l4 <= 0)
@@ -968,12 +991,15 @@ static __always_inline void pp_where(u64 d, u64 sk, u32 *netns, u32 *ifindex, ch
 static __always_inline void pp_flow_put(struct pp_flow *r, struct pp_flow4 *f, u64 *a6,
                                         u8 family, u8 proto)
 {
+#ifndef PP_NO_IPV6
     if (family == 6) {
         r->saddr[0] = a6[0];
         r->saddr[1] = a6[1];
         r->daddr[0] = a6[2];
         r->daddr[1] = a6[3];
-    } else {
+    } else
+#endif
+    {
         r->saddr[0] = f->saddr;
         r->saddr[1] = 0;
         r->daddr[0] = f->daddr;
@@ -994,10 +1020,33 @@ static __always_inline int pp_flow_differs(struct pp_flow *r, struct pp_flow4 *f
     if (r->family != family || r->sport != __builtin_bswap16(f->ports) ||
         r->dport != __builtin_bswap16(f->ports >> 16))
         return 1;
+#ifndef PP_NO_IPV6
     if (family == 6)
         return r->saddr[0] != a6[0] || r->saddr[1] != a6[1] || r->daddr[0] != a6[2] ||
                r->daddr[1] != a6[3];
+#endif
     return r->saddr[0] != f->saddr || r->daddr[0] != f->daddr;
+}
+
+/* The IPv4 addresses of a parsed flow as one word (as loaded; IPv6: 0, see pp_flow4). */
+static __always_inline u64 pp_kaddrs(struct pp_flow4 *f)
+{
+    return (u64)f->daddr << 32 | f->saddr;
+}
+
+/* Whether a sighting's parsed flow differs from its path's first one (NAT rewrote addresses or
+ * ports): the IPv4 addresses and ports against the path's copy of them (one cache line the hop
+ * touches anyway; no byte swaps); an IPv6 flow (kaddrs 0) against the record. */
+static __always_inline int pp_flow_moved(struct pp_path *v, struct pp_pkt *p)
+{
+    u64 a = pp_kaddrs(&p->in);
+    if (v->kaddrs != a || v->kports != p->in.ports)
+        return 1;
+#ifndef PP_NO_IPV6
+    if (!a)
+        return pp_flow_differs(&v->inner, &p->in, p->in6, p->family);
+#endif
+    return 0;
 }
 
 /* Emit path `v` (its hops up to `idx` + 1) to user space. */
@@ -1110,6 +1159,8 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         init->first_dev = netdev;
         init->id = id;
         pp_flow_put(&init->inner, &p->in, p->in6, p->family, p->proto);
+        init->kaddrs = pp_kaddrs(&p->in);
+        init->kports = p->in.ports;
         init->stack_id = -1;
         v = paths.lookup_or_try_init(&key, init);
         if (!v) {
@@ -1136,7 +1187,8 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
         v->last_head = head;
         v->last_tail = tail;
     }
-    if (p->tun != PP_TUN_NONE && v->tun.type == PP_TUN_NONE) {
+    if (p->tun != PP_TUN_NONE && !v->ktun) {
+        v->ktun = 1;
         v->tun.type = p->tun;
         v->tun.vni = p->vni;
         pp_flow_put(&v->tun.outer, &p->out, p->out6, p->ofamily, 17);
@@ -1147,7 +1199,7 @@ static __always_inline int pp_summary(void *ctx, u64 skb, u16 hook, u8 kind, u64
     u32 idx = v->nhops;
     __sync_fetch_and_add(&v->nhops, 1);
     /* NAT: the first sighting whose (parsed) flow differs from the path's first one */
-    if (p->family && !v->nat_hop && idx && pp_flow_differs(&v->inner, &p->in, p->in6, p->family)) {
+    if (p->family && idx && pp_flow_moved(v, p) && !v->nat_hop) {
         v->nat_hop = idx;
         pp_flow_put(&v->nat, &p->in, p->in6, p->family, p->proto);
     }

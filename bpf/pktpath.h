@@ -103,14 +103,15 @@ struct pp_path {
     __u32 reason;           /* final drop: enum skb_drop_reason */
     __u16 port;             /* deliver: socket's local port */
     __u8  final_kind;       /* PP_KIND_DROP / _DELIVER / _CONSUME, or PP_KIND_PASS if still open */
-    __u8  _pad1;
+    __u8  ktun;             /* kernel side only: tun is recorded */
     __u32 nhops;            /* hops recorded (may exceed PP_MAX_HOPS: the rest were not kept) */
     __s32 stack_id;
     __u64 last_skb;         /* kernel side only: skb and data buffer of the last sighting */
     __u64 last_head;
     __u32 last_tail;
-    __u32 _pad3;
+    __u32 kports;           /* kernel side only: the first sighting's ports and IPv4 addresses */
     __u64 first_dev;        /* kernel side only: the net_device of the first sighting */
+    __u64 kaddrs;           /* (as loaded; IPv6: 0), compared at every hop (pp_flow_moved) */
     struct pp_flow inner;   /* first sighting */
     struct pp_tunnel tun;   /* first encapsulated sighting (PP_TUN_NONE: never seen in one) */
     struct pp_flow nat;     /* NAT: the flow first seen rewritten (differing from inner) */

@@ -139,6 +139,19 @@ def _addr_defines(macro, ip):
             for i in (0, 1)}
 
 
+def _v4(ip):
+    return bool(ip) and ipaddress.ip_address(ip).version == 4
+
+
+def ipv6_needed(cfg):
+    """Whether an IPv6 header can be part of a packet the filter matches: not when an IPv4
+    address filters the outer (underlay) level, which any encapsulated packet must pass (or no
+    tunnel is parsed), and one filters the traced (inner, or only) level. Otherwise the program parses no IPv6
+    (PP_NO_IPV6): such a packet is then an unparsed one, known only to the skb map."""
+    outer_v4 = _v4(cfg.shost) or _v4(cfg.dhost) or not (cfg.vxlan_port or cfg.geneve_port)
+    return not (outer_v4 and (_v4(cfg.sip) or _v4(cfg.dip)))
+
+
 # Geneve option bytes the header length is sized for (more may fit; longer are counted)
 GENEVE_OPTS = 32
 
@@ -246,6 +259,8 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
         d["PP_PROTO_TCP"] = 1
     if cfg.id_from == "headers":
         d["PP_KEY_HEADERS"] = 1
+    if not ipv6_needed(cfg) and not (extra and "PP_DROPS_ONLY" in extra):
+        d["PP_NO_IPV6"] = 1
     return ["-D%s=%s" % (k, v) for k, v in sorted(d.items())]
 
 
