@@ -114,7 +114,7 @@ def measure(start, stop, names, seconds, rate, base, pid=None):
             hook = names[empties.index(i)]
         else:
             continue
-        d = per.setdefault(hook, {"runs": 0, "ns": 0})
+        d = per.setdefault(hook, {"runs": 0, "ns": 0, "insns": p.get("bytes_xlated", 0) // 8})
         d["runs"] += p.get("run_cnt", 0) - snap0[i].get("run_cnt", 0)
         d["ns"] += p.get("run_time_ns", 0) - snap0[i].get("run_time_ns", 0)
     return {"sent": sent, "pps": sent / elapsed, "hooks": per, "user_ns": cpu * 1e9 / sent}
@@ -130,7 +130,8 @@ def summarize(ms, names):
         out["hooks"][h] = {
             "ns_per_run": round(med([m["hooks"][h]["ns"] / m["hooks"][h]["runs"] for m in xs]), 1),
             "runs_per_pkt": round(med([m["hooks"][h]["runs"] / m["sent"] for m in xs]), 2),
-            "ns_per_pkt": round(med([m["hooks"][h]["ns"] / m["sent"] for m in xs]), 1)}
+            "ns_per_pkt": round(med([m["hooks"][h]["ns"] / m["sent"] for m in xs]), 1),
+            "insns": xs[0]["hooks"][h].get("insns", 0)}   # the program's size (xlated)
     out["ns_per_pkt"] = round(med([sum(d["ns"] for d in m["hooks"].values()) / m["sent"]
                                    for m in ms]), 1)
     out["user_ns_per_pkt"] = round(med([m["user_ns"] for m in ms]))

@@ -337,3 +337,25 @@ def test_cflags_for_keys_protocols_and_ports():
     assert d["PP_PROTO_UDP"] == d["PP_PROTO_TCP"] == "1"
     # an inner TCP header may take 60 bytes: still within the header bytes read
     assert program.hdr_len(64, 60) == 512 and program.hdr_len(0, 60) == 256
+
+
+def test_cflags_leave_out_ipv6_only_where_no_ipv6_flow_can_match(cfgfile):
+    """PP_NO_IPV6 (no IPv6 parse) only when an IPv4 address filters both the outer level (or
+    no tunnel is parsed) and the traced level; never for the `drops` command."""
+    from pktpath.collect import program
+    offsets = {m: 8 * i for i, (m, _s, _p) in enumerate(program.FIELDS)}
+
+    def no_v6(text, extra=None, **ov):
+        cfg = load_config(cfgfile(text), overrides=ov or None)
+        return "-DPP_NO_IPV6=1" in program.cflags(cfg, offsets, extra=extra)
+    lab = "shost: 192.0.2.1\ndhost: 192.0.2.2\nsip: 198.51.100.1\ndip: 198.51.100.2\n"
+    assert no_v6(lab)
+    assert no_v6("dhost: 192.0.2.2\nsip: 198.51.100.1\n")
+    assert not no_v6(lab, extra={"PP_DROPS_ONLY": 1, "PP_OFF_SKB_SK": 400})
+    # an IPv6 underlay may carry the IPv4 flow; an IPv6 or no inner address may be the flow
+    assert not no_v6("sip: 198.51.100.1\ndip: 198.51.100.2\n")
+    assert not no_v6("shost: 2001:db8::a\nsip: 198.51.100.1\n")
+    assert not no_v6("shost: 192.0.2.1\nsip: 2001:db8:2::1\n")
+    assert not no_v6("shost: 192.0.2.1\n")
+    # no tunnel parsed: the traced level alone decides
+    assert no_v6("sip: 198.51.100.1\nvxlan_port: null\ngeneve_port: null\n")
