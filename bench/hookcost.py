@@ -4,6 +4,7 @@ datagram, this checkout's tracer against another commit's (--baseline), alternat
 
     sudo /usr/bin/python3 bench/hookcost.py --baseline DIR [--baseline DIR2] [--pairs 3] [--seconds 3]
                                             [--rate 20000] [--configs c,b,floor] [--json]
+                                            [--alt-args '--id-from headers']
 
 (root, builds the lab; on the shared development machines under the lab lock:
 /work/tools/roottest.sh /usr/bin/python3 bench/hookcost.py --baseline /work/base-f93)
@@ -17,7 +18,9 @@ Configurations:
   c      every packet matching (configs/lab.yaml, default hooks)
   b      the tracer attached, traffic not matching its filter (other UDP port)
   floor  an empty program on each default hook (no tracer): the bpf_stats floor
-Order per round: each baseline's c then this checkout's c, the same for b, then floor, so drift
+--alt-args ARGS also measures this checkout's tracer with ARGS added ("alt": e.g. header keys
+against payload IDs in one run). Each program's size (bpftool's bytes_xlated / 8) is in the
+JSON (`insns`). Order per round: each baseline's c then this checkout's c, the same for b, then floor, so drift
 hits all alike. Each figure is the median over the rounds. bpf_stats itself adds two clock
 reads per run (~20-40 ns: the floor's ns/run), to every configuration alike. The tracer's
 user-space CPU per datagram is shown too ("user ns/pkt": the Python consumer's share, which
