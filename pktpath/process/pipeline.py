@@ -182,9 +182,10 @@ class LivePipeline:
         self.decoder, self.netns_names = decoder, netns_names
         self.json_out, self.rec = json_out, rec
         self.only_netns, self.stack = only_netns, stack
+        delivered = records.DeliveredJSON(decoder)
         self.stream = PacketStream(netns_names, json_out, keep_delivered=keep_delivered,
                                    expand=self._expand, fast=not (rec or only_netns), idle=idle,
-                                   json_line=records.DeliveredJSON(decoder),
+                                   json_line=delivered, lone_packet=delivered.packet,
                                    raw_paths=sample.RawPaths(decoder) if summary else None,
                                    metrics=metrics)
         self.summary = summary

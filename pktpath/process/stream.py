@@ -27,7 +27,7 @@ from pktpath.output import schema
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
-                 raw_paths=None, sample_first=sample.FIRST, metrics=None):
+                 raw_paths=None, sample_first=sample.FIRST, metrics=None, lone_packet=None):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -47,6 +47,9 @@ class PacketStream:
         self.expand = expand                # record -> [events]
         self.fast = fast
         self.json_line = json_line          # (record, names) -> JSON line, or None: see flush
+        # (record, int-keyed names) -> the packet of a lone plain delivery, or None (see
+        # _build_deferred; records.DeliveredJSON.packet)
+        self.lone_packet = lone_packet
         self.idle = idle                    # called between batches of a long flush
         self.deferred = []                  # kept delivered packets still raw: record or [records]
         # packets not delivered: a bounded sample kept (raw or built), the rest aggregated and
@@ -231,14 +234,38 @@ class PacketStream:
         self.flush(force=True)
         names = self.netns_names()
         if self.deferred:
-            evs = [ev for raw in self.deferred for record in _records(raw)
-                   for ev in self.expand(record)]
-            self.deferred = []
-            self.packets.extend(reconstruct.build_packets(evs, names))
+            deferred, self.deferred = self.deferred, []
+            self.packets.extend(self._build_deferred(deferred, names))
         kept, self.sampler = self.sampler.kept(), sample.Sampler(self._spill)
         evs = [ev for item in kept if item[0] == "raw" for ev in self.expand(item[1])]
         self.packets.extend(reconstruct.build_packets(evs, names))
         self.packets.extend(item[1] for item in kept if item[0] == "pkt")
+
+    def _build_deferred(self, deferred, names):
+        """The kept delivered packets (up to keep_delivered, still raw): a lone plain record
+        straight to its packet (`lone_packet`, a third of the cost of its events: this is most
+        of a delivered flood's stop), the others through the events; an ID with more than one
+        entry goes through the events whole (build_packets decides what its records make)."""
+        fast = self.lone_packet if self.fast else None
+        built, rest = [], deferred
+        if fast is not None:
+            int_names, rest = reconstruct.ns_names(names), []
+            for raw in deferred:
+                p = fast(raw, int_names) if raw.__class__ is not list else None
+                if p is None:
+                    rest.append(raw)
+                else:
+                    built.append((p, raw))
+        evs = [ev for raw in rest for record in _records(raw) for ev in self.expand(record)]
+        if built:
+            ids = collections.Counter(p["id"] for p, _raw in built)
+            ids.update({ev["id"] for ev in evs})
+            if len(ids) < len(built) + len({ev["id"] for ev in evs}):    # an ID twice
+                again = [raw for p, raw in built if ids[p["id"]] > 1]
+                built = [b for b in built if ids[b[0]["id"]] == 1]
+                evs += [ev for raw in again for record in _records(raw)
+                        for ev in self.expand(record)]
+        return [p for p, _raw in built] + reconstruct.build_packets(evs, names)
 
     def _spill(self, item):
         """A packet not delivered that leaves the sample: into the aggregates, to the JSON."""
