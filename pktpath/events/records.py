@@ -288,6 +288,10 @@ _LAST_TS = struct.Struct("<Q").unpack_from
 _NHOPS = struct.Struct("<I").unpack_from
 
 
+# path_key's work, for stream.PacketStream.record_adder to do inline (the live path)
+PATH_KEY_FIELDS = (_KEY, _ID_OFF, PATH_HDR, HOP_SIZE)
+
+
 def path_key(data):
     """(packet ID, hops carried, final kind) of a pp_path record, without decoding it. A record
     carries the hops its emitter claimed; another CPU may have claimed more since (nhops)."""

@@ -165,7 +165,7 @@ def emit(packets, meta, end, json_out=None, timeline=50, aggregate=None, html=No
 def summary_handler(stream):
     """The live handler of summary records: each goes to `stream` raw (bench/records.py
     measures what it costs per record)."""
-    return stream.record_adder(records.path_key, records.KIND_DELIVER)
+    return stream.record_adder(records.path_key, records.KIND_DELIVER, records.PATH_KEY_FIELDS)
 
 
 class LivePipeline:

@@ -40,7 +40,9 @@ class PacketStream:
         # common case), else [(record, delivered), ...]; arrivals are noted in buckets (the IDs
         # that arrived between two flushes) instead of with a clock reading each.
         self.raw = {}
-        self._ids = []                      # IDs that arrived since the last flush
+        self._ids = []                      # IDs that arrived since the last flush (this
+        #                                     list object is kept: record_adder binds it)
+        self._unplain = []                  # of them, the lone records not delivered (_preread)
         self._buckets = collections.deque() # (clock when closed, number, [ids]), oldest first
         self._nbucket = 0                   # number of the bucket being filled
         self._again = {}                    # id -> bucket of its latest record, if several
@@ -85,7 +87,11 @@ class PacketStream:
         self.events += hops
         prev = self.raw.get(pid)
         if prev is None:
-            self.raw[pid] = record if delivered else [(record, False)]
+            if delivered:
+                self.raw[pid] = record
+            else:
+                self.raw[pid] = [(record, False)]
+                self._unplain.append(pid)
         else:
             if prev.__class__ is not list:
                 prev = self.raw[pid] = [(prev, True)]
@@ -95,28 +101,54 @@ class PacketStream:
                 self._plain.pop(pid, None)  # no longer a lone record
         self._ids.append(pid)
 
-    def record_adder(self, key, deliver):
+    def record_adder(self, key, deliver, fields=None):
         """A handler for raw records that does add_record(pid, record, hops, final == deliver)
         with (pid, hops, final) = key(record), in one call: the live path of summary mode, run
-        for every packet (bench/records.py)."""
+        for every packet (bench/records.py). `fields` (records.PATH_KEY_FIELDS): key's work
+        done inline, (unpack_from, offset, header size, hop size) with unpack_from(record,
+        offset) = (pid, final, nhops), hops = min(nhops, (len(record) - header size) // hop
+        size), which saves a call and a tuple per record."""
         raw = self.raw
         get = raw.get
+        append, unplain = self._ids.append, self._unplain.append
+
+        if fields is None:
+            def add(record):
+                pid, hops, final = key(record)
+                if get(pid) is not None:    # a second record of the ID: the general path
+                    return self.add_record(pid, record, hops, final == deliver)
+                self.events += hops
+                if final == deliver:
+                    raw[pid] = record
+                else:
+                    raw[pid] = [(record, False)]
+                    unplain(pid)
+                append(pid)
+            return add
+        unpack, off, hdr, hop = fields
 
         def add(record):
-            pid, hops, final = key(record)
+            pid, final, hops = unpack(record, off)
+            carried = (len(record) - hdr) // hop
+            if carried < hops:
+                hops = carried              # another CPU claimed more hops since (path_key)
             if get(pid) is not None:        # a second record of the ID: the general path
                 return self.add_record(pid, record, hops, final == deliver)
             self.events += hops
-            raw[pid] = record if final == deliver else [(record, False)]
-            self._ids.append(pid)
+            if final == deliver:
+                raw[pid] = record
+            else:
+                raw[pid] = [(record, False)]
+                unplain(pid)
+            append(pid)
         return add
 
     def _due(self, force):
         """IDs quiet for settle_ns (all of them with `force`), oldest first."""
         now = self.clock()
-        self._buckets.append((now, self._nbucket, self._ids))
+        self._buckets.append((now, self._nbucket, self._ids[:]))
         self._nbucket += 1
-        self._ids = []
+        self._ids.clear()
         done, raw, again = [], self.raw, self._again
         limit = now - self.settle_ns
         while self._buckets and (force or self._buckets[0][0] <= limit):
@@ -132,6 +164,7 @@ class PacketStream:
         """Finish the packets of IDs quiet for settle_ns (all of them with `force`)."""
         done = self._due(force)
         if not done and (force or not self.raw):
+            self._unplain.clear()
             return
         names = self.netns_names()
         int_names = reconstruct.ns_names(names)
@@ -147,9 +180,23 @@ class PacketStream:
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
         offer = self.sampler.offer
         metrics = self.metrics
+        # a delivered flood's common case, first: a lone delivery past the quota, with nothing
+        # to write (no --json, no metrics): only counted
+        count_only = self.fast and self.json_out is None and metrics is None
+        full = self.kept_delivered >= self.keep_delivered
+        counted, count = 0, self.streamed_ids.append
         for pid in done:
-            got = eager.pop(pid, None) if eager else None
             raw = raw_pop(pid, None)
+            if full and count_only and raw.__class__ is not list and raw is not None and \
+                    not pending:
+                if arrived:
+                    arrived.pop(pid, None)
+                if again:
+                    again.pop(pid, None)
+                counted += 1
+                count(pid)
+                continue
+            got = eager.pop(pid, None) if eager else None
             mine = pending.pop(pid, None) if pending else None
             if raw is None and mine is None:
                 continue                    # listed twice (two records in one bucket)
@@ -175,6 +222,7 @@ class PacketStream:
                 elif lone or any(d for _r, d in raw):
                     if self.kept_delivered < self.keep_delivered:
                         self.kept_delivered += 1
+                        full = self.kept_delivered >= self.keep_delivered
                         self.deferred.append(raw)
                         if metrics is not None:
                             self._meter_delivered(raw, lone, int_names, names)
@@ -201,20 +249,24 @@ class PacketStream:
             batch += 1
             if batch == self.BATCH:
                 self._finish_packets(evs, names)
+                full = self.kept_delivered >= self.keep_delivered
                 evs, batch = [], 0
                 if self.idle is not None:
                     self.idle()             # e.g. drain the ring buffer: it keeps filling
+        self.streamed += counted
         self._finish_packets(evs, names)
         if not force:
             self.agg.fold(self.idle)        # in bulk, a little at a time: less at the stop
-            if read is not None and self.fast and self._buckets:
-                self._preread(self._buckets[-1][2], int_names)
+            if read is not None and self.fast:
+                self._preread(self._unplain, int_names)
+        self._unplain.clear()
 
     def _preread(self, ids, names):
-        """Read the lone records not delivered of `ids` (the IDs that arrived since the last
-        flush) ahead of time (see _plain): reading costs a few us per record, which a flood's
-        last second would otherwise add to the stop. Not done as records arrive: the ring
-        buffer must be emptied quickly."""
+        """Read the lone records not delivered of `ids` (those that arrived since the last
+        flush: only these are listed, a delivered flood's IDs are not walked) ahead of time
+        (see _plain): reading costs a few us per record, which a flood's last second would
+        otherwise add to the stop. Not done as records arrive: the ring buffer must be emptied
+        quickly."""
         raw, plain, read, idle = self.raw, self._plain, self.raw_paths.shape_of, self.idle
         n = 0
         for pid in ids:

@@ -200,3 +200,24 @@ def test_kept_deliveries_built_straight_from_records_equal_the_general_path():
             assert built == [True, True, True, False]
     assert out[0] == out[1] and [p["id"] for p in out[1]] == [7, 7, 8, 9]
     assert [list(p) for p in out[0]] == [list(p) for p in out[1]]
+
+
+def test_record_adder_with_key_fields_inline_is_path_key():
+    """record_adder(..., records.PATH_KEY_FIELDS) (the live handler) reads each record as
+    records.path_key does, a record claiming more hops than it carries included."""
+    from pktpath.events import records
+    from tests.unit.test_pipeline import DELIVER, DROP, path_record
+    short = bytearray(path_record(4, 5, DELIVER))
+    short[records.NHOPS_OFFSET:records.NHOPS_OFFSET + 4] = (9).to_bytes(4, "little")
+    recs = [path_record(1, 5, DELIVER), path_record(2, 3, DROP, reason=3), path_record(3, 2),
+            path_record(1, 4, DROP, reason=3), bytes(short)]
+    a, _, _ = make(keep=10)
+    b, _, _ = make(keep=10)
+    add = b.record_adder(records.path_key, records.KIND_DELIVER, records.PATH_KEY_FIELDS)
+    for r in recs:
+        pid, hops, final = records.path_key(r)
+        a.add_record(pid, r, hops, final == records.KIND_DELIVER)
+        add(r)
+    assert b.raw == a.raw and b._ids == a._ids and b._again == a._again
+    assert b._unplain == a._unplain == [2, 3]
+    assert b.events == a.events == sum(records.path_key(r)[1] for r in recs)
