@@ -5,6 +5,7 @@
   after which the count falls.
 """
 from array import array
+from bisect import bisect_left, bisect_right
 from itertools import repeat
 from operator import sub, truediv
 
@@ -23,6 +24,57 @@ def stage(hop):
 
 def _pct(sorted_vals, q):
     return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
+
+
+def _percentiles(vals, runs, qs):
+    """[_pct(sorted(vals), q) for q in qs] (q 1.0: the largest), exactly. A flood's latencies
+    are a few long sorted runs (`runs`: [(start, end)] in `vals`, add_bulk) and a few values
+    added one packet at a time: the percentiles are selected across the runs (bisect) instead
+    of sorting every value at the stop (~30-60 ms per segment for 200k packets)."""
+    n = len(vals)
+    if not runs or n < 4096 or len(runs) > 256:
+        s = sorted(vals)
+        return [_pct(s, q) for q in qs]
+    seqs, pos = [], 0
+    loose = array("d")
+    for start, end in sorted(runs):
+        loose.extend(vals[pos:start])
+        seqs.append((vals, start, end))
+        pos = end
+    loose.extend(vals[pos:])
+    if loose:
+        seqs.append((sorted(loose), 0, len(loose)))
+    return [_kth(seqs, min(n - 1, int(q * n))) for q in qs]
+
+
+def _kth(seqs, k):
+    """The k-th smallest value (0-based) over the sorted slices `seqs` [(seq, lo, hi)]: what
+    sorted(all of them)[k] is. The pivot is the weighted median of the slices' middle values,
+    so each round drops at least a quarter of the values left."""
+    seqs = [[a, lo, hi] for a, lo, hi in seqs if hi > lo]
+    while True:
+        if not seqs:
+            raise IndexError("k past the values")
+        mids = sorted((a[(lo + hi) // 2], hi - lo) for a, lo, hi in seqs)
+        half, acc = sum(w for _v, w in mids), 0
+        for pivot, w in mids:
+            acc += w
+            if 2 * acc >= half:
+                break
+        below = [bisect_left(a, pivot, lo, hi) for a, lo, hi in seqs]
+        nbelow = sum(b - s[1] for b, s in zip(below, seqs))
+        if k < nbelow:
+            for s, b in zip(seqs, below):
+                s[2] = b
+        else:
+            upto = [bisect_right(a, pivot, lo, hi) for a, lo, hi in seqs]
+            nupto = sum(u - s[1] for u, s in zip(upto, seqs))
+            if k < nupto:
+                return pivot
+            k -= nupto
+            for s, u in zip(seqs, upto):
+                s[1] = u
+        seqs = [s for s in seqs if s[2] > s[1]]
 
 
 def segments(packets):
@@ -56,6 +108,7 @@ class PathStats:
         self._positions = {}   # stage -> {position on the path: packets}
         self._rank = {}        # key of _gaps or _reach -> lowest (id, first_ns, hop) having it
         self._ended = {}       # last counted stage of a path -> {verdict: packets}
+        self._runs = {}        # key of _gaps -> [(start, end)] of its sorted runs (add_bulk)
 
     def add(self, p):
         path = p["path"]
@@ -123,10 +176,12 @@ class PathStats:
                 ranks[key] = rank + (i,)
             elif rank < ranks[key]:
                 ranks[key] = rank + (i,)
-            # sorted: the array is then a few long sorted runs, which segments() merges in
-            # linear time instead of sorting every latency at the stop
+            # sorted: the array is then a few long sorted runs, in which segments() finds its
+            # percentiles without sorting every latency at the stop
+            start = len(vals)
             vals.extend(sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]),
                                    repeat(1e3, count))))
+            self._runs.setdefault(key, []).append((start, len(vals)))
             if idle is not None and count > 4096:
                 idle()
         seen = set()
@@ -151,10 +206,10 @@ class PathStats:
         out = []
         for key in sorted(self._gaps, key=self._rank.__getitem__):
             a, b = key
-            vals = sorted(self._gaps[key])
-            out.append({"from": a, "to": b, "count": len(vals), "p50_us": _pct(vals, 0.5),
-                        "p90_us": _pct(vals, 0.9), "p99_us": _pct(vals, 0.99),
-                        "max_us": vals[-1]})
+            p50, p90, p99, top = _percentiles(self._gaps[key], self._runs.get(key),
+                                              (0.5, 0.9, 0.99, 1.0))
+            out.append({"from": a, "to": b, "count": len(self._gaps[key]), "p50_us": p50,
+                        "p90_us": p90, "p99_us": p99, "max_us": top})
         out.sort(key=lambda s: (-s["count"], -s["max_us"]))
         return out
 

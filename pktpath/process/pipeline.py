@@ -165,7 +165,7 @@ def emit(packets, meta, end, json_out=None, timeline=50, aggregate=None, html=No
 def summary_handler(stream):
     """The live handler of summary records: each goes to `stream` raw (bench/records.py
     measures what it costs per record)."""
-    return stream.record_adder(records.path_key, records.KIND_DELIVER)
+    return stream.record_adder(records.path_key, records.KIND_DELIVER, records.PATH_KEY_FIELDS)
 
 
 class LivePipeline:
@@ -182,9 +182,10 @@ class LivePipeline:
         self.decoder, self.netns_names = decoder, netns_names
         self.json_out, self.rec = json_out, rec
         self.only_netns, self.stack = only_netns, stack
+        delivered = records.DeliveredJSON(decoder)
         self.stream = PacketStream(netns_names, json_out, keep_delivered=keep_delivered,
                                    expand=self._expand, fast=not (rec or only_netns), idle=idle,
-                                   json_line=records.DeliveredJSON(decoder),
+                                   json_line=delivered, lone_packet=delivered.packet,
                                    raw_paths=sample.RawPaths(decoder) if summary else None,
                                    metrics=metrics)
         self.summary = summary

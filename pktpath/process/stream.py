@@ -27,7 +27,7 @@ from pktpath.output import schema
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
-                 raw_paths=None, sample_first=sample.FIRST, metrics=None):
+                 raw_paths=None, sample_first=sample.FIRST, metrics=None, lone_packet=None):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -40,13 +40,18 @@ class PacketStream:
         # common case), else [(record, delivered), ...]; arrivals are noted in buckets (the IDs
         # that arrived between two flushes) instead of with a clock reading each.
         self.raw = {}
-        self._ids = []                      # IDs that arrived since the last flush
+        self._ids = []                      # IDs that arrived since the last flush (this
+        #                                     list object is kept: record_adder binds it)
+        self._unplain = []                  # of them, the lone records not delivered (_preread)
         self._buckets = collections.deque() # (clock when closed, number, [ids]), oldest first
         self._nbucket = 0                   # number of the bucket being filled
         self._again = {}                    # id -> bucket of its latest record, if several
         self.expand = expand                # record -> [events]
         self.fast = fast
         self.json_line = json_line          # (record, names) -> JSON line, or None: see flush
+        # (record, int-keyed names) -> the packet of a lone plain delivery, or None (see
+        # _build_deferred; records.DeliveredJSON.packet)
+        self.lone_packet = lone_packet
         self.idle = idle                    # called between batches of a long flush
         self.deferred = []                  # kept delivered packets still raw: record or [records]
         # packets not delivered: a bounded sample kept (raw or built), the rest aggregated and
@@ -82,7 +87,11 @@ class PacketStream:
         self.events += hops
         prev = self.raw.get(pid)
         if prev is None:
-            self.raw[pid] = record if delivered else [(record, False)]
+            if delivered:
+                self.raw[pid] = record
+            else:
+                self.raw[pid] = [(record, False)]
+                self._unplain.append(pid)
         else:
             if prev.__class__ is not list:
                 prev = self.raw[pid] = [(prev, True)]
@@ -92,28 +101,54 @@ class PacketStream:
                 self._plain.pop(pid, None)  # no longer a lone record
         self._ids.append(pid)
 
-    def record_adder(self, key, deliver):
+    def record_adder(self, key, deliver, fields=None):
         """A handler for raw records that does add_record(pid, record, hops, final == deliver)
         with (pid, hops, final) = key(record), in one call: the live path of summary mode, run
-        for every packet (bench/records.py)."""
+        for every packet (bench/records.py). `fields` (records.PATH_KEY_FIELDS): key's work
+        done inline, (unpack_from, offset, header size, hop size) with unpack_from(record,
+        offset) = (pid, final, nhops), hops = min(nhops, (len(record) - header size) // hop
+        size), which saves a call and a tuple per record."""
         raw = self.raw
         get = raw.get
+        append, unplain = self._ids.append, self._unplain.append
+
+        if fields is None:
+            def add(record):
+                pid, hops, final = key(record)
+                if get(pid) is not None:    # a second record of the ID: the general path
+                    return self.add_record(pid, record, hops, final == deliver)
+                self.events += hops
+                if final == deliver:
+                    raw[pid] = record
+                else:
+                    raw[pid] = [(record, False)]
+                    unplain(pid)
+                append(pid)
+            return add
+        unpack, off, hdr, hop = fields
 
         def add(record):
-            pid, hops, final = key(record)
+            pid, final, hops = unpack(record, off)
+            carried = (len(record) - hdr) // hop
+            if carried < hops:
+                hops = carried              # another CPU claimed more hops since (path_key)
             if get(pid) is not None:        # a second record of the ID: the general path
                 return self.add_record(pid, record, hops, final == deliver)
             self.events += hops
-            raw[pid] = record if final == deliver else [(record, False)]
-            self._ids.append(pid)
+            if final == deliver:
+                raw[pid] = record
+            else:
+                raw[pid] = [(record, False)]
+                unplain(pid)
+            append(pid)
         return add
 
     def _due(self, force):
         """IDs quiet for settle_ns (all of them with `force`), oldest first."""
         now = self.clock()
-        self._buckets.append((now, self._nbucket, self._ids))
+        self._buckets.append((now, self._nbucket, self._ids[:]))
         self._nbucket += 1
-        self._ids = []
+        self._ids.clear()
         done, raw, again = [], self.raw, self._again
         limit = now - self.settle_ns
         while self._buckets and (force or self._buckets[0][0] <= limit):
@@ -129,6 +164,7 @@ class PacketStream:
         """Finish the packets of IDs quiet for settle_ns (all of them with `force`)."""
         done = self._due(force)
         if not done and (force or not self.raw):
+            self._unplain.clear()
             return
         names = self.netns_names()
         int_names = reconstruct.ns_names(names)
@@ -144,9 +180,23 @@ class PacketStream:
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
         offer = self.sampler.offer
         metrics = self.metrics
+        # a delivered flood's common case, first: a lone delivery past the quota, with nothing
+        # to write (no --json, no metrics): only counted
+        count_only = self.fast and self.json_out is None and metrics is None
+        full = self.kept_delivered >= self.keep_delivered
+        counted, count = 0, self.streamed_ids.append
         for pid in done:
-            got = eager.pop(pid, None) if eager else None
             raw = raw_pop(pid, None)
+            if full and count_only and raw.__class__ is not list and raw is not None and \
+                    not pending:
+                if arrived:
+                    arrived.pop(pid, None)
+                if again:
+                    again.pop(pid, None)
+                counted += 1
+                count(pid)
+                continue
+            got = eager.pop(pid, None) if eager else None
             mine = pending.pop(pid, None) if pending else None
             if raw is None and mine is None:
                 continue                    # listed twice (two records in one bucket)
@@ -172,6 +222,7 @@ class PacketStream:
                 elif lone or any(d for _r, d in raw):
                     if self.kept_delivered < self.keep_delivered:
                         self.kept_delivered += 1
+                        full = self.kept_delivered >= self.keep_delivered
                         self.deferred.append(raw)
                         if metrics is not None:
                             self._meter_delivered(raw, lone, int_names, names)
@@ -198,20 +249,24 @@ class PacketStream:
             batch += 1
             if batch == self.BATCH:
                 self._finish_packets(evs, names)
+                full = self.kept_delivered >= self.keep_delivered
                 evs, batch = [], 0
                 if self.idle is not None:
                     self.idle()             # e.g. drain the ring buffer: it keeps filling
+        self.streamed += counted
         self._finish_packets(evs, names)
         if not force:
             self.agg.fold(self.idle)        # in bulk, a little at a time: less at the stop
-            if read is not None and self.fast and self._buckets:
-                self._preread(self._buckets[-1][2], int_names)
+            if read is not None and self.fast:
+                self._preread(self._unplain, int_names)
+        self._unplain.clear()
 
     def _preread(self, ids, names):
-        """Read the lone records not delivered of `ids` (the IDs that arrived since the last
-        flush) ahead of time (see _plain): reading costs a few us per record, which a flood's
-        last second would otherwise add to the stop. Not done as records arrive: the ring
-        buffer must be emptied quickly."""
+        """Read the lone records not delivered of `ids` (those that arrived since the last
+        flush: only these are listed, a delivered flood's IDs are not walked) ahead of time
+        (see _plain): reading costs a few us per record, which a flood's last second would
+        otherwise add to the stop. Not done as records arrive: the ring buffer must be emptied
+        quickly."""
         raw, plain, read, idle = self.raw, self._plain, self.raw_paths.shape_of, self.idle
         n = 0
         for pid in ids:
@@ -231,14 +286,38 @@ class PacketStream:
         self.flush(force=True)
         names = self.netns_names()
         if self.deferred:
-            evs = [ev for raw in self.deferred for record in _records(raw)
-                   for ev in self.expand(record)]
-            self.deferred = []
-            self.packets.extend(reconstruct.build_packets(evs, names))
+            deferred, self.deferred = self.deferred, []
+            self.packets.extend(self._build_deferred(deferred, names))
         kept, self.sampler = self.sampler.kept(), sample.Sampler(self._spill)
         evs = [ev for item in kept if item[0] == "raw" for ev in self.expand(item[1])]
         self.packets.extend(reconstruct.build_packets(evs, names))
         self.packets.extend(item[1] for item in kept if item[0] == "pkt")
+
+    def _build_deferred(self, deferred, names):
+        """The kept delivered packets (up to keep_delivered, still raw): a lone plain record
+        straight to its packet (`lone_packet`, a third of the cost of its events: this is most
+        of a delivered flood's stop), the others through the events; an ID with more than one
+        entry goes through the events whole (build_packets decides what its records make)."""
+        fast = self.lone_packet if self.fast else None
+        built, rest = [], deferred
+        if fast is not None:
+            int_names, rest = reconstruct.ns_names(names), []
+            for raw in deferred:
+                p = fast(raw, int_names) if raw.__class__ is not list else None
+                if p is None:
+                    rest.append(raw)
+                else:
+                    built.append((p, raw))
+        evs = [ev for raw in rest for record in _records(raw) for ev in self.expand(record)]
+        if built:
+            ids = collections.Counter(p["id"] for p, _raw in built)
+            ids.update({ev["id"] for ev in evs})
+            if len(ids) < len(built) + len({ev["id"] for ev in evs}):    # an ID twice
+                again = [raw for p, raw in built if ids[p["id"]] > 1]
+                built = [b for b in built if ids[b[0]["id"]] == 1]
+                evs += [ev for raw in again for record in _records(raw)
+                        for ev in self.expand(record)]
+        return [p for p, _raw in built] + reconstruct.build_packets(evs, names)
 
     def _spill(self, item):
         """A packet not delivered that leaves the sample: into the aggregates, to the JSON."""

@@ -75,3 +75,31 @@ def test_funnel_says_dropped_for_dropped_packets_and_lost_for_lost_ones():
     stats.add_stages((1, 0), ["a", "b"], [0, 1], [True, True], "delivered")
     stats.add_stages((2, 0), ["a", "c"], [0, 1], [True, True], "delivered")
     assert stats.funnel()[1] == "1 packet seen at a was not seen at b"
+
+
+def test_percentiles_selected_across_sorted_runs_equal_a_full_sort():
+    """segments()' percentiles of a flood (sorted runs from add_bulk, values added one packet
+    at a time between them, ties) are those of sorting every value."""
+    import random
+    from array import array
+    rng = random.Random(3)
+    for trial in range(40):
+        vals, runs = array("d"), []
+        for _ in range(rng.randrange(1, 12)):
+            for _ in range(rng.randrange(0, 30)):               # one packet at a time
+                vals.append(rng.choice([1.5, 2.0, rng.uniform(0, 100)]))
+            start = len(vals)
+            vals.extend(sorted(rng.choice([rng.uniform(0, 100), float(rng.randrange(5))])
+                               for _ in range(rng.randrange(0, 3000))))
+            runs.append((start, len(vals)))
+        start = len(vals)
+        vals.extend([7.0] * 4096 if trial % 3 == 0 else sorted(
+            rng.uniform(0, 100) for _ in range(4096)))
+        runs.append((start, len(vals)))
+        s = sorted(vals)
+        qs = (0.0, 0.5, 0.9, 0.99, 1.0)
+        assert analysis._percentiles(vals, runs, qs) == \
+            [s[min(len(s) - 1, int(q * len(s)))] for q in qs]
+        inruns = sorted(x for a, b in runs for x in vals[a:b])
+        for k in (0, len(inruns) // 3, len(inruns) - 1):
+            assert analysis._kth([(vals, a, b) for a, b in runs], k) == inruns[k]

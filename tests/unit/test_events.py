@@ -290,6 +290,22 @@ def test_delivered_json_is_the_general_path_to_the_byte():
         ref = io.StringIO()
         report.write_json(reconstruct.build_packets(dec.decode_path(rec), names), ref)
         assert fast(rec, names) == ref.getvalue()
+        _same_packet(fast, dec, rec, names)
+
+
+def _same_packet(fast, dec, rec, names):
+    """DeliveredJSON.packet: the general path's packet dict, equal and in the same key order
+    (the report and --json read them), hops not shared between packets."""
+    from pktpath.process import reconstruct
+    ref = reconstruct.build_packets(dec.decode_path(rec), names)
+    got = fast.packet(rec, reconstruct.ns_names(names))
+    assert [got] == ref
+    assert json.dumps(got) == json.dumps(ref[0])
+    assert got["path"][0] is not fast.packet(rec, reconstruct.ns_names(names))["path"][0]
+    keyed = records.PathDecoder(dec.hook_names, key="headers")     # key, proto, flow
+    ref = reconstruct.build_packets(keyed.decode_path(rec), names)
+    got = records.DeliveredJSON(keyed).packet(rec, reconstruct.ns_names(names))
+    assert [got] == ref and list(got) == list(ref[0]) and "key" in got
 
 
 def test_delivered_json_declines_what_it_does_not_cover():
@@ -299,9 +315,11 @@ def test_delivered_json_declines_what_it_does_not_cover():
     rec = bytearray(_random_delivered(rng, 1))
     rec[records.PATH.offset("final_kind")] = 1                   # a drop
     assert fast(bytes(rec), {}) is None
+    assert fast.packet(bytes(rec), {}) is None
     data = _path(hops=[_hop(0, 0, 0),                             # slot lost to a race
                        _hop(0, 2, records.F_HOP_SET)], id=2, final_kind=2, nhops=2, stack_id=-1)
     assert fast(data, {}) is None
+    assert fast.packet(data, {}) is None
 
 
 # ---- IPv6 and Geneve records ----
@@ -406,6 +424,7 @@ def test_delivered_json_is_the_general_path_with_ipv6_and_geneve():
         ref = io.StringIO()
         report.write_json(reconstruct.build_packets(dec.decode_path(rec), {}), ref)
         assert fast(rec, {}) == ref.getvalue()
+        _same_packet(fast, dec, rec, {})
         seen.update(h["tunnel"] for line in ref.getvalue().splitlines()
                     for h in json.loads(line)["path"])
         seen.add("[" in ref.getvalue())

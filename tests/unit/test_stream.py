@@ -164,3 +164,60 @@ def test_record_adder_is_add_record_in_one_call():
             b.flush()
     assert b.raw == a.raw and b._ids == a._ids and b._again == a._again
     assert b.events == a.events == 15
+
+
+def test_kept_deliveries_built_straight_from_records_equal_the_general_path():
+    """settle builds a kept lone plain delivery with `lone_packet` (records.DeliveredJSON
+    .packet); an ID kept twice (reused after its first packet finished) and a record that is
+    not plain go through the events: the packets are those of the general path."""
+    from pktpath.events import records
+    from tests.unit.test_pipeline import DELIVER, HOOKS, NAMES, REASONS, T0, path_record, \
+        symbolize
+    recs = [path_record(7, 5, DELIVER), path_record(8, 5, DELIVER),
+            path_record(7, 5, DELIVER, t=T0 + 5 * 10 ** 9), path_record(9, 4, DELIVER)]
+    odd = bytearray(recs[3])                         # a hop slot lost to a race: not plain
+    odd[records.PATH_HDR + records.HOP_SIZE + records.HOP.offset("flags")] = 0
+    recs[3] = bytes(odd)
+    out = []
+    for fast in (False, True):
+        dec = records.PathDecoder(HOOKS, REASONS, symbolize)
+        built = []
+
+        def lone(data, names, f=records.DeliveredJSON(dec).packet):
+            p = f(data, names)
+            built.append(p is not None)
+            return p
+        clock = Clock()
+        s = stream.PacketStream(lambda: NAMES, keep_delivered=10, settle_ns=10, clock=clock,
+                                expand=dec.decode_path, lone_packet=lone if fast else None)
+        for i, r in enumerate(recs):
+            pid, hops, final = records.path_key(r)
+            s.add_record(pid, r, hops, final == records.KIND_DELIVER)
+            clock.t += 100
+            s.flush()                                # each finished before the next
+        out.append(s.finish())
+        if fast:
+            assert built == [True, True, True, False]
+    assert out[0] == out[1] and [p["id"] for p in out[1]] == [7, 7, 8, 9]
+    assert [list(p) for p in out[0]] == [list(p) for p in out[1]]
+
+
+def test_record_adder_with_key_fields_inline_is_path_key():
+    """record_adder(..., records.PATH_KEY_FIELDS) (the live handler) reads each record as
+    records.path_key does, a record claiming more hops than it carries included."""
+    from pktpath.events import records
+    from tests.unit.test_pipeline import DELIVER, DROP, path_record
+    short = bytearray(path_record(4, 5, DELIVER))
+    short[records.NHOPS_OFFSET:records.NHOPS_OFFSET + 4] = (9).to_bytes(4, "little")
+    recs = [path_record(1, 5, DELIVER), path_record(2, 3, DROP, reason=3), path_record(3, 2),
+            path_record(1, 4, DROP, reason=3), bytes(short)]
+    a, _, _ = make(keep=10)
+    b, _, _ = make(keep=10)
+    add = b.record_adder(records.path_key, records.KIND_DELIVER, records.PATH_KEY_FIELDS)
+    for r in recs:
+        pid, hops, final = records.path_key(r)
+        a.add_record(pid, r, hops, final == records.KIND_DELIVER)
+        add(r)
+    assert b.raw == a.raw and b._ids == a._ids and b._again == a._again
+    assert b._unplain == a._unplain == [2, 3]
+    assert b.events == a.events == sum(records.path_key(r)[1] for r in recs)
