@@ -2109,6 +2109,20 @@ static __always_inline int pp_nat_candidate(u64 sk, int direct)
 }
 #endif
 
+/* The packet this CPU saw pass last (lastseen), if moments ago (PP_LASTSEEN_NS) and in socket
+ * sk's namespace: what the fallbacks of pp_deliver and pp_state look at. */
+static __always_inline struct pp_lastseen *pp_recent(u64 sk, int direct, u64 now)
+{
+    u32 zero = 0;
+    struct pp_lastseen *ls = lastseen.lookup(&zero);
+    if (!ls || !ls->ts || now - ls->ts > PP_LASTSEEN_NS)
+        return 0;
+    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
+    if (pp_netns_of_net(skn, direct) != ls->netns)
+        return 0;
+    return ls;
+}
+
 /* A socket's data-ready callback: the datagram just queued is the receive queue's tail.
  * Races: when two CPUs queue datagrams at once, both callbacks may see the later one as the
  * tail, so the datagrams before it are looked at too; and a reader running on another CPU may
@@ -2149,20 +2163,15 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
      * saw last, moments ago, in the socket's own namespace: deliver that one if its path is
      * still open (the CPU that calls sk_data_ready queued its own datagram in that batch). */
     (void)found;
-    u32 zero = 0;
-    struct pp_lastseen *ls = lastseen.lookup(&zero);
-    if (!ls || !ls->ts || !ls->skb)
-        return 0;   /* (skb 0: that packet is done, see pp_summary) */
     u64 now = bpf_ktime_get_ns();
+    struct pp_lastseen *ls = pp_recent(sk, direct, now);
+    if (!ls || !ls->skb)
+        return 0;   /* (skb 0: that packet is done, see pp_summary) */
     struct pp_pkt p;
     __builtin_memset(&p, 0, PP_PKT_ZERO);
     p.id = ls->id;
     struct pp_pathkey key = {.skb = ls->skb, .id = ls->id};
-    struct pp_path *v = paths.lookup(&key);
-    if (!v || now - ls->ts > PP_LASTSEEN_NS)
-        return 0;
-    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
-    if (pp_netns_of_net(skn, direct) != ls->netns)
+    if (!paths.lookup(&key))
         return 0;
     ls->ts = 0;
     pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, 0, direct,
@@ -2175,15 +2184,9 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
      * same skb delivered to the same socket twice is one delivery. */
     if (found || skproto != 17)
         return 0;
-    u32 zero = 0;
-    struct pp_lastseen *ls = lastseen.lookup(&zero);
-    if (!ls || !ls->ts || !ls->skb || ls->proto != 17)
-        return 0;
     u64 now = bpf_ktime_get_ns();
-    if (now - ls->ts > PP_LASTSEEN_NS)
-        return 0;
-    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
-    if (pp_netns_of_net(skn, direct) != ls->netns)
+    struct pp_lastseen *ls = pp_recent(sk, direct, now);
+    if (!ls || !ls->skb || ls->proto != 17)
         return 0;
     struct pp_pkt p;
     __builtin_memset(&p, 0, PP_PKT_ZERO);
@@ -2212,20 +2215,14 @@ static __always_inline int pp_state(void *ctx, u64 sk, int old, int new, u16 hoo
      * (there is no path): a consume record of that key, at the socket */
     if (!pp_is_kptr(sk))
         return 0;
-    u32 zero = 0;
-    struct pp_lastseen *ls = lastseen.lookup(&zero);
-    if (!ls || !ls->ts || ls->proto != 6)
-        return 0;
     u64 now = bpf_ktime_get_ns();
-    if (now - ls->ts > PP_LASTSEEN_NS)
+    struct pp_lastseen *ls = pp_recent(sk, direct, now);
+    if (!ls || ls->proto != 6)
         return 0;
     /* (ports as loaded: sport low half; the socket's own port is the segment's destination) */
     u16 sport = PP_RD(u16, sk + PP_OFF_INET_SPORT, direct);
     u16 dport = PP_RD(u16, sk + PP_OFF_SK_DPORT, direct);
     if ((u16)(ls->ports >> 16) != sport || (u16)ls->ports != dport)
-        return 0;
-    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
-    if (pp_netns_of_net(skn, direct) != ls->netns)
         return 0;
     struct pp_pkt p;
     __builtin_memset(&p, 0, PP_PKT_ZERO);
@@ -2235,12 +2232,9 @@ static __always_inline int pp_state(void *ctx, u64 sk, int old, int new, u16 hoo
 #else
     if (!pp_is_kptr(sk))
         return 0;
-    u32 zero = 0;
-    struct pp_lastseen *ls = lastseen.lookup(&zero);
-    if (!ls || !ls->ts || !ls->skb)
-        return 0;
     u64 now = bpf_ktime_get_ns();
-    if (now - ls->ts > PP_LASTSEEN_NS)
+    struct pp_lastseen *ls = pp_recent(sk, direct, now);
+    if (!ls || !ls->skb)
         return 0;
     struct pp_pathkey key = {.skb = ls->skb, .id = ls->id};
     struct pp_path *v = paths.lookup(&key);
@@ -2250,9 +2244,6 @@ static __always_inline int pp_state(void *ctx, u64 sk, int old, int new, u16 hoo
     u16 sport = PP_RD(u16, sk + PP_OFF_INET_SPORT, direct);   /* network order */
     u16 dport = PP_RD(u16, sk + PP_OFF_SK_DPORT, direct);
     if (v->inner.dport != __builtin_bswap16(sport) || v->inner.sport != __builtin_bswap16(dport))
-        return 0;
-    u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
-    if (pp_netns_of_net(skn, direct) != ls->netns)
         return 0;
     struct pp_pkt p;
     __builtin_memset(&p, 0, PP_PKT_ZERO);
