@@ -341,6 +341,9 @@ class PathDecoder(Decoder):
         nat_hop = _PA_NAT_HOP(t) or MAX_HOPS
         if nat_hop < MAX_HOPS:
             nsrc, ndst, _o, _d = self._flows(t, _PA_NAT, _PA_OUTER, False)
+        # the kernel path this record is (of) is its key, (skb, ID), begun at first_ts: two
+        # datagrams of one ID sent on two CPUs may begin their paths in the same nanosecond
+        path = "%d:%x" % (first_ts, skb)
         out = []
         # a record carries the hops its emitter claimed; another CPU may have claimed more since
         for i in range(min(nhops, MAX_HOPS, (len(data) - PATH_HDR) // HOP_SIZE)):
@@ -370,7 +373,7 @@ class PathDecoder(Decoder):
                 "outer_dst": odst if encap else None,
                 "reason": None, "reason_code": None, "location": None, "port": None,
                 "from_map": bool(flags & F_FROM_MAP),
-                "path": first_ts,   # one kernel-built path: one packet (reconstruct)
+                "path": path,       # one kernel-built path: one packet (reconstruct)
             }
             if kind_name == "drop":
                 ev["reason"] = self.reasons.get(reason, str(reason)) if final else None

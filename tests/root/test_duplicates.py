@@ -78,32 +78,21 @@ def test_identical_datagrams_are_three_packets(lab_up, tmp_path, mode):
 def test_two_senders_of_the_same_ids_at_once(lab_up, tmp_path, mode, count=20, rate=200):
     """Two sender processes send IDs 800-819 at the same time (200 datagrams/s each: their
     datagrams interleave): 40 packets, one delivery each, as many as the sink read (was: 20
-    packets for 40 datagrams).
-    KNOWN RACE (issue #18, open): two same-ID datagrams sent within microseconds on two CPUs
-    are still merged into one path now and then in summary mode (seen ~1 run in 5 of the
-    2,000-ID test below, ~1 in 30 of this one last session). Until that is fixed, this check
-    runs again once and fails only if both runs fail, with a warning."""
-    try:
-        _two_senders(tmp_path / "a", mode, count, rate)
-    except AssertionError as first:
-        import warnings
-        warnings.warn("known same-ID race (#18) hit once, checked again: %s"
-                      % str(first).splitlines()[0][:200])
-        _two_senders(tmp_path / "b", mode, count, rate)
+    packets for 40 datagrams)."""
+    _two_senders(tmp_path, mode, count, rate)
 
 
-@pytest.mark.parametrize("mode", [pytest.param("summary", marks=pytest.mark.xfail(
-    strict=False, reason="#18 open: ~1 run in 5 (2026-11-30, after the merges) two same-ID "
-    "datagrams sent within microseconds on two CPUs are one path from their first hop "
-    "(net_dev_queue eth0 on CPU 1 and 0, interleaved): 2-12 IDs counted once; not yet "
-    "explained")), "events"])
+@pytest.mark.parametrize("mode", ["summary", "events"])
 def test_two_senders_racing(lab_up, tmp_path, mode):
     """The same with 2,000 IDs at 2,000/s each: datagrams of one ID meet in the receiving
     socket's queue on both CPUs, where a batch's delivery walk and a datagram's own callback
     may deliver it at once (the kernel then emits its path twice). Was, in summary mode: ~8
     paths in 4,000 of 17 hops (each hop twice), 1 run in ~15 with 20 IDs; in events mode, ~1
     run in 4: 1-10 packets `lost` at their last hop (the reader had taken the datagram before
-    its callback's scan: events mode had no fallback delivery)."""
+    its callback's scan: events mode had no fallback delivery); and in summary mode ~1 run in 3,
+    2-32 IDs counted once: two datagrams sent by the two senders in step began their kernel
+    paths in the same nanosecond on two CPUs, and user space told a path by its first time
+    stamp alone (now: by its key, skb and first time stamp; 0 in 8 runs after)."""
     _two_senders(tmp_path, mode, 2000, 2000)
 
 
