@@ -163,7 +163,7 @@ def _run(args, metrics):
         decoder, session.netns_names, summary=summary, json_out=json_out, rec=rec,
         only_netns=session.netns_filter(cfg.netns), keep_delivered=args.keep_delivered,
         stack=lambda sid: session.clean_stack([kallsyms(a) for a in t.stack(sid)]), idle=t.drain,
-        metrics=metrics)
+        metrics=metrics, tcp_keys=cfg.id_from == "headers" and cfg.proto != "udp")
     interval_drops = drops.IntervalTable(kallsyms, decoder.reasons, session.netns_names)
     flush = pipe.flush
 

@@ -174,20 +174,25 @@ class LivePipeline:
     `decoder`: records.PathDecoder; `netns_names`: callable -> {inode: name}; `rec`: a
     recording.RecordingWriter or None; `only_netns`: set of inodes (empty: all); `stack`:
     stack_id -> [frames] (None: no stacks); `idle`: called between batches of a long flush;
-    `metrics`: output/metrics.Metrics (--metrics) told of each packet finished, or None.
+    `metrics`: output/metrics.Metrics (--metrics) told of each packet finished, or None;
+    `tcp_keys`: TCP traced with header keys: every packet is built as it finishes, so that a
+    retransmission finished after its first copy's flush is still marked (FirstCopies).
     """
 
     def __init__(self, decoder, netns_names, summary=True, json_out=None, rec=None,
-                 only_netns=(), keep_delivered=10000, stack=None, idle=None, metrics=None):
+                 only_netns=(), keep_delivered=10000, stack=None, idle=None, metrics=None,
+                 tcp_keys=False):
         self.decoder, self.netns_names = decoder, netns_names
         self.json_out, self.rec = json_out, rec
         self.only_netns, self.stack = only_netns, stack
         delivered = records.DeliveredJSON(decoder)
         self.stream = PacketStream(netns_names, json_out, keep_delivered=keep_delivered,
-                                   expand=self._expand, fast=not (rec or only_netns), idle=idle,
+                                   expand=self._expand,
+                                   fast=not (rec or only_netns or tcp_keys), idle=idle,
                                    json_line=delivered, lone_packet=delivered.packet,
                                    raw_paths=sample.RawPaths(decoder) if summary else None,
-                                   metrics=metrics)
+                                   metrics=metrics,
+                                   first_copies=reconstruct.FirstCopies() if tcp_keys else None)
         self.summary = summary
         self.on_record = summary_handler(self.stream) if summary else self._on_event
 

@@ -337,6 +337,32 @@ SHAPE_KEYS = ("hook", "kind", "cpu", "dev", "ifindex", "netns", "encap", "tunnel
               "key", "proto", "tcp_data", "from_map", "rewritten")
 
 
+
+class FirstCopies:
+    """The TCP segments (header keys) a live trace has finished, so that a retransmission
+    finished in a later flush (more than the settle window after its first copy: an RTO's
+    backoff doubles, 0.2, 0.4, 0.8, 1.6 s...) is marked as `retransmissions` marks one finished
+    with it, as `report` of the recording marks it. Bounded: the newest `size` keys; an older
+    one's retransmission is then not marked (the report notes nothing: it is not a verdict)."""
+
+    __slots__ = ("first", "size")
+
+    def __init__(self, size=1 << 17):
+        self.first, self.size = {}, size
+
+    def mark(self, p):
+        """Mark packet `p` (finished now) if an earlier packet of its key and flow was seen."""
+        if p.get("key") != "headers" or p.get("proto") != "tcp" or p["first_ns"] is None:
+            return
+        k = (p["id"], p.get("src"), p.get("dst"))
+        first = self.first.get(k)
+        if first is None:
+            first = self.first[k] = p["first_ns"]
+            if len(self.first) > self.size:
+                del self.first[next(iter(self.first))]   # the oldest
+        if first < p["first_ns"] and "retransmission_of" not in p:
+            p["retransmission_of"] = {"first_ns": first}
+
 class EventStore:
     """Events grouped by packet ID in compact form, for recordings too big to hold as dicts.
 

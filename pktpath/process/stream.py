@@ -27,7 +27,8 @@ from pktpath.output import schema
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
-                 raw_paths=None, sample_first=sample.FIRST, metrics=None, lone_packet=None):
+                 raw_paths=None, sample_first=sample.FIRST, metrics=None, lone_packet=None,
+                 first_copies=None):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -48,6 +49,9 @@ class PacketStream:
         self._again = {}                    # id -> bucket of its latest record, if several
         self.expand = expand                # record -> [events]
         self.fast = fast
+        # reconstruct.FirstCopies: TCP header keys finished, to mark a late retransmission (the
+        # caller then passes fast=False: every packet is built, in _finish_packets)
+        self.first_copies = first_copies
         self.json_line = json_line          # (record, names) -> JSON line, or None: see flush
         # (record, int-keyed names) -> the packet of a lone plain delivery, or None (see
         # _build_deferred; records.DeliveredJSON.packet)
@@ -348,7 +352,10 @@ class PacketStream:
     BATCH = 64
 
     def _finish_packets(self, evs, names):
+        mark = self.first_copies.mark if self.first_copies is not None else None
         for pkt in reconstruct.build_packets(evs, names):
+            if mark is not None:
+                mark(pkt)
             if self.metrics is not None:
                 self.metrics.packet(pkt)
             if pkt["verdict"] == "delivered":

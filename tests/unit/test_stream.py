@@ -221,3 +221,36 @@ def test_record_adder_with_key_fields_inline_is_path_key():
     assert b.raw == a.raw and b._ids == a._ids and b._again == a._again
     assert b._unplain == a._unplain == [2, 3]
     assert b.events == a.events == sum(records.path_key(r)[1] for r in recs)
+
+
+def test_a_retransmission_finished_after_its_first_copy_is_marked():
+    """#18: a TCP segment keyed by headers dropped, then retransmitted after the first copy's
+    packet was finished (RTO backoff beyond the settle window): marked as build_packets marks a
+    retransmission finished with its first copy (as `report` of the recording does), only for
+    the same key and flow, and only with FirstCopies (a live trace of TCP header keys)."""
+    from pktpath.process import reconstruct
+
+    def tcp(pid, t, kind, skb, dst="198.51.100.2:5007"):
+        return dict(ev(pid, t, kind, skb=skb), key="headers", proto="tcp",
+                    src="198.51.100.1:40000", dst=dst)
+
+    for copies in (reconstruct.FirstCopies(), None):
+        clock = Clock()
+        s = stream.PacketStream(lambda: {}, keep_delivered=10, settle_ns=10, clock=clock,
+                                fast=False, first_copies=copies)
+        s.add(tcp(7, 100, "pass", 1))
+        s.add(tcp(7, 110, "drop", 1))
+        clock.t = 20
+        s.flush()                                   # the first copy finished: dropped
+        s.add(tcp(7, 5000, "pass", 2))
+        s.add(tcp(7, 5010, "deliver", 2))
+        s.add(tcp(7, 5020, "pass", 3, dst="198.51.100.9:5007"))    # another flow, same key
+        clock.t = 40
+        s.flush()
+        got = sorted(finished(s), key=lambda p: p["first_ns"])
+        assert [p["verdict"] for p in got] == ["dropped", "delivered", "lost"]
+        marks = [p.get("retransmission_of") for p in got]
+        if copies is None:
+            assert marks == [None, None, None]      # what a live trace did before
+        else:
+            assert marks == [None, {"first_ns": 100}, None]
