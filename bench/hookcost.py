@@ -37,24 +37,9 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-
-import importlib.util  # noqa: E402
-_spec = importlib.util.spec_from_file_location("pktpath_bench", os.path.join(HERE, "bench.py"))
-B = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = B
-_spec.loader.exec_module(B)
-
-from pktpath.lab import overlay, sender  # noqa: E402
-from pktpath.kernel import netns  # noqa: E402
-
-
-def med(xs):
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+from common import B, ROOT, med, prog_ids, runs_ns, set_stats
+from pktpath.lab import overlay, sender
+from pktpath.kernel import netns
 
 
 def _send(args):
@@ -71,16 +56,6 @@ def send_fixed(seconds, rate, base):
     return n, time.monotonic() - t0
 
 
-def progs():
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
-                         check=True).stdout
-    return {p["id"]: p for p in json.loads(out or "[]")}
-
-
-def set_stats(on):
-    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=%d" % on], check=True)
-
-
 def hook_names(checkout):
     """The default hook list of `checkout` (its tracer's pp_h<i> runs on the i-th)."""
     code = ("try:\n from pktpath.collect import hooks\nexcept ImportError:\n"
@@ -94,16 +69,16 @@ def hook_names(checkout):
 def measure(start, stop, names, seconds, rate, base, pid=None):
     """Per hook {runs, ns} of the programs `start()` loads, the datagrams sent, and the CPU
     time of process `pid(handle)` (the tracer's user space) meanwhile."""
-    before = set(progs())
+    before = set(prog_ids())
     handle = start()
     try:
         time.sleep(0.2)
-        snap0 = {i: p for i, p in progs().items() if i not in before}
+        snap0 = {i: p for i, p in prog_ids().items() if i not in before}
         cpu0 = B.cpu_s(pid(handle)) if pid else 0
         sent, elapsed = send_fixed(seconds, rate, base)
         time.sleep(0.3)   # the last datagrams' delivery
         cpu = B.cpu_s(pid(handle)) - cpu0 if pid else 0
-        snap1 = {i: p for i, p in progs().items() if i in snap0}
+        snap1 = {i: p for i, p in prog_ids().items() if i in snap0}
     finally:
         stop(handle)
     per = {}
@@ -118,8 +93,9 @@ def measure(start, stop, names, seconds, rate, base, pid=None):
         else:
             continue
         d = per.setdefault(hook, {"runs": 0, "ns": 0, "insns": p.get("bytes_xlated", 0) // 8})
-        d["runs"] += p.get("run_cnt", 0) - snap0[i].get("run_cnt", 0)
-        d["ns"] += p.get("run_time_ns", 0) - snap0[i].get("run_time_ns", 0)
+        runs, ns = runs_ns(p, snap0[i])
+        d["runs"] += runs
+        d["ns"] += ns
     return {"sent": sent, "pps": sent / elapsed, "hooks": per, "user_ns": cpu * 1e9 / sent}
 
 

@@ -34,7 +34,6 @@ two clock reads per run) measures each tool's BPF programs: runs, ns per run, BP
 datagram, and the tool's user-space CPU.
 """
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -45,28 +44,14 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-
-_spec = importlib.util.spec_from_file_location("pktpath_bench", os.path.join(HERE, "bench.py"))
-B = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = B     # its sender function is pickled by module name
-_spec.loader.exec_module(B)
-
-from pktpath.lab import overlay  # noqa: E402
+from common import B, med, prog_ids, runs_ns, set_stats
+from pktpath.lab import overlay
 
 TRACEPOINTS = ["net:net_dev_queue", "qdisc:qdisc_enqueue", "net:netif_receive_skb",
                "sock:sk_data_ready", "skb:kfree_skb"]
 BT_COUNT = ", ".join("tracepoint:" + t for t in TRACEPOINTS) + " { @[probe] = count(); }"
 BT_DROP = "tracepoint:skb:kfree_skb { @[args->location, args->reason] = count(); }"
 TRACEFS = "/sys/kernel/tracing"
-
-
-def med(xs):
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 # -- the tools ------------------------------------------------------------------------------
@@ -132,14 +117,19 @@ def start_bpftrace(prog, tmp):
     startup = time.monotonic() - t0
 
     def stop():
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-        f.close()
-        with open(out) as g:
-            text = g.read()
+        text = _interrupt(proc, f, 60)
         counts = [int(x) for x in re.findall(r"^@\[.*\]: (\d+)$", text, re.M)]
         return {"startup_s": round(startup, 2), "events": sum(counts)}
     return Tool(proc, stop, [proc.pid])
+
+
+def _interrupt(proc, out, timeout):
+    """Stop tool `proc` with SIGINT, close the file `out` it writes to and return its text."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=timeout)
+    out.close()
+    with open(out.name) as g:
+        return g.read()
 
 
 def _wait_fds(proc, n, kinds, timeout):
@@ -180,11 +170,7 @@ def start_perf(tmp):
     def stop():
         # perf 6.1 exits with "Thread and evlist pollfd index mismatch" if its control pipe is
         # closed while it records: stop it with SIGINT
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-        err.close()
-        with open(os.path.join(tmp, "perf.err")) as g:
-            text = g.read()
+        text = _interrupt(proc, err, 120)
         m = re.search(r"\((\d+) samples\)", text)
         lost = re.search(r"lost (\d+) chunks|Lost (\d+) events", text)
         try:
@@ -207,16 +193,6 @@ def start_floor():
 
 
 # -- bpf_stats ------------------------------------------------------------------------------
-
-def prog_ids():
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
-                         check=True).stdout
-    return {p["id"]: p for p in json.loads(out or "[]")}
-
-
-def set_stats(on):
-    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=%d" % on], check=True)
-
 
 def hook_names(specs):
     """The hooks of the tracer's plan, in order: pktpath's program pp_h<i> runs on the i-th."""
@@ -255,8 +231,7 @@ def measure_stats(name, start, seconds, senders, base, specs=None):
     progs = []
     names = hook_names(specs)
     for order, (i, p) in enumerate(sorted(snap1.items())):
-        runs = p.get("run_cnt", 0) - snap0[i].get("run_cnt", 0)
-        ns = p.get("run_time_ns", 0) - snap0[i].get("run_time_ns", 0)
+        runs, ns = runs_ns(p, snap0[i])
         if runs:
             progs.append({"id": i, "name": p.get("name", "?"), "type": p.get("type"),
                           "hook": label(p, order, names),

@@ -392,6 +392,47 @@ class PathDecoder(Decoder):
         return out
 
 
+class _HopParts:
+    """The parts of a hop that repeat from packet to packet, rendered once each: `heads` by (hook,
+    dev bytes, netns) -> render_head(decoder, hook, dev, netns, names), re-rendered when the netns
+    names change; `tails` by (encap, tunnel, vni, src, dst, outer src, outer dst) ->
+    render_tail(*that key)."""
+
+    __slots__ = ("heads", "tails", "names", "render_head", "render_tail")
+
+    def __init__(self, render_head, render_tail):
+        self.heads, self.tails, self.names = {}, {}, None
+        self.render_head, self.render_tail = render_head, render_tail
+
+
+def _json_head(d, hook, dev, netns, names):
+    dumps = json.dumps
+    return '"hook":%s,"dev":%s,"netns":%d,"netns_name":%s,' % (
+        dumps(d.hook_name(hook)), dumps(_dev(dev)), netns, dumps(names.get(netns)))
+
+
+def _json_tail(encap, tname, vni, src, dst, osrc, odst):
+    dumps = json.dumps
+    return '"encap":%s,"tunnel":%s,"vni":%s,"src":%s,"dst":%s,"outer_src":%s,"outer_dst":%s}' % (
+        dumps(encap), dumps((tname or "vxlan") if encap else None),
+        dumps(vni if encap else None), dumps(src), dumps(dst),
+        dumps(osrc if encap else None), dumps(odst if encap else None))
+
+
+def _dict_head(d, hook, dev, netns, names):
+    return {"hook": d.hook_name(hook), "dev": _dev(dev), "netns": netns,
+            "netns_name": names.get(netns)}
+
+
+def _dict_tail(encap, tname, vni, src, dst, osrc, odst):
+    return {"encap": encap, "tunnel": (tname or "vxlan") if encap else None,
+            "vni": vni if encap else None, "src": src, "dst": dst,
+            "outer_src": osrc if encap else None, "outer_dst": odst if encap else None}
+
+
+_JSON_HOP = '{"t_ns":%d,%s"cpu":%d,%s'     # (t_ns, head, cpu, tail): one hop of the path
+
+
 class DeliveredJSON:
     """The `--json` line of a packet whose only record is a plain delivery, written straight from
     the record: the same text as report.write_json(reconstruct.build_packets(decode_path(r)))
@@ -402,32 +443,28 @@ class DeliveredJSON:
 
     def __init__(self, decoder):
         self.d = decoder
-        self._head = {}     # (hook, dev bytes, netns) -> rendered '"hook":..,"netns_name":..,'
-        self._tail = {}     # (encap, vni, addresses) -> rendered '"encap":..}'
-        self._names = None
-        self._phead = {}    # as _head and _tail, for packet(): the hop dicts' parts
-        self._ptail = {}
-        self._pnames = None
+        self._json = _HopParts(_json_head, _json_tail)     # rendered text, for __call__
+        self._dict = _HopParts(_dict_head, _dict_tail)     # the hop dicts' parts, for packet()
 
-    def packet(self, data, names):
-        """The packet record (dict) of the same records __call__ writes, built straight from
-        the record: equal, key order included, to build_packets(decode_path(data), names)[0]
-        (`names`: reconstruct.ns_names, int keys; tests/unit/test_events.py checks it), at a
-        third of the cost (a stop expands the kept delivered packets: up to --keep-delivered).
-        None where __call__ declines."""
+    def _hops(self, data, names, parts):
+        """What __call__ and packet() need of a plain delivery's record: (unpacked record, ID,
+        port, src, dst, hops, and the last hop's hook, dev bytes, ifindex and netns), `hops` a
+        list of (t_ns, head, cpu, tail) with head and tail from `parts`; None where __call__
+        declines."""
         t = _PATH.unpack_from(data)
         final_kind, nhops, first_ts, vni, pid, port, tun = _JSON_FIELDS(t)
         n = (len(data) - PATH_HDR) // HOP_SIZE
         if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0 or \
                 _PA_NAT_HOP(t):
             return None
-        if names is not self._pnames:
-            self._phead.clear()
-            self._pnames = names
-        src, dst, osrc, odst = self.d._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
+        heads, tails = parts.heads, parts.tails
+        if names is not parts.names:
+            heads.clear()           # netns names changed: re-render
+            parts.names = names
+        d = self.d
+        src, dst, osrc, odst = d._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
         tname = TUNNELS.get(tun, str(tun)) if tun != TUN_NONE else None
-        heads, tails = self._phead, self._ptail
-        path, prev = [], -1
+        hops, prev = [], -1
         for i in range(n):
             dt, hook, kind, flags, ifindex, netns, cpu, dev = \
                 _HOP.unpack_from(data, PATH_HDR + i * HOP_SIZE)
@@ -439,26 +476,35 @@ class DeliveredJSON:
             if head is None:
                 if len(heads) > 4096:
                     heads.clear()
-                head = heads[key] = {"hook": self.d.hook_name(hook), "dev": _dev(dev),
-                                     "netns": netns, "netns_name": names.get(netns)}
-            encap = bool(flags & F_ENCAP)
-            tkey = (encap, tname, vni, src, dst, osrc, odst)
+                head = heads[key] = parts.render_head(d, hook, dev, netns, names)
+            tkey = (bool(flags & F_ENCAP), tname, vni, src, dst, osrc, odst)
             tail = tails.get(tkey)
             if tail is None:
                 if len(tails) > 4096:
                     tails.clear()
-                tail = tails[tkey] = {
-                    "encap": encap, "tunnel": (tname or "vxlan") if encap else None,
-                    "vni": vni if encap else None, "src": src, "dst": dst,
-                    "outer_src": osrc if encap else None, "outer_dst": odst if encap else None}
-            path.append({"t_ns": first_ts + dt, **head, "cpu": cpu, **tail})
+                tail = tails[tkey] = parts.render_tail(*tkey)
+            hops.append((first_ts + dt, head, cpu, tail))
+        return t, pid, port, src, dst, hops, hook, dev, ifindex, netns
+
+    def packet(self, data, names):
+        """The packet record (dict) of the same records __call__ writes, built straight from
+        the record: equal, key order included, to build_packets(decode_path(data), names)[0]
+        (`names`: reconstruct.ns_names, int keys; tests/unit/test_events.py checks it), at a
+        third of the cost (a stop expands the kept delivered packets: up to --keep-delivered).
+        None where __call__ declines."""
+        r = self._hops(data, names, self._dict)
+        if r is None:
+            return None
+        t, pid, port, src, dst, hops, _hook, _dev_raw, ifindex, netns = r
+        head = hops[-1][1]
         nsname = names.get(netns)
-        pkt = {"id": pid, "verdict": "delivered", "events": n, "first_ns": path[0]["t_ns"],
-               "last_ns": first_ts + dt,
+        pkt = {"id": pid, "verdict": "delivered", "events": len(hops), "first_ns": hops[0][0],
+               "last_ns": hops[-1][0],
                "last": {"hook": head["hook"], "dev": head["dev"], "ifindex": ifindex,
                         "netns": netns, "netns_name": nsname},
                "drop": None, "delivered": {"netns": netns, "netns_name": nsname, "port": port},
-               "path": path}
+               "path": [{"t_ns": ts, **head, "cpu": cpu, **tail}
+                        for ts, head, cpu, tail in hops]}
         if self.d.key:
             p = t[_PA_PROTO]
             pkt["key"] = self.d.key
@@ -468,48 +514,12 @@ class DeliveredJSON:
         return pkt
 
     def __call__(self, data, names):
-        t = _PATH.unpack_from(data)
-        final_kind, nhops, first_ts, vni, pid, port, tun = _JSON_FIELDS(t)
-        n = (len(data) - PATH_HDR) // HOP_SIZE
-        if final_kind != KIND_DELIVER or nhops > MAX_HOPS or nhops != n or n == 0 or \
-                _PA_NAT_HOP(t):
+        r = self._hops(data, names, self._json)
+        if r is None:
             return None
-        if names is not self._names:
-            self._head.clear()      # netns names changed: re-render
-            self._names = names
+        t, pid, port, src, dst, hops, hook, dev, ifindex, netns = r
         dumps = json.dumps
-        src, dst, osrc, odst = self.d._flows(t, _PA_INNER, _PA_OUTER, tun != TUN_NONE)
-        tname = TUNNELS.get(tun, str(tun)) if tun != TUN_NONE else None
-        parts, prev = [], -1
-        for i in range(n):
-            dt, hook, kind, flags, ifindex, netns, cpu, dev = \
-                _HOP.unpack_from(data, PATH_HDR + i * HOP_SIZE)
-            if not flags & F_HOP_SET or dt < prev or kind != (KIND_DELIVER if i == n - 1 else 0):
-                return None
-            prev = dt
-            key = (hook, dev, netns)
-            head = self._head.get(key)
-            if head is None:
-                name = self.d.hook_name(hook)
-                head = self._head[key] = '"hook":%s,"dev":%s,"netns":%d,"netns_name":%s,' % (
-                    dumps(name), dumps(_dev(dev)), netns,
-                    dumps(names.get(netns)))
-            encap = bool(flags & F_ENCAP)
-            tkey = (encap, tname, vni, src, dst, osrc, odst)
-            tail = self._tail.get(tkey)
-            if tail is None:
-                if len(self._tail) > 4096:
-                    self._tail.clear()
-                tail = self._tail[tkey] = '"encap":%s,"tunnel":%s,"vni":%s,"src":%s,' \
-                    '"dst":%s,"outer_src":%s,"outer_dst":%s}' % (
-                        dumps(encap), dumps((tname or "vxlan") if encap else None),
-                        dumps(vni if encap else None), dumps(src), dumps(dst),
-                        dumps(osrc if encap else None), dumps(odst if encap else None))
-            parts.append('{"t_ns":%d,%s"cpu":%d,%s' % (first_ts + dt, head, cpu, tail))
-        name = self.d.hook_name(hook)
-        devs = dumps(_dev(dev))
         nsname = dumps(names.get(netns))
-        first = first_ts + _HOP.unpack_from(data, PATH_HDR)[0]
         flow = ""
         if self.d.key:
             p = t[_PA_PROTO]
@@ -518,6 +528,7 @@ class DeliveredJSON:
         return ('{"id":%d,"verdict":"delivered","events":%d,"first_ns":%d,"last_ns":%d,'
                 '"last":{"hook":%s,"dev":%s,"ifindex":%d,"netns":%d,"netns_name":%s},'
                 '"drop":null,"delivered":{"netns":%d,"netns_name":%s,"port":%d},'
-                '"path":[%s]%s}\n' % (pid, n, first, first_ts + dt, dumps(name), devs, ifindex,
-                                      netns, nsname, netns, nsname, port, ",".join(parts),
-                                      flow))
+                '"path":[%s]%s}\n' % (pid, len(hops), hops[0][0], hops[-1][0],
+                                      dumps(self.d.hook_name(hook)), dumps(_dev(dev)), ifindex,
+                                      netns, nsname, netns, nsname, port,
+                                      ",".join([_JSON_HOP % h for h in hops]), flow))

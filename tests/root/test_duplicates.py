@@ -2,55 +2,27 @@
 ID, two senders may send the same IDs at once. Each datagram must be a packet of its own with one
 delivery, and the packets delivered must be what the receiving namespace's kernel counted."""
 import collections
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+from labtrace import RUN, in_datagrams, trace_around
 from pktpath.lab import overlay
 
 pytestmark = pytest.mark.root
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RUN = [sys.executable, os.path.join(ROOT, "run.py")]
-CFG = os.path.join(ROOT, "configs", "lab.yaml")
 HELLO = int.from_bytes(b"hell", "big")     # the ID of b"hello world" (offset 0, big endian)
-
-
-def in_datagrams():
-    """Udp InDatagrams of the receiving namespace: what the sink read."""
-    out = subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, "cat", "/proc/net/snmp"],
-                         capture_output=True, text=True, check=True).stdout
-    rows = [line.split()[1:] for line in out.splitlines() if line.startswith("Udp:")]
-    return dict(zip(rows[0], map(int, rows[1])))["InDatagrams"]
 
 
 def trace(tmp_path, mode, send):
     """(packets, report text, datagrams the sink read) of a trace in `mode` around `send()`."""
-    out, ready = tmp_path / "p.jsonl", tmp_path / "ready"
-    tracer = subprocess.Popen(RUN + ["-c", CFG, "--mode", mode, "--json", str(out),
-                                     "--ready-file", str(ready), "--timeline", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 30
-        while not ready.exists() and tracer.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        assert ready.exists(), tracer.stderr.read() if tracer.poll() is not None else "no ready"
+    def during():
         before = in_datagrams()
         send()
         time.sleep(2.5)     # every datagram read by the sink, and past --lost-after
-        read = in_datagrams() - before
-        tracer.send_signal(signal.SIGINT)
-        text, err = tracer.communicate(timeout=60)
-        assert tracer.returncode == 0, err
-    finally:
-        if tracer.poll() is None:
-            tracer.kill()
-            tracer.wait()
-    return [json.loads(line) for line in out.read_text().splitlines()], text, read
+        return in_datagrams() - before
+    return trace_around(tmp_path, ["--mode", mode, "--timeline", "0"], during)
 
 
 def deliveries(pkt):

@@ -1,21 +1,16 @@
 """#18 (root): packets followed by header keys on the real lab, checked against what the
 receiving socket got: UDP datagrams that carry no ID, IP fragments, and a TCP connection."""
-import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
+from labtrace import PORT, py_in_ns, receiver_iptables, rule_packets, start_listening, \
+    tcp_exchange, trace_command
 from pktpath.lab import overlay
 
 pytestmark = pytest.mark.root
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RUN = [sys.executable, os.path.join(ROOT, "run.py")]
-CFG = os.path.join(ROOT, "configs", "lab.yaml")
-PORT = overlay.PORT + 7     # not the lab sink's: our own receiver's
 
 # Datagrams of random content and size (no ID anywhere), from one unconnected socket.
 UDP_SENDER = r"""
@@ -39,22 +34,6 @@ while True:
     d, a = s.recvfrom(65535)
     out.write("%%s %%d %%d\n" %% (a[0], a[1], len(d)))
 """
-TCP_SERVER = r"""
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", %(port)d))
-s.listen(1)
-print("listening", flush=True)
-c, a = s.accept()
-n = 0
-while True:
-    d = c.recv(65536)
-    if not d:
-        break
-    n += len(d)
-open(sys.argv[1], "w").write("%%s %%d %%d\n" %% (a[0], a[1], n))
-"""
 TCP_CLIENT = r"""
 import socket, time
 s = socket.create_connection(("%(dst)s", %(port)d))
@@ -66,30 +45,11 @@ s.close()
 """
 
 
-def _in_ns(ns, script, *args):
-    return ["ip", "netns", "exec", ns, sys.executable, "-c", script, *args]
-
-
-def _start(cmd):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "listening", p.stderr.read()
-    return p
-
-
-def _trace(tmp_path, command, extra):
-    out = tmp_path / "v.jsonl"
-    p = subprocess.run(RUN + ["-c", CFG, "--json", str(out), "--timeline", "0", "--id-from",
-                              "headers", "--port", str(PORT), *extra, "--"] + command,
-                       capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stderr
-    return [json.loads(line) for line in out.read_text().splitlines()], p
-
-
 def _udp_case(lab_up, tmp_path, count, lo, hi):
     got = tmp_path / "got.txt"
-    rx = _start(_in_ns(overlay.RECEIVER_NS, UDP_RECEIVER % {"port": PORT}, str(got)))
+    rx = start_listening(py_in_ns(overlay.RECEIVER_NS, UDP_RECEIVER % {"port": PORT}, str(got)))
     try:
-        packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, UDP_SENDER % {
+        packets, p = trace_command(tmp_path, py_in_ns(overlay.SENDER_NS, UDP_SENDER % {
             "count": count, "lo": lo, "hi": hi, "dst": overlay.DST_IP, "port": PORT}), [])
         time.sleep(0.2)
     finally:
@@ -135,15 +95,8 @@ def test_tcp_connection_followed_by_header_keys(lab_up, tmp_path):
     overlay into the server's namespace (their verdicts are not settled here)."""
     got = tmp_path / "got.txt"
     count = 40
-    srv = _start(_in_ns(overlay.RECEIVER_NS, TCP_SERVER % {"port": PORT}, str(got)))
-    try:
-        packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, TCP_CLIENT % {
-            "dst": overlay.DST_IP, "port": PORT, "count": count}), ["--proto", "tcp"])
-        srv.wait(timeout=10)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+    packets, p = tcp_exchange(tmp_path, got, TCP_CLIENT % {
+        "dst": overlay.DST_IP, "port": PORT, "count": count}, ["--proto", "tcp"])
     ip, port, nbytes = got.read_text().split()
     assert int(nbytes) == sum(10 + 7 * i for i in range(count))
     client = "%s:%s" % (ip, port)
@@ -162,16 +115,8 @@ def test_tcp_connection_followed_by_header_keys(lab_up, tmp_path):
 
 
 def _udp_only(tmp_path):
-    srv = _start(_in_ns(overlay.RECEIVER_NS, TCP_SERVER % {"port": PORT},
-                        str(tmp_path / "got2.txt")))
-    try:
-        packets, _p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, TCP_CLIENT % {
-            "dst": overlay.DST_IP, "port": PORT, "count": 3}), [])
-        srv.wait(timeout=10)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+    packets, _p = tcp_exchange(tmp_path, tmp_path / "got2.txt", TCP_CLIENT % {
+        "dst": overlay.DST_IP, "port": PORT, "count": 3}, [])
     assert packets == []
     return packets
 
@@ -186,17 +131,9 @@ for i in range(%(count)d):
 
 
 def _nth_rule(action):
-    return ["ip", "netns", "exec", overlay.RECEIVER_NS, "iptables", action, "INPUT", "-p", "udp",
-            "--dport", str(PORT), "-m", "statistic", "--mode", "nth", "--every", "3",
-            "--packet", "0", "-j", "DROP"]
-
-
-def _rule_packets():
-    out = subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, "iptables", "-nvxL",
-                          "INPUT"], capture_output=True, text=True, check=True).stdout
-    rows = [line.split() for line in out.splitlines() if "statistic" in line]
-    assert len(rows) == 1, out
-    return int(rows[0][0])
+    return receiver_iptables(action, "INPUT", "-p", "udp", "--dport", str(PORT), "-m",
+                             "statistic", "--mode", "nth", "--every", "3", "--packet", "0",
+                             "-j", "DROP")
 
 
 def test_identical_unstamped_datagrams_with_an_nth_drop(lab_up, tmp_path):
@@ -208,15 +145,16 @@ def test_identical_unstamped_datagrams_with_an_nth_drop(lab_up, tmp_path):
     got = tmp_path / "got.txt"
     subprocess.run(_nth_rule("-I"), check=True)
     try:
-        rx = _start(_in_ns(overlay.RECEIVER_NS, UDP_RECEIVER % {"port": PORT}, str(got)))
+        rx = start_listening(py_in_ns(overlay.RECEIVER_NS, UDP_RECEIVER % {"port": PORT},
+                                      str(got)))
         try:
-            packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, SAME_SENDER % {
+            packets, p = trace_command(tmp_path, py_in_ns(overlay.SENDER_NS, SAME_SENDER % {
                 "count": count, "dst": overlay.DST_IP, "port": PORT}), [])
             time.sleep(0.2)
         finally:
             rx.kill()
             rx.wait()
-        dropped_by_rule = _rule_packets()
+        dropped_by_rule = rule_packets("INPUT", "statistic")
     finally:
         subprocess.run(_nth_rule("-D"), check=False)
     received = len(got.read_text().splitlines())

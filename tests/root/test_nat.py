@@ -2,7 +2,6 @@
 receiving container. Every datagram must be delivered on port 5001, one path per packet, with the
 NAT hop shown, as the kernel counted (the sink on 5001, Udp InDatagrams, the rule's counter).
 Was: every datagram reported `lost` (the port filter rejected the packet after the rewrite)."""
-import json
 import os
 import signal
 import subprocess
@@ -11,36 +10,19 @@ import time
 
 import pytest
 
+from labtrace import ROOT, in_datagrams, receiver_iptables, rule_packets, trace_around
 from pktpath.lab import overlay
 
 pytestmark = pytest.mark.root
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RUN = [sys.executable, os.path.join(ROOT, "run.py")]
-CFG = os.path.join(ROOT, "configs", "lab.yaml")
 NEW_PORT = overlay.PORT + 1
 N, FIRST_ID = 20, 0x4e410000
 RULE = ["PREROUTING", "-p", "udp", "--dport", str(overlay.PORT), "-j", "REDIRECT",
         "--to-ports", str(NEW_PORT)]
 
 
-def _in_ns(*cmd, **kw):
-    return subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, *cmd],
-                          capture_output=True, text=True, check=True, **kw).stdout
-
-
-def in_datagrams():
-    rows = [line.split()[1:] for line in _in_ns("cat", "/proc/net/snmp").splitlines()
-            if line.startswith("Udp:")]
-    return dict(zip(rows[0], map(int, rows[1])))["InDatagrams"]
-
-
-def rule_packets():
+def redirected_packets():
     """The REDIRECT rule's packet counter (one per new conntrack flow)."""
-    out = _in_ns("iptables", "-t", "nat", "-L", "PREROUTING", "-v", "-n", "-x")
-    hits = [int(line.split()[0]) for line in out.splitlines()
-            if "REDIRECT" in line and "ports %d" % NEW_PORT in line]
-    assert len(hits) == 1, out
-    return hits[0]
+    return rule_packets("PREROUTING", "REDIRECT", "ports %d" % NEW_PORT, table="nat")
 
 
 @pytest.fixture
@@ -54,11 +36,11 @@ def redirect(lab_up, tmp_path):
                             start_new_session=True)
     try:
         assert "listening" in sink.stdout.readline()
-        _in_ns("iptables", "-t", "nat", "-A", *RULE)
+        subprocess.run(receiver_iptables("-t", "nat", "-A", *RULE), capture_output=True,
+                       text=True, check=True)
         yield rec
     finally:
-        subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, "iptables", "-t", "nat",
-                        "-D", *RULE], capture_output=True)
+        subprocess.run(receiver_iptables("-t", "nat", "-D", *RULE), capture_output=True)
         os.killpg(sink.pid, signal.SIGTERM)
         sink.wait(timeout=10)
 
@@ -84,32 +66,17 @@ def send():
 def test_redirect_is_followed(redirect, tmp_path, mode, id_from):
     """In both key modes: a header key is taken at the first sighting (the port filter applies
     to the packet as first seen) and linked across the rewrite by the skb it travels on."""
-    out, ready = tmp_path / "p.jsonl", tmp_path / "ready"
-    tracer = subprocess.Popen(RUN + ["-c", CFG, "--mode", mode, "--id-from", id_from,
-                                     "--json", str(out),
-                                     "--ready-file", str(ready), "--timeline", "50"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 30
-        while not ready.exists() and tracer.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        assert ready.exists(), tracer.stderr.read() if tracer.poll() is not None else "no ready"
-        before, rule_before = in_datagrams(), rule_packets()
+    def during():
+        before, rule_before = in_datagrams(), redirected_packets()
         base = send()
         time.sleep(2.5)     # every datagram read by the sink, and past --lost-after
-        read, redirected = in_datagrams() - before, rule_packets() - rule_before
-        tracer.send_signal(signal.SIGINT)
-        text, err = tracer.communicate(timeout=60)
-        assert tracer.returncode == 0, err
-    finally:
-        if tracer.poll() is None:
-            tracer.kill()
-            tracer.wait()
+        return base, in_datagrams() - before, redirected_packets() - rule_before
+    packets, text, (base, read, redirected) = trace_around(
+        tmp_path, ["--mode", mode, "--id-from", id_from, "--timeline", "50"], during)
     sunk = sorted(int(line) for line in redirect.read_text().split())
     ids = list(range(FIRST_ID, FIRST_ID + N))
     # the kernel's side: every datagram redirected and read on the new port
     assert redirected == N and read == N and sunk == ids, (redirected, read, sunk)
-    packets = [json.loads(line) for line in out.read_text().splitlines()]
     if id_from == "payload":
         ours = sorted((p for p in packets if FIRST_ID <= p["id"] < FIRST_ID + N),
                       key=lambda p: p["id"])

@@ -2,36 +2,16 @@
 delivered (data, FIN) or consumed (SYN, the handshake's last ACK, the ACK that closes), never
 lost; data merged into the receive queue's tail (coalesced) is delivered; a SYN to a closed port
 is dropped NO_SOCKET in the receiving container."""
-import os
 import subprocess
-import sys
 
 import pytest
 
+from labtrace import PORT, py_in_ns, receiver_iptables, rule_packets, tcp_exchange, \
+    trace_command
 from pktpath.lab import overlay
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_header_keys import PORT, _in_ns, _start, _trace  # noqa: E402
 
 pytestmark = pytest.mark.root
 
-SERVER = r"""
-import socket, sys, time
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", %(port)d))
-s.listen(1)
-print("listening", flush=True)
-c, a = s.accept()
-time.sleep(%(wait)s)    # > 0: segments wait unread in the queue (and coalesce)
-n = 0
-while True:
-    d = c.recv(65536)
-    if not d:
-        break
-    n += len(d)
-open(sys.argv[1], "w").write("%%s %%d %%d\n" %% (a[0], a[1], n))
-"""
 CLIENT = r"""
 import socket, time
 s = socket.create_connection(("%(dst)s", %(port)d))
@@ -47,16 +27,9 @@ s.close()
 
 def _connection(tmp_path, wait, gap, count=20, retransmits_ok=False, mode="summary"):
     got = tmp_path / "got.txt"
-    srv = _start(_in_ns(overlay.RECEIVER_NS, SERVER % {"port": PORT, "wait": wait}, str(got)))
-    try:
-        packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, CLIENT % {
-            "dst": overlay.DST_IP, "port": PORT, "count": count, "gap": gap}),
-            ["--proto", "tcp", "--mode", mode])
-        srv.wait(timeout=10)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+    packets, p = tcp_exchange(tmp_path, got, CLIENT % {
+        "dst": overlay.DST_IP, "port": PORT, "count": count, "gap": gap},
+        ["--proto", "tcp", "--mode", mode], wait=wait)
     ip, port, nbytes = got.read_text().split()
     assert int(nbytes) == 10 * count     # what the server read
     assert {(q["src"], q["proto"]) for q in packets} == {("%s:%s" % (ip, port), "tcp")}
@@ -118,7 +91,7 @@ try:
 except OSError as e:
     print("refused", e)
 """ % (overlay.DST_IP, PORT)
-    packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, client),
+    packets, p = trace_command(tmp_path, py_in_ns(overlay.SENDER_NS, client),
                         ["--proto", "tcp", "--mode", mode])
     assert len(packets) == 1, [(q["verdict"], q["path"]) for q in packets]
     q = packets[0]
@@ -144,18 +117,9 @@ s.close()
 def _retx_rule(action):
     # the first segment carrying the marker only (nth, packet 0: the first match, then every
     # 1000th); n such rules drop the first n copies (each rule the first copy reaching it)
-    return ["ip", "netns", "exec", overlay.RECEIVER_NS, "iptables", action, "INPUT", "-p", "tcp",
-            "--dport", str(PORT), "-m", "string", "--string", "RETRANSMIT-ME", "--algo", "bm",
-            "-m", "statistic", "--mode", "nth", "--every", "1000", "--packet", "0",
-            "-j", "DROP"]
-
-
-def _retx_rule_count():
-    out = subprocess.run(["ip", "netns", "exec", overlay.RECEIVER_NS, "iptables", "-nvxL",
-                          "INPUT"], capture_output=True, text=True, check=True).stdout
-    rows = [line.split() for line in out.splitlines() if "RETRANSMIT-ME" in line]
-    assert rows, out
-    return sum(int(row[0]) for row in rows)
+    return receiver_iptables(action, "INPUT", "-p", "tcp", "--dport", str(PORT), "-m", "string",
+                             "--string", "RETRANSMIT-ME", "--algo", "bm", "-m", "statistic",
+                             "--mode", "nth", "--every", "1000", "--packet", "0", "-j", "DROP")
 
 
 @MODES
@@ -173,17 +137,10 @@ def test_tcp_retransmission_is_a_new_packet_marked(lab_up, tmp_path, mode, copie
     for _ in range(copies):
         subprocess.run(_retx_rule("-I"), check=True)
     try:
-        srv = _start(_in_ns(overlay.RECEIVER_NS, SERVER % {"port": PORT, "wait": 0}, str(got)))
-        try:
-            packets, p = _trace(tmp_path, _in_ns(overlay.SENDER_NS, RETX_CLIENT % {
-                "dst": overlay.DST_IP, "port": PORT, "wait": 1.0 if copies == 1 else 5.0}),
-                ["--proto", "tcp", "--mode", mode])
-            srv.wait(timeout=15)
-        finally:
-            if srv.poll() is None:
-                srv.kill()
-                srv.wait()
-        dropped_by_rule = _retx_rule_count()
+        packets, p = tcp_exchange(tmp_path, got, RETX_CLIENT % {
+            "dst": overlay.DST_IP, "port": PORT, "wait": 1.0 if copies == 1 else 5.0},
+            ["--proto", "tcp", "--mode", mode])
+        dropped_by_rule = rule_packets("INPUT", "RETRANSMIT-ME", rules=copies)
     finally:
         for _ in range(copies):
             subprocess.run(_retx_rule("-D"), check=False)
