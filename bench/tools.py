@@ -86,8 +86,8 @@ class Tool:
         return self._stop()
 
 
-def start_pktpath(extra, tmp):
-    proc, startup, stats = B.start_tracer(extra, tmp)
+def start_pktpath(extra, tmp, checkout=ROOT):
+    proc, startup, stats = B.start_tracer(extra, tmp, checkout)
 
     def stop():
         st = B.stop_tracer(proc, stats)
@@ -267,16 +267,23 @@ def main():
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--save", metavar="FILE", help="also write the JSON object to FILE")
     ap.add_argument("--keep-lab", action="store_true")
+    ap.add_argument("--also", metavar="NAME=DIR", action="append", default=[],
+                    help="also measure c with the tracer of checkout DIR, as configuration NAME "
+                         "(repeatable; e.g. an experiment's copy, alternated with the others)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("tools: run as root")
+    also = [a.split("=", 1) for a in args.also]
+    if any(len(a) != 2 or not os.path.isdir(a[1]) for a in also):
+        raise SystemExit("tools: --also NAME=DIR, DIR a checkout")
     t_start = time.monotonic()
     versions = ensure_tools()
     only = set(args.only.split(",")) - {""}
     pick = lambda cs: [c for c in cs if not only or c[0] in only]  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         healthy = pick([
-            ("c", lambda: start_pktpath([], tmp)),
+            ("c", lambda: start_pktpath([], tmp))] + [
+            (name, lambda d=os.path.abspath(d): start_pktpath([], tmp, d)) for name, d in also] + [
             ("bt_count", lambda: start_bpftrace(BT_COUNT, tmp)),
             ("perf_rec", lambda: start_perf(tmp)),
             ("b", lambda: start_pktpath(["--udp-port", str(overlay.PORT + 999)], tmp)),
@@ -387,8 +394,10 @@ def extra_cost(stats):
     by = {s["config"]: s for s in stats}
     per_hook = lambda s: {p["hook"]: p["ns_per_pkt"] for p in s["programs"]}  # noqa: E731
     out = {}
-    for x, y in (("c", "bt_count"), ("d", "bt_drop"), ("dk", "bt_drop"), ("dm", "bt_drop"),
-                 ("b", "floor")):
+    alsos = [k for k in by if k not in ("c", "bt_count", "perf_rec", "b", "floor", "d", "dk",
+                                        "dm", "bt_drop")]
+    for x, y in [("c", "bt_count")] + [(k, "bt_count") for k in alsos] + [("d", "bt_drop"), ("dk", "bt_drop"), ("dm", "bt_drop"),
+                 ("b", "floor")]:
         if x in by and y in by:
             hx, hy = per_hook(by[x]), per_hook(by[y])
             out["%s-%s" % (x, y)] = {

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Where the cost of following every packet goes: this checkout's tracer next to experiment
+copies of it, each with one part of the work taken out, side by side in one bench/tools.py run.
+
+    sudo /usr/bin/python3 bench/costsplit.py [--only discard,noemit,...] [--rounds 5] [tools.py args]
+    python3 bench/costsplit.py --make DIR [--only ...]     # only build the copies (no root)
+
+(root, builds the lab; on the shared development machines under the lab lock:
+/work/tools/roottest.sh /usr/bin/python3 bench/costsplit.py)
+
+Each experiment is a copy of the committed tree (`git archive HEAD`) with one small patch. They
+are measurements, not features: the copies lose output on purpose and are never committed.
+  discard  user space takes every record out of the ring unread (consumer position set to the
+           producer's): the kernel's work and the ring's wake-ups stay, the Python reading and
+           handling of the records goes
+  noemit   the kernel keeps every path as usual but never writes it to the ring (no ring copy,
+           nothing for user space): the kernel's bookkeeping alone
+  parse    the kernel parses and matches each packet and returns before its path is touched
+           (no path map, skb map, delivery bookkeeping, ring): the parse alone
+  nowake   the kernel never asks for a wake-up (user space polls every 100 ms): what the
+           wake-ups every 256 records cost
+  batch    a prototype of counting healthy deliveries in the kernel: past the first 5,000
+           delivered packets per CPU, a delivered packet's path is not emitted; its ID goes into a
+           per-CPU batch emitted every 62 IDs (one 512-byte record), which user space adds to the
+           delivered count and ID list as the stream counts a lone delivery past the quota. (The
+           IDs of the last partial batches are not flushed at the stop, and a second record of an
+           ID within the settle window is not joined to a batched one: not an implementation.)
+The run is bench/tools.py with `--only c,<the experiments>,bt_count,b,floor` and one `--also
+x_<name>=<copy>` each: the tools' ratios, intervals and a bpf_stats pass with every program's
+ns per run and each tracer's user-space CPU.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _sub(old, new, count=1):
+    """A patch: replace `old` (which must be there) by `new(old)`."""
+    def apply(text):
+        if old not in text:
+            raise SystemExit("costsplit: the patch's anchor is gone (the code changed): %r"
+                             % old[:60])
+        return text.replace(old, new(old), count)
+    return apply
+
+
+EMIT = "    /* emit only the hops recorded, not the empty slots */\n"
+SUMMARY_CALL = "    return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,\n"
+CONSUME = "        cons = _U64.unpack_from(self._cons, 0)[0]\n        prod = _U64.unpack_from(data, 0)[0]\n"
+BATCH_C = r"""/* EXPERIMENT (bench/costsplit.py): delivered packets past the first 5000 per CPU: IDs batched */
+struct pp_dbatch { u64 magic; u32 n; u32 events; u64 ids[62]; };
+BPF_PERCPU_ARRAY(dbatch, struct pp_dbatch, 1);
+static __always_inline int pp_batch_id(u64 id, u32 hops)
+{
+    u32 zero = 0;
+    struct pp_dbatch *b = dbatch.lookup(&zero);
+    if (!b)
+        return 0;
+    if (b->magic < 5000) {
+        b->magic++;
+        return 0;
+    }
+    u32 n = b->n;
+    if (n >= 62)
+        n = 0;
+    b->ids[n] = id;
+    b->events += hops;
+    n++;
+    if (n == 62) {
+        b->magic = ~0ULL;
+        b->n = n;
+        if (events.ringbuf_output(b, sizeof(*b), pp_wakeup()) < 0)
+            pp_lost(id);
+        n = 0;
+        b->events = 0;
+    }
+    b->n = n;
+    return 1;
+}
+
+"""
+BATCH_PY = '''    add = stream.record_adder(records.path_key, records.KIND_DELIVER, records.PATH_KEY_FIELDS)
+    import struct
+    magic, hdr = b"\\xff" * 8, struct.Struct("<II")
+    ids = stream.streamed_ids
+
+    def handle(rec):   # EXPERIMENT (bench/costsplit.py): batched delivered IDs
+        if rec[:8] == magic:
+            n, ev = hdr.unpack_from(rec, 8)
+            stream.streamed += n
+            stream.events += ev
+            ids.frombytes(rec[16:16 + 8 * n])
+            return
+        add(rec)
+    return handle
+'''
+
+EXPERIMENTS = {
+    "discard": {"pktpath/collect/ringbuf.py": [_sub(CONSUME, lambda o: o + (
+        "        if True:   # EXPERIMENT (bench/costsplit.py): every record discarded unread\n"
+        "            if prod != cons:\n"
+        "                _U64.pack_into(self._cons, 0, prod)\n"
+        "            return 0\n"))]},
+    "noemit": {"bpf/pktpath.c": [_sub(EMIT, lambda o: (
+        "    if (idx < 1000) return;   /* EXPERIMENT (bench/costsplit.py): emit nothing */\n"
+        + o))]},
+    "parse": {"bpf/pktpath.c": [_sub(SUMMARY_CALL, lambda o: (
+        "    if (now) return 0;   /* EXPERIMENT (bench/costsplit.py): parse only, no path */\n"
+        + o))]},
+    "nowake": {"pktpath/collect/program.py": [_sub('d["PP_WAKEUP_EVERY"] = 256',
+                                                    lambda o: 'd["PP_WAKEUP_EVERY"] = 1 << 30')]},
+    "batch": {
+        "bpf/pktpath.c": [
+            _sub("/* Emit path `v` (its hops up to `idx` + 1) to user space. */",
+                 lambda o: BATCH_C + o),
+            _sub("    pp_emit(v, idx, id);\n    paths.delete(&key);\n", lambda o: (
+                "    if (kind != PP_KIND_DELIVER ||\n"
+                "        !pp_batch_id(id, idx + 1 > PP_MAX_HOPS ? PP_MAX_HOPS : idx + 1))\n"
+                "        pp_emit(v, idx, id);\n    paths.delete(&key);\n"))],
+        "pktpath/process/pipeline.py": [_sub(
+            "    return stream.record_adder(records.path_key, records.KIND_DELIVER, "
+            "records.PATH_KEY_FIELDS)\n", lambda o: BATCH_PY)]},
+}
+
+
+def make(names, where):
+    """The experiment copies of HEAD under `where`: {name: directory}."""
+    out = {}
+    for name in names:
+        d = os.path.join(where, "exp-" + name)
+        os.makedirs(d)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", "HEAD"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", d], input=archive, check=True)
+        for path, patches in EXPERIMENTS[name].items():
+            p = os.path.join(d, path)
+            with open(p) as f:
+                text = f.read()
+            for patch in patches:
+                text = patch(text)
+            with open(p, "w") as f:
+                f.write(text)
+        out[name] = d
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="discard,noemit,parse,nowake,batch",
+                    help="comma-separated experiments (of %s)" % ", ".join(EXPERIMENTS))
+    ap.add_argument("--make", metavar="DIR", help="only build the copies under DIR")
+    args, rest = ap.parse_known_args()
+    names = [n for n in args.only.split(",") if n]
+    bad = [n for n in names if n not in EXPERIMENTS]
+    if bad:
+        raise SystemExit("costsplit: unknown experiment(s) %s" % ", ".join(bad))
+    if args.make:
+        for name, d in make(names, args.make).items():
+            print("%-8s %s" % (name, d))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = make(names, tmp)
+        cmd = [sys.executable, os.path.join(HERE, "tools.py"), "--only",
+               ",".join(["c"] + ["x_" + n for n in names] + ["bt_count", "b", "floor"])]
+        for name, d in dirs.items():
+            cmd += ["--also", "x_%s=%s" % (name, d)]
+        return subprocess.call(cmd + rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
