@@ -34,6 +34,9 @@ BLIND_NOTE = ("no delivery hook was attached (%d hooks): a packet not seen dropp
               "been delivered, so no packet is reported `lost` (those are `incomplete`)")
 UNTIED_NOTE = ("%d lost records could not be tied to a packet ID: packets may be missing from "
                "this report, and every `lost` verdict is reported as `incomplete`")
+UNREAD_NOTE = ("%d records were still waiting in the ring buffer when the report was due and "
+               "were not read: packets may be missing from this report, and every `lost` "
+               "verdict is reported as `incomplete`")
 
 
 def lost_counts(lost_ids):
@@ -46,8 +49,10 @@ def lost_counts(lost_ids):
 
 
 def untied(end):
-    """How many records the tracer lost without knowing their packet ID (0 or more)."""
-    return max(0, (end.get("lost") or 0) - sum(lost_counts(end.get("lost_ids")).values()))
+    """How many records the tracer lost without knowing their packet ID (0 or more), those left
+    unread at the stop (`unread`, see session.drain) included."""
+    return max(0, (end.get("lost") or 0) - sum(lost_counts(end.get("lost_ids")).values())) + \
+        (end.get("unread") or 0)
 
 
 def _note(end, template, n):
@@ -76,8 +81,10 @@ def settle_end(end):
         _note(end, IP6_EXT_NOTE, end["ip6_ext_unwalked"])
     if end.get("geneve_opts_unread"):
         _note(end, GENEVE_OPTS_NOTE, end["geneve_opts_unread"])
-    if untied(end):
-        _note(end, UNTIED_NOTE, untied(end))
+    if end.get("unread"):
+        _note(end, UNREAD_NOTE, end["unread"])
+    if untied(end) - (end.get("unread") or 0):
+        _note(end, UNTIED_NOTE, untied(end) - (end.get("unread") or 0))
     if end.get("no_delivery_hook"):
         _note(end, BLIND_NOTE, end["no_delivery_hook"])
     return end
@@ -174,11 +181,13 @@ class LivePipeline:
     `decoder`: records.PathDecoder; `netns_names`: callable -> {inode: name}; `rec`: a
     recording.RecordingWriter or None; `only_netns`: set of inodes (empty: all); `stack`:
     stack_id -> [frames] (None: no stacks); `idle`: called between batches of a long flush;
-    `metrics`: output/metrics.Metrics (--metrics) told of each packet finished, or None.
+    `metrics`: output/metrics.Metrics (--metrics) told of each packet finished, or None;
+    `stopping`: callable, true once the report is due (session.Stop.stopping).
     """
 
     def __init__(self, decoder, netns_names, summary=True, json_out=None, rec=None,
-                 only_netns=(), keep_delivered=10000, stack=None, idle=None, metrics=None):
+                 only_netns=(), keep_delivered=10000, stack=None, idle=None, metrics=None,
+                 stopping=None):
         self.decoder, self.netns_names = decoder, netns_names
         self.json_out, self.rec = json_out, rec
         self.only_netns, self.stack = only_netns, stack
@@ -187,7 +196,7 @@ class LivePipeline:
                                    expand=self._expand, fast=not (rec or only_netns), idle=idle,
                                    json_line=delivered, lone_packet=delivered.packet,
                                    raw_paths=sample.RawPaths(decoder) if summary else None,
-                                   metrics=metrics)
+                                   metrics=metrics, stopping=stopping)
         self.summary = summary
         self.on_record = summary_handler(self.stream) if summary else self._on_event
 
@@ -291,6 +300,8 @@ def _load(paths, on_event):
         names.update(e.get("netns_names") or {})
         for key in ("lost", "unreachable"):
             end[key] += e.get(key) or 0
+        if e.get("unread"):     # left in the ring at the stop: like records lost untied
+            end["unread"] = end.get("unread", 0) + e["unread"]
         if e.get("no_delivery_hook"):   # one blind host: no `lost` in the merged report
             end["no_delivery_hook"] = end.get("no_delivery_hook", 0) + e["no_delivery_hook"]
         end["warnings"] += e.get("warnings", [])

@@ -99,10 +99,13 @@ class Aggregate:
         if shape.verdict == "lost":
             self.lost.append((pid, shape.key, shape.fields))
 
-    def fold(self, idle=None):
+    def fold(self, idle=None, stopping=None):
         """Move the shapes' packets into PathStats, Summary (and t0); `idle`: see
-        PathStats.add_bulk."""
-        for shape in self._shapes:
+        PathStats.add_bulk. With `stopping` (a callable), stops short between two shapes once
+        it is true (the rest is folded by the next fold); returns True when all are folded."""
+        shapes = self._shapes
+        while shapes:
+            shape = shapes.pop()
             self.packets += shape.count
             if self.t0 is None or shape.t0 < self.t0:
                 self.t0 = shape.t0
@@ -112,7 +115,9 @@ class Aggregate:
                 self.summary.add_groups(shape.ids, shape.count, shape.verdict, shape.key,
                                         shape.fields)
             shape.count, shape.dts, shape.t0, shape.ids = 0, array("q"), None, None
-        self._shapes = set()
+            if stopping is not None and shapes and stopping():
+                return False
+        return True
 
     def close(self, lost_ids, suspect):
         """fold(), and count the spilled `lost` packets after the policy: `incomplete` when
@@ -128,13 +133,7 @@ class Aggregate:
         self.lost = []
         if not lost_ids or not self.ids:
             return set()
-        ids = sorted(self.ids)
-        seen = set()
-        for pid in lost_ids:
-            i = bisect.bisect_left(ids, pid)
-            if i < len(ids) and ids[i] == pid:
-                seen.add(pid)
-        return seen
+        return set(lost_ids).intersection(self.ids)     # (one pass, no sort of every ID)
 
 
 class Sampler:
