@@ -210,7 +210,9 @@ def _run(args, metrics):
             if stop.at is not None:     # PKTPATH_TIMES: "loop" is then signal -> loop left
                 marks.append(("signal", stop.at))
             marks.append(("loop", time.monotonic()))
-            unread = session.drain(t, pipe.on_record, since=stop.at or marks[-1][1])
+            since = stop.at or marks[-1][1]
+            unread = session.drain(t, pipe.on_record, since=since)
+            report_by = since + session.FOLD_BY_S
             marks.append(("drain+sweep", time.monotonic()))
             counters, lost_ids, drop_counts = t.counters(), t.lost_ids(), t.drop_counts()
             if unread:
@@ -233,7 +235,7 @@ def _run(args, metrics):
         _write_stats(args.stats_file, t, counters, pipe.events, ready_s)
     with session.Stop():  # the report of a finished trace is printed whole, signals or not
         packets, text = pipe.report(counters, lost_ids, meta, args.timeline,
-                                    html=args.html)
+                                    html=args.html, by=report_by)
         print(text)
         if args.stack:
             print("\n== drop stacks ==\n" + (drops.stacks_section(packets) or "none recorded"))

@@ -34,6 +34,9 @@ BLIND_NOTE = ("no delivery hook was attached (%d hooks): a packet not seen dropp
               "been delivered, so no packet is reported `lost` (those are `incomplete`)")
 UNTIED_NOTE = ("%d lost records could not be tied to a packet ID: packets may be missing from "
                "this report, and every `lost` verdict is reported as `incomplete`")
+UNMEASURED_NOTE = ("latencies: %d packets finished at the stop (a flood's last second) are "
+                   "counted but not in the latency table (sorting them would have delayed "
+                   "the report)")
 UNREAD_NOTE = ("%d records were still waiting in the ring buffer when the report was due and "
                "were not read: packets may be missing from this report, and every `lost` "
                "verdict is reported as `incomplete`")
@@ -90,16 +93,19 @@ def settle_end(end):
     return end
 
 
-def finish(packets, end, aggregate=None, streamed_ids=()):
+def finish(packets, end, aggregate=None, streamed_ids=(), by=None):
     """Packets (sorted by ID, then first_ns) after the policy: IDs the tracer lost events of are
     `incomplete` where they would be `lost` (and get a record when it lost them all); when it
     lost records it could not tie to an ID, every `lost` verdict is `incomplete`. A live
-    trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy.
+    trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy
+    (`by`: its deadline for latencies, see Aggregate.close).
     end["duplicate_ids"] counts the packets whose ID an earlier packet had (see
     count_duplicates; `streamed_ids`: the IDs of a live trace's delivered packets not held)."""
     lost = lost_counts(end.get("lost_ids"))
     suspect = untied(end) > 0 or bool(end.get("no_delivery_hook"))
-    seen = aggregate.close(lost, suspect) if aggregate is not None else ()
+    seen = aggregate.close(lost, suspect, by) if aggregate is not None else ()
+    if aggregate is not None and aggregate.unmeasured:
+        _note(end, UNMEASURED_NOTE, aggregate.unmeasured)
     others = list(aggregate.ids) if aggregate is not None else []
     others += streamed_ids
     return count_duplicates(
@@ -236,22 +242,24 @@ class LivePipeline:
         """The --json lines settle() left for after the report."""
         self.stream.write_backlog()
 
-    def end(self, counters, lost_ids, coverage=()):
+    def end(self, counters, lost_ids, coverage=(), by=None):
         """(packets, end record) once the last record is in: the policy applied, the recording
-        (if any) ended and closed."""
+        (if any) ended and closed. `by` (time.monotonic()): when the report is due (the
+        latencies of packets not folded by then are left out, see Aggregate.close)."""
         end = live_end(counters, lost_ids, self.netns_names(), self.stream.events,
                        self.stream.streamed, coverage)
         packets = list(finish(self.stream.finish(), end, self.stream.agg,
-                              self.stream.streamed_ids))
+                              self.stream.streamed_ids, by))
         if self.rec:
             self.rec.end(end)
             self.rec.close()
         return packets, end
 
-    def report(self, counters, lost_ids, meta, timeline=50, html=None):
+    def report(self, counters, lost_ids, meta, timeline=50, html=None, by=None):
         """(packets, report text) of the finished trace: end(), then the sinks (the packets go
-        to the --json output, which the caller closes; `html`: the page's path, or None)."""
-        packets, end = self.end(counters, lost_ids, meta.get("coverage"))
+        to the --json output, which the caller closes; `html`: the page's path, or None; `by`:
+        see end)."""
+        packets, end = self.end(counters, lost_ids, meta.get("coverage"), by)
         return packets, emit(packets, meta, end, self.json_out, timeline, self.stream.agg,
                              html)[0]
 

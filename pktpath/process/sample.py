@@ -24,6 +24,7 @@ import bisect
 import heapq
 import operator
 import struct
+import time
 from array import array
 
 from pktpath.events import records
@@ -60,6 +61,7 @@ class Aggregate:
         self.ids = array("Q")   # IDs (64-bit keys) of the spilled packets (the policy's `seen`)
         self.packets = 0
         self._shapes = set()    # shapes with packets not folded yet
+        self.unmeasured = 0     # packets counted without their latencies (close's `by`)
 
     def add_packet(self, p):
         """A packet record (reconstruct) not delivered."""
@@ -99,17 +101,23 @@ class Aggregate:
         if shape.verdict == "lost":
             self.lost.append((pid, shape.key, shape.fields))
 
-    def fold(self, idle=None, stopping=None):
+    def fold(self, idle=None, stopping=None, by=None):
         """Move the shapes' packets into PathStats, Summary (and t0); `idle`: see
         PathStats.add_bulk. With `stopping` (a callable), stops short between two shapes once
-        it is true (the rest is folded by the next fold); returns True when all are folded."""
+        it is true (the rest is folded by the next fold); returns True when all are folded.
+        `by` (time.monotonic()): from then on, packets are folded without their latencies
+        (sorting them is most of a fold: see close)."""
         shapes = self._shapes
         while shapes:
             shape = shapes.pop()
             self.packets += shape.count
             if self.t0 is None or shape.t0 < self.t0:
                 self.t0 = shape.t0
-            self.paths.add_bulk(shape.rank, shape.stages, shape.counted, shape.dts,
+            dts = shape.dts
+            if by is not None and shape.n > 1 and time.monotonic() >= by:
+                dts = None
+                self.unmeasured += shape.count
+            self.paths.add_bulk(shape.rank, shape.stages, shape.counted, dts,
                                 shape.count, idle, shape.verdict)
             if shape.verdict != "lost":
                 self.summary.add_groups(shape.ids, shape.count, shape.verdict, shape.key,
@@ -119,11 +127,14 @@ class Aggregate:
                 return False
         return True
 
-    def close(self, lost_ids, suspect):
+    def close(self, lost_ids, suspect, by=None):
         """fold(), and count the spilled `lost` packets after the policy: `incomplete` when
         their ID is in `lost_ids` or every lost verdict is `suspect`. Returns the IDs of
-        `lost_ids` spilled (seen: the policy must not invent a record for them)."""
-        self.fold()
+        `lost_ids` spilled (seen: the policy must not invent a record for them). `by`: a live
+        trace's deadline for the latencies (fold): the packets finished at the stop of a flood
+        are counted whole (verdicts, groups, funnel), but past `by` their hop latencies are
+        left out (`unmeasured`, which the report says) so that the report comes in time."""
+        self.fold(by=by)
         s = self.summary
         for pid, key, fields in self.lost:
             if suspect or pid in lost_ids:

@@ -163,6 +163,12 @@ def poll_loop(t, stop, child, on_record, flush, summary, lost_after, duration=No
 READ_FOR_S = 0.3
 
 
+# and the latencies of the packets finished at the stop are sorted until this long after it;
+# those of packets left then are not in the latency table (counted all the same: the report says
+# how many, see sample.Aggregate.close)
+FOLD_BY_S = 0.75
+
+
 def drain(t, on_record, since=None, budget=READ_FOR_S):
     """Take the records still in the tracer: those in the ring buffer (until `budget` s after
     `since`, time.monotonic(), if given), then every open path. Returns how many complete
