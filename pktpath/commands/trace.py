@@ -248,7 +248,8 @@ def _run(args, metrics):
         marks.append(("report", time.monotonic()))
         if os.environ.get("PKTPATH_TIMES"):  # where the stop goes (bench, tests)
             print("pktpath: stop " + ", ".join("%s %.3fs" % (name, t1 - t0) for (_, t0), (
-                name, t1) in zip(marks, marks[1:])), file=sys.stderr, flush=True)
+                name, t1) in zip(marks, marks[1:])) + "; %s to report %.3fs" % (
+                    marks[0][0], marks[-1][1] - marks[0][1]), file=sys.stderr, flush=True)
         # the report first: the JSON of packets finished at the stop and not kept for the
         # report (a flood's last seconds) may take longer to write
         gc.enable()

@@ -166,7 +166,7 @@ READ_FOR_S = 0.3
 # and the latencies of the packets finished at the stop are sorted until this long after it;
 # those of packets left then are not in the latency table (counted all the same: the report says
 # how many, see sample.Aggregate.close)
-FOLD_BY_S = 0.75
+FOLD_BY_S = 0.7
 
 
 def drain(t, on_record, since=None, budget=READ_FOR_S):
