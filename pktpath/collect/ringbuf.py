@@ -15,6 +15,7 @@ Records are taken in one pass and handed over as bytes; the consumer position is
 per pass. Waiting uses epoll on the map fd (the kernel signals it on a wake-up).
 """
 import mmap
+import os
 import select
 import struct
 
@@ -38,6 +39,7 @@ class RingReader:
         if wait:    # (tests read a file laid out like the map: no epoll on regular files)
             self._ep.register(map_fd, select.EPOLLIN)
         self.records = 0
+        self._wake = None
 
     def consume(self, handle, limit=None):
         """Hand every complete record to `handle(bytes)`, in order; returns how many.
@@ -67,16 +69,43 @@ class RingReader:
         self.records += n
         return n
 
+    def watch(self, fd):
+        """Also end a wait when `fd` (a non-blocking pipe, e.g. signal.set_wakeup_fd's) becomes
+        readable: a signal then ends the wait at once (an interrupted epoll_wait is resumed by
+        Python until its timeout). What is written to it is read and discarded."""
+        self._ep.register(fd, select.EPOLLIN)
+        self._wake = fd
+
     def poll(self, handle, timeout_ms):
         """Wait up to `timeout_ms` for a wake-up (records may also arrive without one), then
         consume everything available."""
         if not self.pending():
-            self._ep.poll(timeout_ms / 1000.0)
+            for fd, _ev in self._ep.poll(timeout_ms / 1000.0):
+                if fd == self._wake:
+                    try:
+                        os.read(fd, 512)
+                    except OSError:
+                        pass
         return self.consume(handle)
 
     def pending(self):
         """True if records are waiting."""
         return _U64.unpack_from(self._data, 0)[0] > _U64.unpack_from(self._cons, 0)[0]
+
+    def waiting(self):
+        """How many complete records wait to be read (their headers walked, none consumed)."""
+        data, mask, page = self._data, self.mask, self.page
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(data, 0)[0]
+        n, unpack = 0, _U32.unpack_from
+        while cons < prod:
+            hdr = unpack(data, page + (cons & mask))[0]
+            if hdr & BUSY:
+                break
+            if not hdr & DISCARD:
+                n += 1
+            cons += ((hdr & ~DISCARD) + 15) & ~7
+        return n
 
     def close(self):
         for m in (self._cons, self._data):
@@ -114,11 +143,16 @@ class Rings:
         self._snaps()
         return n
 
-    def consume(self, handle):
-        """Hand every waiting record to `handle`, without waiting; returns how many."""
-        n = self.events.consume(handle) + self.rescue.consume(handle)
+    def consume(self, handle, limit=None):
+        """Hand every waiting record to `handle`, without waiting; returns how many. At most
+        `limit` records of each ring if given."""
+        n = self.events.consume(handle, limit) + self.rescue.consume(handle, limit)
         self._snaps()
         return n
+
+    def waiting(self):
+        """How many complete records wait in `events` and `rescue`."""
+        return self.events.waiting() + self.rescue.waiting()
 
     def close(self):
         for r in (self.events, getattr(self, "rescue", None), self.snaps):

@@ -108,11 +108,21 @@ class Tracer:
         """Wait for records (up to timeout_ms) and hand each to on_event."""
         return self._rings.poll(self._on_event, timeout_ms)
 
-    def drain(self):
-        """Hand every waiting record to on_event, without waiting (none once closed)."""
+    def wake_on(self, fd):
+        """End poll()'s wait as soon as `fd` is readable (session.Stop's signal pipe)."""
+        if self._rings is not None:
+            self._rings.events.watch(fd)
+
+    def drain(self, limit=None):
+        """Hand every waiting record to on_event, without waiting (none once closed); at most
+        about `limit` records if given (the rest stay: see unread)."""
         if self._rings is None:
             return 0
-        return self._rings.consume(self._on_event)
+        return self._rings.consume(self._on_event, limit)
+
+    def unread(self):
+        """How many complete records wait in the ring buffers (0 once closed)."""
+        return self._rings.waiting() if self._rings is not None else 0
 
     def counters(self):
         """See maps.MapReader.counters."""

@@ -7,6 +7,7 @@ report is printed, and an interrupted run still prints the report of what it saw
 does arguments and wiring only.
 """
 import argparse
+import gc
 import json
 import os
 import socket
@@ -159,11 +160,13 @@ def _run(args, metrics):
     json_out = jsonfile.open_json(args.json)
     decoder = records.PathDecoder([h.name for h in plan], symbols.drop_reasons(btf), kallsyms,
                                   key=cfg.id_from)
+    child, stop = session.Child(), session.Stop()
     pipe = pipeline.LivePipeline(
         decoder, session.netns_names, summary=summary, json_out=json_out, rec=rec,
         only_netns=session.netns_filter(cfg.netns), keep_delivered=args.keep_delivered,
         stack=lambda sid: session.clean_stack([kallsyms(a) for a in t.stack(sid)]), idle=t.drain,
-        metrics=metrics, tcp_keys=cfg.id_from == "headers" and cfg.proto != "udp")
+        metrics=metrics, tcp_keys=cfg.id_from == "headers" and cfg.proto != "udp",
+        stopping=stop.stopping)
     interval_drops = drops.IntervalTable(kallsyms, decoder.reasons, session.netns_names)
     flush = pipe.flush
 
@@ -187,7 +190,6 @@ def _run(args, metrics):
             flushes[0] += 1
             if flushes[0] % 4 == 0:     # the tracer's counters once a second
                 metrics.set_counters(t.counters())
-    child, stop = session.Child(), session.Stop()
     marks = []
     with stop:
         try:
@@ -203,12 +205,19 @@ def _run(args, metrics):
             session.poll_loop(t, stop, child, pipe.on_record, status.wrap(flush), summary,
                               args.lost_after, args.duration, args.grace, args.interval, on_drops)
             status.clear()
+            # the stop: from here to the report, no garbage collection (a full one takes tens of
+            # ms with a flood's aggregates; nothing made here needs one) and a bounded read
+            gc.disable()
             if stop.at is not None:     # PKTPATH_TIMES: "loop" is then signal -> loop left
                 marks.append(("signal", stop.at))
             marks.append(("loop", time.monotonic()))
-            session.drain(t, pipe.on_record)
+            since = stop.at or marks[-1][1]
+            unread = session.drain(t, pipe.on_record, since=since)
+            report_by = since + session.FOLD_BY_S
             marks.append(("drain+sweep", time.monotonic()))
             counters, lost_ids, drop_counts = t.counters(), t.lost_ids(), t.drop_counts()
+            if unread:
+                counters["unread"] = unread
             pipe.settle()  # while drop stacks can still be read
             if metrics is not None:
                 metrics.set_counters(counters)
@@ -218,7 +227,7 @@ def _run(args, metrics):
         finally:
             status.clear()
             t.close()
-            child.stop()
+            child.terminate()   # (waited for after the report)
             if marks:
                 marks.append(("close", time.monotonic()))
     if stop.reason:
@@ -227,7 +236,7 @@ def _run(args, metrics):
         _write_stats(args.stats_file, t, counters, pipe.events, ready_s)
     with session.Stop():  # the report of a finished trace is printed whole, signals or not
         packets, text = pipe.report(counters, lost_ids, meta, args.timeline,
-                                    html=args.html)
+                                    html=args.html, by=report_by)
         print(text)
         if args.stack:
             print("\n== drop stacks ==\n" + (drops.stacks_section(packets) or "none recorded"))
@@ -240,11 +249,14 @@ def _run(args, metrics):
         marks.append(("report", time.monotonic()))
         if os.environ.get("PKTPATH_TIMES"):  # where the stop goes (bench, tests)
             print("pktpath: stop " + ", ".join("%s %.3fs" % (name, t1 - t0) for (_, t0), (
-                name, t1) in zip(marks, marks[1:])), file=sys.stderr, flush=True)
+                name, t1) in zip(marks, marks[1:])) + "; %s to report %.3fs" % (
+                    marks[0][0], marks[-1][1] - marks[0][1]), file=sys.stderr, flush=True)
         # the report first: the JSON of packets finished at the stop and not kept for the
         # report (a flood's last seconds) may take longer to write
+        gc.enable()
         pipe.write_backlog()
         jsonfile.close_json(json_out, args.json)
+        child.stop()
     return 0
 
 

@@ -164,11 +164,12 @@ class PathStats:
         flattened in `dts` (an array, len(stages) per packet); `rank`: the lowest (id,
         first_ns) of them; `verdict`: theirs (see add_stages). `idle` (if any) is called
         between segments (a live trace drains its ring buffer: sorting a flood's latencies
-        takes tens of ms per segment)."""
+        takes tens of ms per segment). `dts` None: the packets count in the funnel, not in the
+        latencies (a live trace's stop, when the report is due: see sample.Aggregate.close)."""
         self._end(stages, counted, verdict, count)
         n = len(stages)
         gaps, ranks = self._gaps, self._rank
-        for i in range(n - 1):
+        for i in range(n - 1 if dts is not None else 0):
             key = (stages[i], stages[i + 1])
             vals = gaps.get(key)
             if vals is None:

@@ -34,6 +34,12 @@ BLIND_NOTE = ("no delivery hook was attached (%d hooks): a packet not seen dropp
               "been delivered, so no packet is reported `lost` (those are `incomplete`)")
 UNTIED_NOTE = ("%d lost records could not be tied to a packet ID: packets may be missing from "
                "this report, and every `lost` verdict is reported as `incomplete`")
+UNMEASURED_NOTE = ("latencies: %d packets finished at the stop (a flood's last second) are "
+                   "counted but not in the latency table (sorting them would have delayed "
+                   "the report)")
+UNREAD_NOTE = ("%d records were still waiting in the ring buffer when the report was due and "
+               "were not read: packets may be missing from this report, and every `lost` "
+               "verdict is reported as `incomplete`")
 
 
 def lost_counts(lost_ids):
@@ -46,8 +52,10 @@ def lost_counts(lost_ids):
 
 
 def untied(end):
-    """How many records the tracer lost without knowing their packet ID (0 or more)."""
-    return max(0, (end.get("lost") or 0) - sum(lost_counts(end.get("lost_ids")).values()))
+    """How many records the tracer lost without knowing their packet ID (0 or more), those left
+    unread at the stop (`unread`, see session.drain) included."""
+    return max(0, (end.get("lost") or 0) - sum(lost_counts(end.get("lost_ids")).values())) + \
+        (end.get("unread") or 0)
 
 
 def _note(end, template, n):
@@ -76,23 +84,28 @@ def settle_end(end):
         _note(end, IP6_EXT_NOTE, end["ip6_ext_unwalked"])
     if end.get("geneve_opts_unread"):
         _note(end, GENEVE_OPTS_NOTE, end["geneve_opts_unread"])
-    if untied(end):
-        _note(end, UNTIED_NOTE, untied(end))
+    if end.get("unread"):
+        _note(end, UNREAD_NOTE, end["unread"])
+    if untied(end) - (end.get("unread") or 0):
+        _note(end, UNTIED_NOTE, untied(end) - (end.get("unread") or 0))
     if end.get("no_delivery_hook"):
         _note(end, BLIND_NOTE, end["no_delivery_hook"])
     return end
 
 
-def finish(packets, end, aggregate=None, streamed_ids=()):
+def finish(packets, end, aggregate=None, streamed_ids=(), by=None):
     """Packets (sorted by ID, then first_ns) after the policy: IDs the tracer lost events of are
     `incomplete` where they would be `lost` (and get a record when it lost them all); when it
     lost records it could not tie to an ID, every `lost` verdict is `incomplete`. A live
-    trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy.
+    trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy
+    (`by`: its deadline for latencies, see Aggregate.close).
     end["duplicate_ids"] counts the packets whose ID an earlier packet had (see
     count_duplicates; `streamed_ids`: the IDs of a live trace's delivered packets not held)."""
     lost = lost_counts(end.get("lost_ids"))
     suspect = untied(end) > 0 or bool(end.get("no_delivery_hook"))
-    seen = aggregate.close(lost, suspect) if aggregate is not None else ()
+    seen = aggregate.close(lost, suspect, by) if aggregate is not None else ()
+    if aggregate is not None and aggregate.unmeasured:
+        _note(end, UNMEASURED_NOTE, aggregate.unmeasured)
     others = list(aggregate.ids) if aggregate is not None else []
     others += streamed_ids
     return count_duplicates(
@@ -177,11 +190,12 @@ class LivePipeline:
     `metrics`: output/metrics.Metrics (--metrics) told of each packet finished, or None;
     `tcp_keys`: TCP traced with header keys: every packet is built as it finishes, so that a
     retransmission finished after its first copy's flush is still marked (FirstCopies).
+    `stopping`: callable, true once the report is due (session.Stop.stopping).
     """
 
     def __init__(self, decoder, netns_names, summary=True, json_out=None, rec=None,
                  only_netns=(), keep_delivered=10000, stack=None, idle=None, metrics=None,
-                 tcp_keys=False):
+                 tcp_keys=False, stopping=None):
         self.decoder, self.netns_names = decoder, netns_names
         self.json_out, self.rec = json_out, rec
         self.only_netns, self.stack = only_netns, stack
@@ -191,7 +205,7 @@ class LivePipeline:
                                    fast=not (rec or only_netns or tcp_keys), idle=idle,
                                    json_line=delivered, lone_packet=delivered.packet,
                                    raw_paths=sample.RawPaths(decoder) if summary else None,
-                                   metrics=metrics,
+                                   metrics=metrics, stopping=stopping,
                                    first_copies=reconstruct.FirstCopies() if tcp_keys else None)
         self.summary = summary
         self.on_record = summary_handler(self.stream) if summary else self._on_event
@@ -232,22 +246,24 @@ class LivePipeline:
         """The --json lines settle() left for after the report."""
         self.stream.write_backlog()
 
-    def end(self, counters, lost_ids, coverage=()):
+    def end(self, counters, lost_ids, coverage=(), by=None):
         """(packets, end record) once the last record is in: the policy applied, the recording
-        (if any) ended and closed."""
+        (if any) ended and closed. `by` (time.monotonic()): when the report is due (the
+        latencies of packets not folded by then are left out, see Aggregate.close)."""
         end = live_end(counters, lost_ids, self.netns_names(), self.stream.events,
                        self.stream.streamed, coverage)
         packets = list(finish(self.stream.finish(), end, self.stream.agg,
-                              self.stream.streamed_ids))
+                              self.stream.streamed_ids, by))
         if self.rec:
             self.rec.end(end)
             self.rec.close()
         return packets, end
 
-    def report(self, counters, lost_ids, meta, timeline=50, html=None):
+    def report(self, counters, lost_ids, meta, timeline=50, html=None, by=None):
         """(packets, report text) of the finished trace: end(), then the sinks (the packets go
-        to the --json output, which the caller closes; `html`: the page's path, or None)."""
-        packets, end = self.end(counters, lost_ids, meta.get("coverage"))
+        to the --json output, which the caller closes; `html`: the page's path, or None; `by`:
+        see end)."""
+        packets, end = self.end(counters, lost_ids, meta.get("coverage"), by)
         return packets, emit(packets, meta, end, self.json_out, timeline, self.stream.agg,
                              html)[0]
 
@@ -296,6 +312,8 @@ def _load(paths, on_event):
         names.update(e.get("netns_names") or {})
         for key in ("lost", "unreachable"):
             end[key] += e.get(key) or 0
+        if e.get("unread"):     # left in the ring at the stop: like records lost untied
+            end["unread"] = end.get("unread", 0) + e["unread"]
         if e.get("no_delivery_hook"):   # one blind host: no `lost` in the merged report
             end["no_delivery_hook"] = end.get("no_delivery_hook", 0) + e["no_delivery_hook"]
         end["warnings"] += e.get("warnings", [])

@@ -28,7 +28,7 @@ class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
                  raw_paths=None, sample_first=sample.FIRST, metrics=None, lone_packet=None,
-                 first_copies=None):
+                 first_copies=None, stopping=None):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -57,6 +57,10 @@ class PacketStream:
         # _build_deferred; records.DeliveredJSON.packet)
         self.lone_packet = lone_packet
         self.idle = idle                    # called between batches of a long flush
+        # callable -> True once the report is due (session.Stop.stopping): a flush under way
+        # then stops short and leaves the rest to the stop's own (settle), which it does not
+        # delay: what it would have finished is finished there either way
+        self.stopping = stopping
         self.deferred = []                  # kept delivered packets still raw: record or [records]
         # packets not delivered: a bounded sample kept (raw or built), the rest aggregated and
         # streamed (sample.py); raw_paths (sample.RawPaths) aggregates plain records unexpanded
@@ -115,20 +119,11 @@ class PacketStream:
         raw = self.raw
         get = raw.get
         append, unplain = self._ids.append, self._unplain.append
-
         if fields is None:
-            def add(record):
+            def unpack(record, _off):   # key's (pid, hops, final) in the order of `fields`
                 pid, hops, final = key(record)
-                if get(pid) is not None:    # a second record of the ID: the general path
-                    return self.add_record(pid, record, hops, final == deliver)
-                self.events += hops
-                if final == deliver:
-                    raw[pid] = record
-                else:
-                    raw[pid] = [(record, False)]
-                    unplain(pid)
-                append(pid)
-            return add
+                return pid, final, hops
+            fields = (unpack, 0, -(1 << 62), 1)     # (hops never capped)
         unpack, off, hdr, hop = fields
 
         def add(record):
@@ -189,7 +184,9 @@ class PacketStream:
         count_only = self.fast and self.json_out is None and metrics is None
         full = self.kept_delivered >= self.keep_delivered
         counted, count = 0, self.streamed_ids.append
-        for pid in done:
+        rest = iter(done)                   # what is left of `done` if the flush stops short
+        short = False
+        for pid in rest:
             raw = raw_pop(pid, None)
             if full and count_only and raw.__class__ is not list and raw is not None and \
                     not pending:
@@ -220,8 +217,9 @@ class PacketStream:
                         if metrics is not None:
                             metrics.record(raw[0][0], got[2].verdict, int_names)
                         plain += 1
-                        if plain & 4095 == 0 and self.idle is not None:
-                            self.idle()     # ~10 ms of work: the ring buffer keeps filling
+                        if plain & 4095 == 0 and self._pause(force):
+                            short = True    # (~10 ms of work between two pauses)
+                            break
                         continue
                 elif lone or any(d for _r, d in raw):
                     if self.kept_delivered < self.keep_delivered:
@@ -255,15 +253,28 @@ class PacketStream:
                 self._finish_packets(evs, names)
                 full = self.kept_delivered >= self.keep_delivered
                 evs, batch = [], 0
-                if self.idle is not None:
-                    self.idle()             # e.g. drain the ring buffer: it keeps filling
+                if self._pause(force):
+                    short = True
+                    break
         self.streamed += counted
         self._finish_packets(evs, names)
-        if not force:
-            self.agg.fold(self.idle)        # in bulk, a little at a time: less at the stop
-            if read is not None and self.fast:
+        if short:                           # the report is due: the rest at the stop's flush
+            self._ids.extend(rest)
+        elif not force:
+            # in bulk, a little at a time: less at the stop
+            if self.agg.fold(self.idle, self.stopping) and read is not None and self.fast:
                 self._preread(self._unplain, int_names)
         self._unplain.clear()
+
+    def _pause(self, force):
+        """Between batches of a long flush: idle() (e.g. drain the ring buffer: it keeps
+        filling) while tracing; True when the flush should stop short (the report is due). The
+        stop's own flush (`force`) neither reads more records nor stops."""
+        if force:
+            return False
+        if self.idle is not None:
+            self.idle()
+        return self.stopping is not None and self.stopping()
 
     def _preread(self, ids, names):
         """Read the lone records not delivered of `ids` (those that arrived since the last
@@ -271,15 +282,15 @@ class PacketStream:
         (see _plain): reading costs a few us per record, which a flood's last second would
         otherwise add to the stop. Not done as records arrive: the ring buffer must be emptied
         quickly."""
-        raw, plain, read, idle = self.raw, self._plain, self.raw_paths.shape_of, self.idle
+        raw, plain, read = self.raw, self._plain, self.raw_paths.shape_of
         n = 0
         for pid in ids:
             r = raw.get(pid)
             if r.__class__ is list and len(r) == 1 and pid not in plain:
                 plain[pid] = read(r[0][0], names) or False
                 n += 1
-                if n & 4095 == 0 and idle is not None:
-                    idle()
+                if n & 4095 == 0 and self._pause(False):
+                    return                  # (only read ahead: the stop reads the rest)
 
     def settle(self, defer_json=False):
         """Finish every packet now, expanding the kept records (call while `expand` still

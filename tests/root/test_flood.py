@@ -113,12 +113,18 @@ def test_flood_of_drops_reports_within_a_second_of_ctrl_c(fault, tmp_path):
     # the drop table has the exact count, the verdict table says it shows a sample
     assert re.search(r"NO_SOCKET .* %d " % dropped, out), out[-3000:]
     assert re.search(r"showing \d+ of %d not delivered" % dropped, out), out[-3000:]
-    # The goal is 1 s. Measured for ~200-240k drops (2 s of two senders) on a loaded 2-CPU
-    # machine: 0.92-1.38 s (was 1.6-2.1 s before records were read ahead of the stop and
-    # latencies sorted as they are folded). What is left at the signal is the flush under way
-    # and the last second of records (finished at the stop); the bound catches a return of the
-    # old behaviour (22-29 s, every dropped packet expanded) without failing on the jitter: a
-    # full-suite run while other work loaded the machine once took just over 2 s.
-    assert stop_s < 3.0, "report %.2f s after SIGINT" % stop_s
+    # The goal: the report within 1 s of the signal (measured here from just before it is
+    # sent to the report's last line). At the signal, the packets of the flood's last ~1.3 s
+    # are not finished yet (the tracer is a flush behind a flood that fills its CPU): a flush
+    # under way stops short, the ring is read for at most 0.3 s, no garbage collection, and
+    # past 0.7 s the latencies of the packets left are not sorted (they are counted, and the
+    # report says how many: see session.py). Measured on the loaded 2-CPU VM (~210-230k
+    # drops): 0.94-1.32 s before (loop 0.04-0.54 s: the flush under way; settle 0.17-0.45;
+    # report 0.19-0.82, mostly the fold of the last second's latencies); 0.74-0.88 s after (7
+    # runs; settle 0.37-0.76, report 0.10-0.37, latencies of 0-199k packets left out: in 2
+    # runs every packet not in the sample was finished at the stop).
+    assert stop_s <= 1.0, "report %.2f s after SIGINT: %s" % (stop_s, err.strip()[-300:])
+    unmeasured = re.search(r"latencies: (\d+) packets finished at the stop", out)
+    print("latencies left out: %s" % (unmeasured.group(1) if unmeasured else 0))
     # (before: 3.9 GB for 335k dropped packets, all kept as dicts)
     assert hwm - base < 300 * 1024, "peak RSS %d MB, %d MB at start" % (hwm // 1024, base // 1024)

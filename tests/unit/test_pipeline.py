@@ -11,7 +11,7 @@ import pytest
 
 from pktpath.events import records
 from pktpath.events.recording import RecordingWriter
-from pktpath.process import pipeline
+from pktpath.process import pipeline, sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKS = ["net_dev_queue", "netif_receive_skb", "kfree_skb", "sk_data_ready"]
@@ -280,3 +280,44 @@ def test_packets_sharing_an_id_are_counted_both_ways(tmp_path, mode):
     end = json.loads(rec.read_text().splitlines()[-1])
     assert end["duplicate_ids"] == 3
     assert report(rec) == (text + "\n", js)
+
+
+def _flood(n, stopping=None, by=None, settle_ns=None):
+    """The report of a live trace that saw `n` plain dropped packets (the flood of
+    tests/root/test_flood.py), finished in the loop (settle_ns 0) or at the stop."""
+    import time
+    pipe = pipeline.LivePipeline(records.PathDecoder(HOOKS, REASONS, symbolize), lambda: NAMES,
+                                 stopping=stopping)
+    if settle_ns is not None:
+        pipe.stream.settle_ns = settle_ns
+    for pid in range(1, n + 1):
+        pipe.on_record(path_record(pid, 5, DROP, reason=3, location=0x9e))
+    time.sleep(0.001)
+    pipe.flush()
+    left = len(pipe.stream.raw)
+    pipe.settle()
+    counters = {"lost": 0, "unreachable": 0, "from_map": 0, "lost_paths_full": 0,
+                "rescued": 0, "from_frags": 0}
+    return pipe.report(counters, {}, META, 5, by=by)[1], left
+
+
+def test_a_flush_under_way_at_the_stop_stops_short_and_the_stop_finishes_the_rest():
+    whole, left = _flood(10000, settle_ns=0)
+    assert left == 0
+    stopped, left = _flood(10000, stopping=lambda: True, settle_ns=0)
+    assert 0 < left < 10000           # stopped short after a batch: the rest at the stop
+    assert stopped == whole
+
+
+def test_past_the_deadline_the_stop_counts_packets_without_their_latencies():
+    import re
+    import time
+    whole, _ = _flood(6000)
+    late, _ = _flood(6000, by=time.monotonic() - 1)
+    head = re.compile(r"^\d+ packets?: .*$", re.M)
+    assert head.search(late).group(0) == head.search(whole).group(0)   # the same verdicts
+    # (the first 1000, kept in the sample, are reported whole)
+    assert "latencies: %d packets finished at the stop" % (6000 - sample.FIRST) in late
+    assert re.search(r"kfree_skb/pp-ctrB +%d " % sample.FIRST, late)
+    assert "latencies:" not in whole
+    assert re.search(r"NO_SOCKET .* 6000 ", late) and re.search(r"NO_SOCKET .* 6000 ", whole)

@@ -68,3 +68,18 @@ def test_wrapping_record_reads_whole(tmp_path):
     r.close()
     fh.close()
     assert cons_pos(f) == prod
+
+
+def test_waiting_counts_complete_records_and_consume_takes_a_limit(tmp_path):
+    """The stop counts what it leaves unread (waiting: complete records, not consumed) and
+    reads in bounded chunks (limit)."""
+    f, prod = layout(tmp_path, [(b"a", 0), (b"b-discarded", ringbuf.DISCARD), (b"c", 0),
+                                (b"d", 0), (b"busy", ringbuf.BUSY), (b"e", 0)])
+    fh, r = reader(f)
+    assert r.waiting() == 3           # a, c, d: a discarded one is no record, a busy one ends
+    assert r.waiting() == 3           # nothing consumed
+    got = []
+    assert r.consume(got.append, limit=2) == 2 and got == [b"a", b"c"]
+    assert r.waiting() == 1
+    r.close()
+    fh.close()

@@ -40,3 +40,58 @@ def test_interval_table_shows_what_changed():
     assert "NOT_SPECIFIED" in table([(0x10, 2, 5, 3)])
     assert table([(0x10, 2, 5, 3)]) == "no drops"
     assert table([(0x10, 2, 5, 7)]).splitlines()[-1].split()[0] == "4"
+
+
+def test_a_signal_ends_the_wait_at_once_and_stopping_follows_it():
+    """Python resumes an interrupted epoll_wait until its timeout: the Stop's pipe (what the
+    tracer's wait watches) is readable as soon as the signal comes."""
+    import os
+    import select
+    import signal
+    import time
+    with session.Stop() as stop:
+        assert not stop.stopping()
+        ep = select.epoll()
+        ep.register(stop.fd, select.EPOLLIN)
+        os.kill(os.getpid(), signal.SIGTERM)
+        t0 = time.monotonic()
+        assert ep.poll(5.0) and time.monotonic() - t0 < 1.0
+        assert stop.reason == "SIGTERM" and stop.stopping() and stop.at <= time.monotonic()
+        ep.close()
+    assert stop.fd is None
+    later = session.Stop()
+    later.end_at = time.monotonic() - 1       # the duration is over, no signal
+    assert later.stopping()
+
+
+class FakeTracer:
+    """A tracer whose ring holds `n` records and whose open paths are `paths`."""
+
+    def __init__(self, n, paths=()):
+        self.left, self.paths = n, list(paths)
+
+    def drain(self, limit=None):
+        k = self.left if limit is None else min(limit, self.left)
+        self.left -= k
+        self.got = getattr(self, "got", 0) + k
+        return k
+
+    def unread(self):
+        return self.left
+
+    def sweep(self, older_than_ns=None):
+        out, self.paths = self.paths, []
+        return out
+
+
+def test_drain_reads_the_ring_until_the_budget_then_counts_what_is_left():
+    import time
+    swept = []
+    t = FakeTracer(10000, [b"open"])
+    assert session.drain(t, swept.append, since=time.monotonic()) == 0      # in time: all
+    assert t.got == 10000 and swept == [b"open"]
+    t = FakeTracer(10000, [b"open"])
+    left = session.drain(t, swept.append, since=time.monotonic() - 10)    # already due
+    assert 0 < left == t.left == 10000 - t.got and swept == [b"open", b"open"]
+    t = FakeTracer(10000)
+    assert session.drain(t, swept.append) == 0 and t.got == 10000           # no budget
