@@ -1913,40 +1913,28 @@ static __always_inline int pp_drop(void *ctx, u64 skb, u16 hook, u64 location, u
 /* Look at up to PP_DELIVER_SCAN datagrams from the tail of the receive queue, then up to
  * PP_READER_SCAN from the tail of UDP's reader_queue. The receive queue's tail is parsed
  * (pp_handle); the datagrams behind it are known by the skb map (pp_deliver_known): delivered
- * while their packet is open, and a walk stops at the first one already delivered (queues are
+ * while their packet is open, and a scan stops at the first one already delivered (queues are
  * in arrival order: so are the ones before it).
  *
  * Batches (summary mode): since Linux 6.18 one CPU may queue a batch of datagrams that other
  * CPUs handed it (udp_prod_queue), then call sk_data_ready once per datagram, each time with
- * the batch's last one as the tail; meanwhile the other CPU may queue its own batch behind it
- * and run its callbacks. A batch can be deeper than one walk: a walk that runs out of depth
- * leaves where it stopped (a resume point) in the socket's entry of `resume`, and any later
- * callback for that socket, on any CPU, whose walk ends (at a datagram delivered already, or
- * the queue's head) with depth left goes on from the resume points there, up to its depth in
- * all. So nb datagrams with nb callbacks always suffice, also when the batch's callbacks
- * deliver another CPU's datagrams queued behind it. (Resume points were per CPU until
- * 2026-11-30: a walk on CPU1 that ran out of depth in CPU0's batch left its point where CPU0's
- * callbacks did not look, and a CPU's second point overwrote its first: seen as 7 datagrams
- * of one batch reported lost, #17.) Each CPU writes only its own two entries of a socket's
- * (no lock: a point is never cleared by its readers, a stale one just leads to a datagram
- * delivered already); an entry is followed only for its socket, while its datagram is still
- * linked in a queue (a reader that took it unlinked it), and for PP_RESUME_NS.
+ * the batch's last one as the tail. A batch can be deeper than one scan: the scan that runs out
+ * of depth leaves where it stopped in `resume` (per CPU: the batch's callbacks run back to back
+ * on the CPU that queued it), and the next callback for the same socket continues from there
+ * after its tail. nb datagrams come with nb callbacks, each able to deliver PP_DELIVER_SCAN.
+ * A resume point is only followed while it is still linked in a queue (a reader that took it
+ * unlinked it) and for PP_RESUME_NS.
  * One loop, not unrolled, so that pp_handle is inlined once here. */
 #ifdef PP_SUMMARY
 #ifndef PP_DELIVER_SCAN
 #define PP_DELIVER_SCAN 8   /* (tests set a shallow depth: PKTPATH_DELIVER_SCAN, program.py) */
 #endif
-#define PP_RESUME_N 4       /* resume points per socket: two per CPU, CPUs taken modulo 2 */
-#define PP_RESUME_SOCKS 64  /* sockets with resume points at once (a hash of the address) */
-struct pp_resume_pt {
+struct pp_resume {
     u64 sk;
     u64 skb;
     u64 ts;
 };
-struct pp_resume {
-    struct pp_resume_pt pt[PP_RESUME_N];
-};
-BPF_ARRAY(resume, struct pp_resume, PP_RESUME_SOCKS);
+BPF_PERCPU_ARRAY(resume, struct pp_resume, 1);
 #else
 #define PP_DELIVER_SCAN 3
 #endif
@@ -2012,41 +2000,6 @@ static __always_inline int pp_deliver_known(void *ctx, u64 skb, u16 hook, u64 sk
 #endif
 }
 
-#ifdef PP_SUMMARY
-/* Resume point `pt` may be followed: this socket's, recent, and its datagram still queued */
-static __always_inline int pp_resume_live(struct pp_resume_pt *pt, u64 sk, u64 now, int direct)
-{
-    return pt->sk == sk && now - pt->ts < PP_RESUME_NS && pp_is_kptr(pt->skb) &&
-           pp_linked(pt->skb, direct);
-}
-
-/* ... and its datagram not delivered yet (not closed in the skb map) */
-static __always_inline int pp_resume_open(struct pp_resume_pt *pt, u64 sk, u64 now, int direct)
-{
-    if (!pp_resume_live(pt, sk, now, direct))
-        return 0;
-    struct pp_skbf s;
-    u64 id;
-    return !pp_skb_fields(pt->skb, direct, &s) && pp_skbmap_get(pt->skb, s.head, s.tail, &id) != -2;
-}
-
-/* A walk ran out of depth at `skb` (queued, not looked at): note it in one of this CPU's two
- * entries of the socket's, one whose point is not open any more, else the older one. */
-static __always_inline void pp_resume_put(struct pp_resume *rs, u64 sk, u64 skb, int direct)
-{
-    u64 now = bpf_ktime_get_ns();
-    u32 b = (bpf_get_smp_processor_id() & 1) * 2;
-    struct pp_resume_pt *pt = &rs->pt[b & 2];
-    struct pp_resume_pt *alt = &rs->pt[(b & 2) + 1];
-    if (pp_resume_open(pt, sk, now, direct) &&
-        (!pp_resume_open(alt, sk, now, direct) || alt->ts < pt->ts))
-        pt = alt;
-    pt->skb = skb;
-    pt->ts = now;
-    pt->sk = sk;
-}
-#endif
-
 static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct, int udp)
 {
     u64 rq = sk + PP_OFF_SK_QHEAD, readerq = sk + PP_OFF_UDP_READERQ;
@@ -2054,20 +2007,15 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
     u32 qlen = 0, j = 1, start = 1;
     int found = 0;
 #ifdef PP_SUMMARY
-    u32 slot = (u32)((sk >> 6) ^ (sk >> 16)) & (PP_RESUME_SOCKS - 1);
-    struct pp_resume *rs = resume.lookup(&slot);
-    if (rs && (rs->pt[0].sk == sk || rs->pt[1].sk == sk || rs->pt[2].sk == sk ||
-               rs->pt[3].sk == sk)) {
+    u32 zero = 0;
+    struct pp_resume *rs = resume.lookup(&zero);
+    if (rs && rs->sk == sk) {
         /* (the clock only read here: a resume point for this socket is rare) */
-        u64 now = bpf_ktime_get_ns();
-        if (pp_resume_open(&rs->pt[0], sk, now, direct))
-            from = rs->pt[0].skb;
-        else if (pp_resume_open(&rs->pt[1], sk, now, direct))
-            from = rs->pt[1].skb;
-        else if (pp_resume_open(&rs->pt[2], sk, now, direct))
-            from = rs->pt[2].skb;
-        else if (pp_resume_open(&rs->pt[3], sk, now, direct))
-            from = rs->pt[3].skb;
+        if (bpf_ktime_get_ns() - rs->ts < PP_RESUME_NS && pp_is_kptr(rs->skb) &&
+            pp_linked(rs->skb, direct))
+            from = rs->skb;
+        else
+            rs->sk = 0;
     }
 #endif
     /* the receive queue's tail: parsed (it may be new to the skb map) */
@@ -2078,12 +2026,12 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
             found = 1;
         if (r == PP_H_CLOSED) {
 #ifdef PP_SUMMARY
-            if (from) {
-                /* delivered by an earlier callback: on from where a walk stopped */
+            if (from && rs) {
+                /* delivered by an earlier callback of this batch: on where that callback's
+                 * scan stopped (a new tail is a new batch: scanned from the tail, the resume
+                 * point kept for the callbacks after it) */
                 skb = from;
-                from = 0;
-                j = 0;
-                qlen = 0xffffffff;  /* (somewhere in one of the queues: walked to its head) */
+                rs->sk = 0;
                 pp_count(PP_CNT_DELIVER_RESUMED);
             } else
 #endif
@@ -2104,18 +2052,6 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
             j = 0;
         }
         if (!pp_is_kptr(skb) || skb == rq || skb == readerq || j >= qlen) {
-#ifdef PP_SUMMARY
-            if (from && i < PP_DELIVER_SCAN) {
-                /* depth left: on from where a walk stopped (this step again, there) */
-                skb = from;
-                from = 0;
-                j = 0;
-                qlen = 0xffffffff;
-                pp_count(PP_CNT_DELIVER_RESUMED);
-                i--;
-                continue;
-            }
-#endif
             if (i >= PP_DELIVER_SCAN || !udp)
                 break;   /* (a TCP socket has no reader queue) */
             i = PP_DELIVER_SCAN - 1;  /* on to the reader queue */
@@ -2125,17 +2061,6 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
         if (r == PP_H_DELIVERED)
             found = 1;
         if (r == PP_H_CLOSED) {
-#ifdef PP_SUMMARY
-            if (from && i < PP_DELIVER_SCAN) {
-                skb = from;
-                from = 0;
-                j = 0;
-                qlen = 0xffffffff;
-                pp_count(PP_CNT_DELIVER_RESUMED);
-                i--;
-                continue;
-            }
-#endif
             /* a datagram queued before it was delivered already: so were those before it (and
              * the reader queue's, older still, once this scan delivered the ones after it) */
             if (i >= PP_DELIVER_SCAN || found || !udp)
@@ -2146,10 +2071,12 @@ static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direc
         skb = PP_RD(u64, skb + PP_OFF_SKB_PREV, direct);
         j++;
 #ifdef PP_SUMMARY
-        if (i == PP_DELIVER_SCAN - 1 && rs && pp_is_kptr(skb) && skb != rq && skb != readerq &&
-            j < qlen)
-            /* out of depth with more datagrams behind: a later callback goes on from here */
-            pp_resume_put(rs, sk, skb, direct);
+        if (i == PP_DELIVER_SCAN - 1 && rs && pp_is_kptr(skb) && skb != rq && j < qlen) {
+            /* out of depth with more datagrams behind: the next callback goes on from here */
+            rs->sk = sk;
+            rs->skb = skb;
+            rs->ts = bpf_ktime_get_ns();
+        }
 #endif
     }
     return found;

@@ -215,9 +215,7 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     if summary:
         d["PP_SUMMARY"] = 1
         d["PP_PATHS"] = paths
-        # a batch's callbacks run back to back, but a vCPU may stall between them (the point
-        # is followed only while its datagram is still queued)
-        d["PP_RESUME_NS"] = "10000000ULL"   # 10 ms
+        d["PP_RESUME_NS"] = "1000000ULL"    # 1 ms: one batch's callbacks run back to back
         # a shallower delivery scan, for tests: every batch deeper than it must be resumed
         depth = os.environ.get("PKTPATH_DELIVER_SCAN")
         if depth:
