@@ -81,5 +81,20 @@ def test_waiting_counts_complete_records_and_consume_takes_a_limit(tmp_path):
     got = []
     assert r.consume(got.append, limit=2) == 2 and got == [b"a", b"c"]
     assert r.waiting() == 1
+
+
+def test_drainer_take_holds_records_in_order(tmp_path):
+    """What the drainer thread takes out of the ring (freeing it for the kernel) is handed over
+    first by the next pass, in order, and counted once."""
+    f, prod = layout(tmp_path, [(b"one", 0), (b"two", 0), (b"three", 0)])
+    fh, r = reader(f)
+    assert r.take(prod) == 0          # not more than min_fill waiting: left in the ring
+    assert r.take(0) == 3
+    assert cons_pos(f) == prod and r.fill() == 0 and r.pending() and r.records == 0
+    assert r.waiting() == 3           # held, not read: the stop counts them unread
+    got = []
+    assert r.consume(got.append, limit=2) == 2
+    assert r.consume(got.append) == 1
+    assert got == [b"one", b"two", b"three"] and r.records == 3 and not r.pending()
     r.close()
     fh.close()
