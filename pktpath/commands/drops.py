@@ -4,7 +4,7 @@ every drop. No config file.
 The kernel side is the tracer's drop monitor (bpf/pktpath.c, pp_dropwatch, as `--drops all`)
 with details: it counts every drop exactly (by location, reason, netns; and by flow) and emits a
 detail record per drop within a quota per (location, reason). Wiring only: the stream is
-process/drops.py, the text output/drops.py.
+output/dropmonitor.py, the text output/drops.py.
 """
 import socket
 import sys
@@ -18,7 +18,7 @@ from pktpath.kernel import symbols
 from pktpath.kernel import netns as netnsmod
 from pktpath.kernel.btf import kernel_btf
 from pktpath.output import jsonfile
-from pktpath.process import drops as dropsmod
+from pktpath.output import dropmonitor as dropsmod
 from pktpath.process import session
 from pktpath.errors import UserError
 

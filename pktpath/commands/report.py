@@ -9,7 +9,7 @@ import sys
 
 from pktpath.config import cmdline_number
 from pktpath.errors import UserError
-from pktpath.output import drops, jsonfile, report
+from pktpath.output import drops, jsonfile, report, sinks
 from pktpath.process import pipeline
 
 
@@ -27,7 +27,7 @@ def run(args):
     args.html = getattr(args, "html", None)  # (callers building args by hand)
     if args.timeline < 0:
         raise UserError("--timeline must be 0 or more, got %d" % args.timeline)
-    from pktpath.process import drops as dropsmod
+    from pktpath.output import dropmonitor as dropsmod
     if dropsmod.is_drops_recording(args.files[0]):
         if len(args.files) > 1:
             raise UserError("a drops recording is reported on its own")
@@ -49,11 +49,11 @@ def run(args):
         report.write_json(packets, sys.stdout)
         return 0
     if args.json == "-":  # the JSON to stdout and the page, no text report
-        pipeline.emit(packets, meta, end, sys.stdout, args.timeline, html=args.html)
+        sinks.emit(packets, meta, end, sys.stdout, args.timeline, html=args.html)
         return 0
     out = jsonfile.open_json(args.json)
     try:
-        text, stacked = pipeline.emit(packets, meta, end, out, args.timeline, html=args.html)
+        text, stacked = sinks.emit(packets, meta, end, out, args.timeline, html=args.html)
         jsonfile.close_json(out, args.json)
     except OSError as e:
         raise UserError("cannot write --json %s: %s" % (args.json, e.strerror)) from None

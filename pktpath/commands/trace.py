@@ -19,7 +19,7 @@ from pktpath.collect import plan as planmod
 from pktpath.events import recording
 from pktpath.kernel import symbols
 from pktpath.kernel.btf import kernel_btf
-from pktpath.output import drops, jsonfile, progress
+from pktpath.output import drops, jsonfile, progress, sinks
 from pktpath.process import pipeline, session
 from pktpath.errors import UserError
 
@@ -235,8 +235,8 @@ def _run(args, metrics):
     if args.stats_file:
         _write_stats(args.stats_file, t, counters, pipe.events, ready_s)
     with session.Stop():  # the report of a finished trace is printed whole, signals or not
-        packets, text = pipe.report(counters, lost_ids, meta, args.timeline,
-                                    html=args.html, by=report_by)
+        packets, text = sinks.live_report(pipe, counters, lost_ids, meta, args.timeline,
+                                          html=args.html, by=report_by)
         print(text)
         if args.stack:
             print("\n== drop stacks ==\n" + (drops.stacks_section(packets) or "none recorded"))

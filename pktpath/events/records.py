@@ -203,7 +203,7 @@ class Decoder:
     def __init__(self, hook_names, reasons=None, symbolize=None, key=None):
         self.hook_names = list(hook_names)
         # "payload" or "headers" (KEY_FROM): events then carry "key" and "proto", and packets
-        # their key, proto and flow (output/schema.py); None: neither (older recordings)
+        # their key, proto and flow (events/schema.py); None: neither (older recordings)
         self.key = key
         self.reasons = reasons or {}
         self.symbolize = symbolize or (lambda addr: "0x%x" % addr)

@@ -1,6 +1,6 @@
 """`--html FILE`: the report as one self-contained HTML page (inline CSS and SVG, no scripts,
 no fonts, nothing fetched), built from the data the text report is built from
-(output/report.ReportBuilder.data(), process/drops.DropMonitor.final) so a live trace and
+(output/report.ReportBuilder.data(), output/dropmonitor.DropMonitor.final) so a live trace and
 `report FILE` give the same page. Pure: every string from the packets is escaped here.
 
 The trace page: a picture of the path (namespaces as boxes, hook@device stages in path order,

@@ -1,7 +1,7 @@
 """Packet records (pktpath.process.reconstruct) -> text tables (tabulate) and JSON Lines (pure)."""
 from tabulate import tabulate
 
-from pktpath.output import schema
+from pktpath.events import schema
 from pktpath.process import analysis, sample
 from pktpath.process.reconstruct import Summary, summarize
 
@@ -297,5 +297,5 @@ class ReportBuilder:
 
 
 def write_json(packets, fh):
-    """One JSON object per packet, one per line (output/schema.py)."""
+    """One JSON object per packet, one per line (events/schema.py)."""
     schema.write_packets(packets, fh)

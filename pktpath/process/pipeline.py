@@ -5,7 +5,7 @@
                                                                                      v
                finish(packets, end): ONE finishing policy (settle_end + mark incomplete)
                                                                                      v
-               emit(): sinks (--json lines, report builder, drop stacks)
+               output/sinks.py: emit() (--json lines, report builder, drop stacks)
 
 The finishing policy needs the tracer's loss counters and its per-ID losses; a live trace writes
 them to the recording's end line (`lost_ids` as {id: records lost}), so `report` on that
@@ -18,7 +18,6 @@ from bisect import bisect_left
 
 from pktpath.events import records
 from pktpath.events.recording import NO_END, scan_recording
-from pktpath.output import report, schema
 from pktpath.process import merge, reconstruct, sample
 from pktpath.process.stream import PacketStream
 
@@ -149,30 +148,6 @@ def live_end(counters, lost_ids, netns_names, events, streamed, coverage=()):
     return end
 
 
-# ---- the sinks ----
-
-def emit(packets, meta, end, json_out=None, timeline=50, aggregate=None, html=None):
-    """Each packet (any iterable, consumed once) to `json_out` (if any) and to the report, on
-    top of the packets counted in `aggregate` (a live trace's sample.Aggregate); returns
-    (report text, the packets with a drop stack, reduced to what the stacks section reads).
-    `html`: a path to write the HTML page of the same report to (output/html.py)."""
-    builder, stacked = report.ReportBuilder(timeline, aggregate), []
-    line = schema.packet_line
-    write = json_out.write if json_out is not None else None
-    for p in packets:
-        builder.add(p)
-        stack = (p.get("drop") or {}).get("stack")
-        if stack:
-            stacked.append({"id": p["id"], "drop": {"stack": stack}})
-        if write is not None:
-            write(line(p))
-    text = builder.render(meta, end)
-    if html:
-        from pktpath.output import html as htmlmod
-        htmlmod.write(html, htmlmod.render_trace(builder.data(meta, end)))
-    return text, stacked
-
-
 # ---- live: kernel records in ----
 
 def summary_handler(stream):
@@ -258,14 +233,6 @@ class LivePipeline:
             self.rec.end(end)
             self.rec.close()
         return packets, end
-
-    def report(self, counters, lost_ids, meta, timeline=50, html=None, by=None):
-        """(packets, report text) of the finished trace: end(), then the sinks (the packets go
-        to the --json output, which the caller closes; `html`: the page's path, or None; `by`:
-        see end)."""
-        packets, end = self.end(counters, lost_ids, meta.get("coverage"), by)
-        return packets, emit(packets, meta, end, self.json_out, timeline, self.stream.agg,
-                             html)[0]
 
 
 # ---- recorded: recordings in ----

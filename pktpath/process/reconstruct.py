@@ -1,6 +1,6 @@
 """Events -> one record per packet ID, with its path and verdict (pure functions).
 
-The record's fields and their order are declared in output/schema.py (tests/unit/test_schema.py).
+The record's fields and their order are declared in events/schema.py (tests/unit/test_schema.py).
 
 Verdict (docs/DESIGN.md): `delivered` if any event is a delivery (clones share the ID: one
 delivered copy wins, drops of other clones are kept as `clone_drops`); else `dropped` (the last

@@ -21,7 +21,7 @@ import time
 from array import array
 
 from pktpath.process import reconstruct, sample
-from pktpath.output import schema
+from pktpath.events import schema
 
 
 class PacketStream:

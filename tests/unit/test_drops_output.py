@@ -10,7 +10,7 @@ from pktpath.commands import report as reportcmd
 from pktpath.events import dropinfo, recording
 from pktpath.output import drophints
 from pktpath.output import drops as out
-from pktpath.process import drops as dropsmod
+from pktpath.output import dropmonitor as dropsmod
 
 CLOCK = {"mono_ns": 1_000_000_000, "wall_ns": 1_700_000_000_000_000_000}
 NAMES = {"4026532384": "pp-ctrB", "4026532246": "pp-hostB"}

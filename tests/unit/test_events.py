@@ -364,7 +364,8 @@ def test_decode_geneve_drop_with_ipv6(outer, inner):
 def test_decode_path_geneve_ipv6_to_packet_json():
     """A pp_path record of a Geneve packet over IPv6 -> hops -> the packet record: the schema,
     the addresses, "tunnel" and the VNI on each encapsulated hop, the timeline's cells."""
-    from pktpath.output import report, schema
+    from pktpath.events import schema
+    from pktpath.output import report
     from pktpath.process import reconstruct
     hops = [_hop(0, 0, records.F_HOP_SET | records.F_ENCAP, dt=0, dev=b"pp-ul", netns=1),
             _hop(1, 0, records.F_HOP_SET | records.F_ENCAP, dt=9, dev=b"pp-ul", netns=2),

@@ -10,7 +10,7 @@ import pytest
 from browser import CHROMIUM, Elements, page_errors, render
 from pktpath.output import html
 from pktpath.output.report import ReportBuilder
-from pktpath.process import drops as dropsmod
+from pktpath.output import dropmonitor as dropsmod
 from pktpath.process import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,11 +1,12 @@
 """#18, packet keys from headers: 64-bit keys through the records, packets that carry their key,
-protocol and flow (output/schema.py), and recordings of several hosts merged by header key."""
+protocol and flow (events/schema.py), and recordings of several hosts merged by header key."""
 import io
 import json
 
 from pktpath.events import records
 from pktpath.events.recording import RecordingWriter
-from pktpath.output import report, schema
+from pktpath.events import schema
+from pktpath.output import report
 from pktpath.process import pipeline, reconstruct
 from test_events import _a, _path
 

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from pktpath.errors import UserError  # noqa: E402
 from pktpath.events import records  # noqa: E402
 from pktpath.output import metrics as metricsmod  # noqa: E402
+from pktpath.output import sinks  # noqa: E402
 from pktpath.process import pipeline  # noqa: E402
 from tests.unit.test_pipeline import (HOOKS, NAMES, REASONS, event_records,  # noqa: E402
                                       summary_records, symbolize)
@@ -39,7 +40,7 @@ def run(recs, mode="summary", json_out=True, record=False, keep=10000, tmp_path=
     pipe.settle()
     js = io.StringIO()
     pipe.json_out = js          # every packet, also those kept for the report
-    pipe.report(dict(COUNTERS), {}, {"coverage": []}, 0)
+    sinks.live_report(pipe, dict(COUNTERS), {}, {"coverage": []}, 0)
     pipe.write_backlog()
     packets = [json.loads(line) for line in
                ((out.getvalue() if out else "") + js.getvalue()).splitlines()]

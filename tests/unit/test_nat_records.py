@@ -6,7 +6,8 @@ import json
 import socket
 
 from pktpath.events import records
-from pktpath.output import report, schema
+from pktpath.events import schema
+from pktpath.output import report
 from pktpath.process import reconstruct
 
 HOOKS = ["net_dev_queue", "netif_receive_skb", "sk_data_ready"]

@@ -11,6 +11,7 @@ import pytest
 
 from pktpath.events import records
 from pktpath.events.recording import RecordingWriter
+from pktpath.output import sinks
 from pktpath.process import pipeline, sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -128,7 +129,7 @@ def live(tmp_path, counters, lost_ids, mode="summary", record=True, timeline=50,
         pipe.on_record(data)
     pipe.flush()
     pipe.settle()
-    _packets, text = pipe.report(dict({"lost": 0, "unreachable": 0, "from_map": 0,
+    _packets, text = sinks.live_report(pipe, dict({"lost": 0, "unreachable": 0, "from_map": 0,
                                        "lost_paths_full": 0, "rescued": 0, "from_frags": 0},
                                       **counters), lost_ids, meta, timeline)
     return text, out.getvalue(), rec_path
@@ -298,7 +299,7 @@ def _flood(n, stopping=None, by=None, settle_ns=None):
     pipe.settle()
     counters = {"lost": 0, "unreachable": 0, "from_map": 0, "lost_paths_full": 0,
                 "rescued": 0, "from_frags": 0}
-    return pipe.report(counters, {}, META, 5, by=by)[1], left
+    return sinks.live_report(pipe, counters, {}, META, 5, by=by)[1], left
 
 
 def test_a_flush_under_way_at_the_stop_stops_short_and_the_stop_finishes_the_rest():

@@ -7,6 +7,7 @@ import random
 
 from pktpath.events import records
 from pktpath.events.recording import RecordingWriter
+from pktpath.output import sinks
 from pktpath.process import pipeline, sample
 from tests.unit.test_pipeline import (DELIVER, DROP, HOOKS, META, NAMES, REASONS, path_record,
                                       report, symbolize)
@@ -47,7 +48,7 @@ def live(recs, lost_ids=None, counters=None, rec_path=None):
     pipe.flush()
     pipe.settle()
     kept = len(pipe.stream.packets)
-    _packets, text = pipe.report(dict(COUNTERS, **(counters or {})), lost_ids or {}, META, 50)
+    _packets, text = sinks.live_report(pipe, dict(COUNTERS, **(counters or {})), lost_ids or {}, META, 50)
     pipe.write_backlog()
     return text, out.getvalue(), kept
 

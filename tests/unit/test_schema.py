@@ -1,11 +1,12 @@
-"""The packet JSON schema is declared once (output/schema.py): the records reconstruct builds,
+"""The packet JSON schema is declared once (events/schema.py): the records reconstruct builds,
 the records of IDs whose events were all lost, and the fast DeliveredJSON lines follow it."""
 import io
 import json
 import random
 
 from pktpath.events import records
-from pktpath.output import report, schema
+from pktpath.events import schema
+from pktpath.output import report
 from pktpath.process import reconstruct
 from test_events import _random_delivered
 from test_report_stream import NS, small_events

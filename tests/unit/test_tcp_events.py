@@ -4,7 +4,8 @@ handshake's last ACK or the closing ACK), processed at tcp_probe and freed unsee
 data: delivered; a pure ACK: consumed; both inferred), dropped with TCP's reason."""
 from pktpath.collect import hooks as hooksmod
 from pktpath.collect import program
-from pktpath.output import report, schema
+from pktpath.events import schema
+from pktpath.output import report
 from pktpath.process.reconstruct import build_packets, summarize
 
 SRV, CLI = 20, 10   # netns inodes: the server's, the client's
