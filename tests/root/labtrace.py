@@ -98,6 +98,15 @@ def in_datagrams():
     return dict(zip(rows[0], map(int, rows[1])))["InDatagrams"]
 
 
+def wait_ready(tracer, ready, timeout=30):
+    """Wait until the tracer (a Popen with stderr piped) has written its --ready-file `ready`;
+    fail with its stderr if it ended first."""
+    deadline = time.time() + timeout
+    while not ready.exists() and tracer.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert ready.exists(), tracer.stderr.read() if tracer.poll() is not None else "no ready"
+
+
 def trace_around(tmp_path, args, during):
     """(packets, report text, what `during()` returned) of a trace (run.py -c configs/lab.yaml
     --json ... --ready-file ... + `args`) around `during()`, called once the tracer is ready;
@@ -107,10 +116,7 @@ def trace_around(tmp_path, args, during):
                                      "--ready-file", str(ready)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 30
-        while not ready.exists() and tracer.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        assert ready.exists(), tracer.stderr.read() if tracer.poll() is not None else "no ready"
+        wait_ready(tracer, ready)
         result = during()
         tracer.send_signal(signal.SIGINT)
         text, err = tracer.communicate(timeout=60)

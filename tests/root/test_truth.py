@@ -10,6 +10,7 @@ import time
 import pytest
 
 from pktpath.lab import overlay
+from labtrace import wait_ready
 
 pytestmark = pytest.mark.root
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,10 +74,7 @@ def _flood(tmp_path, scan):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=env)
     try:
-        deadline = time.time() + 30
-        while not ready.exists() and tracer.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        assert ready.exists(), tracer.stderr.read() if tracer.poll() is not None else "no ready"
+        wait_ready(tracer, ready)
         before = udp_snmp()
         senders = [subprocess.Popen(RUN + ["send", "--netns", overlay.SENDER_NS, "--dst",
                                            overlay.DST_IP, "--port", str(overlay.PORT),
