@@ -212,6 +212,13 @@ class _Gen:
             self.final = True
         elif kind == "drop" and (skb is None or skb == self.last_skb or self.last_skb is None):
             self.final = True
+        elif kind == "consume":
+            # the stack finished with it (a SYN's consume_skb, a socket state change): done,
+            # as summary mode's kernel path ends there; a later sighting of the key known only
+            # by the skb map (the skb recycled for the server's next segment) continues nothing
+            self.final = True
+            if not skb and self.last_skb:       # a state change has no skb (0): the last one
+                self.done.add(self.last_skb)
 
 
 def _place(live, ev, skb, kind, pos):

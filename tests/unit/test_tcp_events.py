@@ -171,3 +171,22 @@ def test_events_mode_consume_begins_no_packet():
         ev(10, 20, "tcp_state", "consume", skb=0, path=None)]
     p = one(evs)
     assert p["verdict"] == "consumed" and "inet_sock_set_state" in p["inferred"]
+
+
+def test_a_consumed_segment_is_done_in_events_mode():
+    """Events mode, captured on the lab under load (#18, test_tcp_small_writes[events] ~1 run
+    in 8): the handshake's last ACK is consumed (tcp_state, no skb); 4 ms later the server's
+    next segment, on the ACK's recycled skb, is known by the skb map only (its flow is the
+    filter's reversed: `rewritten`). It continued the consumed ACK's packet (16 hops, ending at
+    the client's tcp_probe) as summary mode never did (its kernel path ends at the consume).
+    Now the consume ends the packet, and the map-only sightings begin none."""
+    ack = wire(7) + [ev(7, 20, "tcp_state", "consume", skb=0)]    # (as the kernel emits it)
+    later = [ev(7, 4_000_000 + i * 10, h, netns=n, skb=1, rewritten=True,
+                src="198.51.100.2:5007", dst="198.51.100.1:40000")
+             for i, (h, n) in enumerate([("net_dev_queue", SRV), ("netif_receive_skb", CLI),
+                                         ("tcp_probe", 0)])]
+    for e in ack + later:
+        del e["path"]                               # events mode: no kernel-built path
+    pkts = build_packets(ack + later, NAMES)
+    assert [(p["verdict"], p["events"]) for p in pkts] == [("consumed", 3)]
+    assert pkts[0]["path"][-1]["hook"] == "tcp_state"
