@@ -239,7 +239,10 @@ class ReportBuilder:
         notes = list(end.get("warnings", []))
         if end.get("duplicate_ids"):
             n = end["duplicate_ids"]
-            notes.append(DUPLICATES_NOTE % (n, "" if n == 1 else "s"))
+            note = DUPLICATES_NOTE % (n, "" if n == 1 else "s")
+            if end.get("duplicate_ids_at_least"):
+                note = note.replace(": %d" % n, ": at least %d" % n, 1)
+            notes.append(note)
         if end.get("unreachable"):
             notes.append("%d hook firings saw a matching packet whose ID was out of reach "
                          "(not in the linear skb data)"

@@ -14,11 +14,11 @@ then counts for one lost record, the least it can have been (never blame the net
 tracer's losses: a doubt makes a `lost` verdict `incomplete`).
 """
 import sys
-from bisect import bisect_left
 
 from pktpath.events import records
 from pktpath.events.recording import NO_END, scan_recording
 from pktpath.process import merge, reconstruct, sample
+from pktpath.process.idruns import IdRuns
 from pktpath.process.stream import PacketStream
 
 # ---- the finishing policy (live and recorded) ----
@@ -105,8 +105,7 @@ def finish(packets, end, aggregate=None, streamed_ids=(), by=None):
     seen = aggregate.close(lost, suspect, by) if aggregate is not None else ()
     if aggregate is not None and aggregate.unmeasured:
         _note(end, UNMEASURED_NOTE, aggregate.unmeasured)
-    others = list(aggregate.ids) if aggregate is not None else []
-    others += streamed_ids
+    others = IdRuns.union(aggregate.ids if aggregate is not None else (), streamed_ids)
     return count_duplicates(
         reconstruct.mark_incomplete_sorted(packets, lost, all_lost_suspect=suspect,
                                            also_seen=seen), end, others)
@@ -117,21 +116,19 @@ def count_duplicates(packets, end, other_ids=()):
     that share their ID with another packet (packets - distinct IDs), over them and the IDs
     `other_ids` of packets not given (a live trace's aggregated and streamed ones). Packet IDs
     are not unique (identical payloads, restarted or concurrent senders): each such packet is
-    followed on its own, and the report says how many there were."""
-    others = sorted(other_ids)
-    dup = sum(1 for i in range(1, len(others)) if others[i] == others[i - 1])
+    followed on its own, and the report says how many there were. `other_ids`: an
+    idruns.IdRuns (or IDs): past its bound the count is a lower bound (end["duplicate_ids_at_least"])."""
+    others = other_ids if isinstance(other_ids, IdRuns) else IdRuns.union(other_ids)
+    dup = others.dups
     end["duplicate_ids"] = dup
+    if others.capped:
+        end["duplicate_ids_at_least"] = True
     prev = None
     for p in packets:
         pid = p["id"]
-        if pid == prev:
+        if pid == prev or (others.count and pid in others):
             dup += 1
             end["duplicate_ids"] = dup
-        elif others:
-            i = bisect_left(others, pid)
-            if i < len(others) and others[i] == pid:
-                dup += 1
-                end["duplicate_ids"] = dup
         prev = pid
         yield p
 

@@ -30,6 +30,7 @@ from array import array
 from pktpath.events import records
 from pktpath.process import analysis
 from pktpath.process import reconstruct
+from pktpath.process.idruns import IdRuns
 from pktpath.process.reconstruct import Summary
 
 PER_GROUP = 20          # packets kept per drop point / lost place
@@ -58,7 +59,7 @@ class Aggregate:
         self.paths = analysis.PathStats()
         self.t0 = None
         self.lost = []          # (id, group key, group fields) of spilled `lost` packets
-        self.ids = array("Q")   # IDs (64-bit keys) of the spilled packets (the policy's `seen`)
+        self.ids = IdRuns()     # IDs (64-bit keys) of the spilled packets (the policy's `seen`)
         self.packets = 0
         self._shapes = set()    # shapes with packets not folded yet
         self.unmeasured = 0     # packets counted without their latencies (close's `by`)
@@ -66,7 +67,7 @@ class Aggregate:
     def add_packet(self, p):
         """A packet record (reconstruct) not delivered."""
         self.packets += 1
-        self.ids.append(p["id"] & 0xffffffffffffffff)
+        self.ids.buf.append(p["id"] & 0xffffffffffffffff)
         if p["first_ns"] is not None and (self.t0 is None or p["first_ns"] < self.t0):
             self.t0 = p["first_ns"]
         self.paths.add(p)
@@ -80,7 +81,7 @@ class Aggregate:
 
     def add_shape(self, shape, pid, first, dts):
         """A plain record of `shape` (RawPaths.read): counted by shape, folded later."""
-        self.ids.append(pid)
+        self.ids.buf.append(pid)
         if shape.count == 0:
             self._shapes.add(shape)
             shape.rank, shape.t0, shape.ids = (pid, first), first, [pid]
@@ -159,7 +160,7 @@ class Aggregate:
         self.lost = []
         if not lost_ids or not self.ids:
             return set()
-        return set(lost_ids).intersection(self.ids)     # (one pass, no sort of every ID)
+        return {pid for pid in lost_ids if pid in self.ids}
 
 
 class Sampler:

@@ -18,9 +18,9 @@ its report within a second of Ctrl-C.
 """
 import collections
 import time
-from array import array
 
 from pktpath.process import reconstruct, sample
+from pktpath.process.idruns import IdRuns
 from pktpath.events import schema
 
 
@@ -76,7 +76,7 @@ class PacketStream:
         self.packets = []                   # finished packets kept for the report
         self.kept_delivered = 0
         self.streamed = 0                   # delivered packets written out and dropped
-        self.streamed_ids = array("Q")      # their IDs (the count of IDs not unique needs them)
+        self.streamed_ids = IdRuns()        # their IDs (the count of IDs not unique needs them)
         self.events = 0
         # output/metrics.Metrics (--metrics): told of each packet as it is finished, or None
         self.metrics = metrics
@@ -183,7 +183,7 @@ class PacketStream:
         # to write (no --json, no metrics): only counted
         count_only = self.fast and self.json_out is None and metrics is None
         full = self.kept_delivered >= self.keep_delivered
-        counted, count = 0, self.streamed_ids.append
+        counted, count = 0, self.streamed_ids.buf.append
         rest = iter(done)                   # what is left of `done` if the flush stops short
         short = False
         for pid in rest:
@@ -262,6 +262,9 @@ class PacketStream:
             self._ids.extend(rest)
         elif not force:
             # in bulk, a little at a time: less at the stop
+            for ids in (self.streamed_ids, self.agg.ids):
+                if ids.due():
+                    ids.compact()           # the IDs counted, folded into runs: bounded
             if self.agg.fold(self.idle, self.stopping) and read is not None and self.fast:
                 self._preread(self._unplain, int_names)
         self._unplain.clear()
