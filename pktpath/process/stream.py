@@ -231,7 +231,7 @@ class PacketStream:
                         continue
                     if self.json_out is None:
                         self.streamed += 1  # delivered, nothing else to say: count it
-                        self.streamed_ids.append(pid)
+                        self.streamed_ids.buf.append(pid)
                         if metrics is not None:
                             self._meter_delivered(raw, lone, int_names, names)
                         continue
@@ -239,7 +239,7 @@ class PacketStream:
                     if line is not None:
                         self.json_out.write(line)   # straight from the record
                         self.streamed += 1
-                        self.streamed_ids.append(pid)
+                        self.streamed_ids.buf.append(pid)
                         if metrics is not None:
                             self._meter_delivered(raw, lone, int_names, names)
                         continue
@@ -377,7 +377,7 @@ class PacketStream:
                     if self.json_out is not None:
                         self.json_out.write(schema.packet_line(pkt))
                     self.streamed += 1
-                    self.streamed_ids.append(pkt["id"])
+                    self.streamed_ids.buf.append(pkt["id"])
                     continue
                 self.kept_delivered += 1
                 self.packets.append(pkt)
