@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 
-from common import B, med, prog_ids, runs_ns, set_stats
+from common import B, ROOT, med, prog_ids, runs_ns, set_stats
 from pktpath.lab import overlay
 
 TRACEPOINTS = ["net:net_dev_queue", "qdisc:qdisc_enqueue", "net:netif_receive_skb",
