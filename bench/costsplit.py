@@ -102,7 +102,7 @@ BATCH_PY = '''    add = stream.record_adder(records.path_key, records.KIND_DELIV
 
 SHAPE_C = r"""/* EXPERIMENT (bench/costsplit.py `shape`): the cost of an exact batch. Past the first 5000
  * delivered packets per CPU, a delivered path whose shape (flows, tunnel, NAT, port, and per hop:
- * hook, kind, flags, device, namespace) equals this CPU's template for its flow (4 slots) goes
+ * hook, kind, flags, device, namespace) equals this CPU's template for its flow (16 slots) goes
  * into a per-CPU batch as what varies: ID, first time stamp, skb, template tag, per hop dt and
  * CPU (32 per record, columns); a new shape replaces the template and is emitted once. */
 #define PP_BN 32
@@ -111,7 +111,7 @@ struct pp_sbatch { u64 magic; u32 n; u32 events; u64 ids[PP_BN]; u64 fts[PP_BN];
                    u32 tags[PP_BN]; u32 dts[PP_BN][PP_BH]; u16 cpus[PP_BN][PP_BH]; };
 struct pp_tmpl { u64 magic; u32 tag; u32 seq; struct pp_path p; };
 BPF_PERCPU_ARRAY(sbatch, struct pp_sbatch, 1);
-BPF_PERCPU_ARRAY(tmpls, struct pp_tmpl, 4);
+BPF_PERCPU_ARRAY(tmpls, struct pp_tmpl, 16);
 BPF_PERCPU_ARRAY(sbcount, u64, 1);
 static __always_inline int pp_sbatch(struct pp_path *v, u32 idx, u64 id)
 {
@@ -126,7 +126,7 @@ static __always_inline int pp_sbatch(struct pp_path *v, u32 idx, u64 id)
     u32 n = idx + 1;
     if (n > PP_BH || v->nhops != n)
         return 0;
-    u32 slot = (v->kports ^ (v->kports >> 16)) & 3;
+    u32 slot = ((u32)(v->kports * 2654435761u)) >> 28;
     struct pp_tmpl *t = tmpls.lookup(&slot);
     struct pp_sbatch *b = sbatch.lookup(&zero);
     if (!t || !b)
@@ -154,7 +154,7 @@ miss:
     bpf_probe_read_kernel(&t->p, sizeof(t->p), v);
     t->seq++;
     t->magic = ~1ULL;
-    t->tag = (bpf_get_smp_processor_id() << 24) | (slot << 22) | (t->seq & 0x3fffff);
+    t->tag = (bpf_get_smp_processor_id() << 24) | (slot << 20) | (t->seq & 0xfffff);
     if (events.ringbuf_output(t, sizeof(*t), pp_wakeup()) < 0) {
         t->seq = 0;
         return 0;
