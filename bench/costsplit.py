@@ -104,11 +104,11 @@ SHAPE_C = r"""/* EXPERIMENT (bench/costsplit.py `shape`): the cost of an exact b
  * delivered packets per CPU, a delivered path whose shape (flows, tunnel, NAT, port, and per hop:
  * hook, kind, flags, device, namespace) equals this CPU's template for its flow (16 slots) goes
  * into a per-CPU batch as what varies: ID, first time stamp, skb, template tag, per hop dt and
- * CPU (32 per record, columns); a new shape replaces the template and is emitted once. */
+ * CPU (32 per record); a new shape replaces the template and is emitted once. */
 #define PP_BN 32
 #define PP_BH 12
-struct pp_sbatch { u64 magic; u32 n; u32 events; u64 ids[PP_BN]; u64 fts[PP_BN]; u64 skbs[PP_BN];
-                   u32 tags[PP_BN]; u32 dts[PP_BN][PP_BH]; u16 cpus[PP_BN][PP_BH]; };
+struct pp_sent { u64 id; u64 fts; u64 skb; u32 tag; u32 n; u32 dts[PP_BH]; u16 cpus[PP_BH]; };
+struct pp_sbatch { u64 magic; u32 n; u32 events; struct pp_sent e[PP_BN]; };
 struct pp_tmpl { u64 magic; u32 tag; u32 seq; struct pp_path p; };
 BPF_PERCPU_ARRAY(sbatch, struct pp_sbatch, 1);
 BPF_PERCPU_ARRAY(tmpls, struct pp_tmpl, 16);
@@ -161,16 +161,18 @@ miss:
     }
 hit:;
     u32 k = b->n & (PP_BN - 1);
-    b->ids[k] = id;
-    b->fts[k] = v->first_ts;
-    b->skbs[k] = v->skb;
-    b->tags[k] = t->tag;
+    struct pp_sent *e = &b->e[k];
+    e->id = id;
+    e->fts = v->first_ts;
+    e->skb = v->skb;
+    e->tag = t->tag;
+    e->n = n;
 #pragma unroll
     for (int i = 0; i < PP_BH; i++) {
         if (i >= n)
             break;
-        b->dts[k][i] = v->hops[i].dt;
-        b->cpus[k][i] = v->hops[i].cpu;
+        e->dts[i] = v->hops[i].dt;
+        e->cpus[i] = v->hops[i].cpu;
     }
     b->events += n;
     k++;
@@ -190,7 +192,7 @@ hit:;
 SHAPE_PY = '''    add = stream.record_adder(records.path_key, records.KIND_DELIVER, records.PATH_KEY_FIELDS)
     import collections, struct
     from array import array
-    hdr, BATCH, TMPL = struct.Struct("<II"), 16 + 32 * 100, 1400
+    hdr, BATCH, TMPL = struct.Struct("<II"), 16 + 32 * 104, 1400
     raw, tmpls, window, pend = stream.raw, {}, set(), collections.deque()
     ids_buf = stream.streamed_ids.buf
 
@@ -198,8 +200,7 @@ SHAPE_PY = '''    add = stream.record_adder(records.path_key, records.KIND_DELIV
         size = len(rec)
         if size == BATCH:
             n, ev = hdr.unpack_from(rec, 8)
-            ids = array("Q")
-            ids.frombytes(rec[16:16 + 8 * n])
+            ids = array("Q", memoryview(rec)[16:16 + 104 * n].cast("Q")[::13].tolist())
             # an exact version's checks per ID: a record of it held (when the batch's bucket
             # closes, and again when it is due), another batch of it in the window
             c1 = list(filter(raw.__contains__, ids))
