@@ -141,9 +141,7 @@ static __always_inline int pp_sbatch(struct pp_path *v, u32 idx, u64 id)
         if (a[w] != c[w])
             goto miss;
 #pragma unroll
-    for (int i = 0; i < PP_BH; i++) {
-        if (i >= n)
-            break;
+    for (int i = 0; i < PP_BH; i++) {   /* (past nhops: zeros, from pathinit) */
         u32 *x = (u32 *)&v->hops[i], *y = (u32 *)&t->p.hops[i];
         if (x[1] != y[1] || x[2] != y[2] || x[3] != y[3] || x[5] != y[5] || x[6] != y[6] ||
             x[7] != y[7] || x[8] != y[8])
@@ -169,8 +167,6 @@ hit:;
     e->n = n;
 #pragma unroll
     for (int i = 0; i < PP_BH; i++) {
-        if (i >= n)
-            break;
         e->dts[i] = v->hops[i].dt;
         e->cpus[i] = v->hops[i].cpu;
     }
