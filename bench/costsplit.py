@@ -25,9 +25,20 @@ are measurements, not features: the copies lose output on purpose and are never 
            delivered count and ID list as the stream counts a lone delivery past the quota. (The
            IDs of the last partial batches are not flushed at the stop, and a second record of an
            ID within the settle window is not joined to a batched one: not an implementation.)
+  shape    what an EXACT batch costs (docs/DESIGN.md, "An exact delivered batch"): past the first
+           5,000 per CPU, a delivered path (up to 12 hops) whose shape (flows, tunnel, NAT, port;
+           per hop hook, kind, flags, device, namespace) equals this CPU's template for its flow
+           (16 slots) goes into a per-CPU batch as what varies per packet (ID, first time stamp,
+           skb, template tag, per-hop dt and CPU: 104 bytes, 32 per record), from which user
+           space could rebuild the record; a new shape replaces the template and is emitted
+           once (1,400 bytes). User space does the per-ID checks an exact version needs (each ID
+           against the records held, twice, and against the other batches of the last ~2,000)
+           and counts the rest. (Not flushed at the stop, colliding IDs not rebuilt: a cost
+           model, not an implementation.)
 The run is bench/tools.py with `--only c,<the experiments>,bt_count,b,floor` and one `--also
 x_<name>=<copy>` each: the tools' ratios, intervals and a bpf_stats pass with every program's
-ns per run and each tracer's user-space CPU.
+ns per run and each tracer's user-space CPU. Pool several runs with bench/pooled.py (tools.py
+`--save RUN.json`, passed through).
 """
 import argparse
 import os
@@ -281,7 +292,7 @@ def make(names, where):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="discard,noemit,parse,nowake,batch",
+    ap.add_argument("--only", default="discard,noemit,parse,nowake,batch,shape",
                     help="comma-separated experiments (of %s)" % ", ".join(EXPERIMENTS))
     ap.add_argument("--make", metavar="DIR", help="only build the copies under DIR")
     args, rest = ap.parse_known_args()
