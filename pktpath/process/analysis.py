@@ -7,11 +7,97 @@
 from array import array
 from bisect import bisect_left, bisect_right
 from itertools import repeat
+from math import frexp, fsum, ldexp
 from operator import sub, truediv
 
 from tabulate import tabulate
 
 DROP_HOOKS = ("kfree_skb",)
+
+# A segment keeps its latencies exactly while it has at most EXACT_MAX of them (the percentiles
+# are then those of sorting them all, as always); past that they are folded into a LogHist:
+# exact count, min, max and mean, percentiles within HIST_ERROR of the exact ones (relative).
+EXACT_MAX = 1 << 16
+HIST_BITS = 7           # significant bits of a bucket: 64 buckets per power of two
+HIST_ERROR = 1.0 / (1 << HIST_BITS)     # 0.78%: half a bucket's width over its lowest value
+APPROX_NOTE = ("(P50/P90/P99 of segments with more than %d packets are from a log-linear "
+               "histogram: within %.1f%%; counts, MAX exact)" % (EXACT_MAX, 100 * HIST_ERROR))
+
+
+class LogHist:
+    """Latencies in log-linear buckets, 64 per power of two (HIST_BITS significant bits), in
+    memory that does not grow with their number: count, min, max and sum exact; a percentile
+    is the middle of the bucket that holds it (clamped to min and max), within HIST_ERROR of
+    the exact value (relative). Values come in sorted chunks (add_sorted): one bisect per
+    bucket a chunk touches, not a Python step per value."""
+
+    __slots__ = ("buckets", "count", "min", "max", "total", "_keys")
+
+    def __init__(self):
+        self.buckets = {}       # middle of the bucket -> values in it
+        self.count, self.min, self.max, self.total = 0, None, None, 0.0
+        self._keys = None       # sorted(buckets), while no value is added
+
+    def add_sorted(self, s):
+        """Add the values of `s` (a sorted sequence of floats)."""
+        n = len(s)
+        if not n:
+            return
+        self.count += n
+        self.total += fsum(s)
+        if self.min is None or s[0] < self.min:
+            self.min = s[0]
+        if self.max is None or s[-1] > self.max:
+            self.max = s[-1]
+        self._keys = None
+        b, shift, i = self.buckets, HIST_BITS, 0
+        top = 1 << shift
+        while i < n:
+            v = s[i]
+            if v > 0:
+                m, e = frexp(v)
+                k = int(m * top)            # [2^(b-1), 2^b): the bucket [k, k+1) * 2^(e-b)
+                j = bisect_left(s, ldexp(k + 1, e - shift), i)
+                mid = ldexp(k + 0.5, e - shift)
+            elif v < 0:                     # mirrored: the magnitude's bucket
+                m, e = frexp(-v)
+                k = int(m * top)
+                j = bisect_right(s, -ldexp(k, e - shift), i)
+                mid = -ldexp(k + 0.5, e - shift)
+            else:
+                j = bisect_right(s, v, i)
+                mid = 0.0
+            if j <= i:                      # (NaN)
+                j = i + 1
+            b[mid] = b.get(mid, 0) + (j - i)
+            i = j
+
+    def percentiles(self, qs):
+        """[value of rank min(count - 1, int(q * count)) for q in qs]: the exact min and max
+        at the ends, else the middle of its bucket (within HIST_ERROR)."""
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = sorted(self.buckets)
+        n, out = self.count, []
+        for q in qs:
+            k = min(n - 1, int(q * n))
+            if k <= 0:
+                out.append(self.min)
+                continue
+            if k >= n - 1:
+                out.append(self.max)
+                continue
+            acc = 0
+            for mid in keys:
+                acc += self.buckets[mid]
+                if acc > k:
+                    break
+            out.append(min(max(mid, self.min), self.max))
+        return out
+
+    def counts(self):
+        """[(bucket middle, values)] in value order."""
+        return [(mid, self.buckets[mid]) for mid in sorted(self.buckets)]
 
 
 def stage(hop):
@@ -99,8 +185,9 @@ def _stats(packets):
 
 class PathStats:
     """segments() and funnel() fed one packet at a time, so that a report of a million events
-    need not hold its packets: latencies are kept as arrays of doubles, stage positions as
-    counts per position."""
+    need not hold its packets: latencies are kept as arrays of doubles (EXACT_MAX per segment
+    at most: past it they are folded into a LogHist), stage positions as counts per
+    position."""
 
     def __init__(self):
         self._gaps = {}        # (stage, next stage) -> array of latencies (us)
@@ -109,6 +196,23 @@ class PathStats:
         self._rank = {}        # key of _gaps or _reach -> lowest (id, first_ns, hop) having it
         self._ended = {}       # last counted stage of a path -> {verdict: packets}
         self._runs = {}        # key of _gaps -> [(start, end)] of its sorted runs (add_bulk)
+        self._hists = {}       # key of _gaps -> LogHist once it had more than EXACT_MAX values
+        #                        (its array then holds the values added since the last fold)
+
+    def _fold(self, key, chunk=None):
+        """Move the latencies of segment `key` (and the sorted `chunk`, if any) into its
+        LogHist: past EXACT_MAX values, memory stays bounded."""
+        hist = self._hists.get(key)
+        if hist is None:
+            hist = self._hists[key] = LogHist()
+        vals = self._gaps[key]
+        if chunk is not None and vals:
+            chunk = sorted(vals.tolist() + chunk)
+        elif chunk is None:
+            chunk = sorted(vals)
+        hist.add_sorted(chunk)
+        self._gaps[key] = array("d")
+        self._runs.pop(key, None)
 
     def add(self, p):
         path = p["path"]
@@ -141,6 +245,8 @@ class PathStats:
             elif rank < ranks[key]:
                 ranks[key] = rank + (i,)
             vals.append((tb - ta) / 1e3)
+            if len(vals) > EXACT_MAX:
+                self._fold(key)
             i += 1
         seen = set()
         reach, positions = self._reach, self._positions
@@ -179,10 +285,13 @@ class PathStats:
                 ranks[key] = rank + (i,)
             # sorted: the array is then a few long sorted runs, in which segments() finds its
             # percentiles without sorting every latency at the stop
-            start = len(vals)
-            vals.extend(sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]),
-                                   repeat(1e3, count))))
-            self._runs.setdefault(key, []).append((start, len(vals)))
+            chunk = sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]), repeat(1e3, count)))
+            if len(vals) + count > EXACT_MAX:
+                self._fold(key, chunk)
+            else:
+                start = len(vals)
+                vals.extend(chunk)
+                self._runs.setdefault(key, []).append((start, len(vals)))
             if idle is not None and count > 4096:
                 idle()
         seen = set()
@@ -199,18 +308,48 @@ class PathStats:
                 at[i] = at.get(i, 0) + count
 
     def latencies(self, a, b):
-        """The latencies (us, in no order) of segment a -> b (stage strings), empty if none."""
-        return self._gaps.get((a, b), ())
+        """The latencies (us, in no order) of segment a -> b (stage strings), empty if none
+        (past EXACT_MAX values: the middles of their histogram's buckets, each repeated as many
+        times as it holds values; latency_counts() gives them without repeating)."""
+        key = (a, b)
+        if key in self._hists:
+            return [v for v, c in self.latency_counts(a, b) for _ in range(c)]
+        return self._gaps.get(key, ())
+
+    def latency_counts(self, a, b):
+        """[(latency us, how many)] of segment a -> b, in value order: exact values, or past
+        EXACT_MAX the middles of the histogram's buckets."""
+        key = (a, b)
+        if key in self._hists:
+            if self._gaps[key]:
+                self._fold(key)
+            return self._hists[key].counts()
+        out = {}
+        for v in self._gaps.get(key, ()):
+            out[v] = out.get(v, 0) + 1
+        return sorted(out.items())
 
     def segments(self):
-        """What segments() returns for the packets added."""
+        """What segments() returns for the packets added: p50/p90/p99 exact up to EXACT_MAX
+        latencies, then within HIST_ERROR (`approx` true); count, max and mean exact."""
         out = []
+        qs = (0.5, 0.9, 0.99, 1.0)
         for key in sorted(self._gaps, key=self._rank.__getitem__):
             a, b = key
-            p50, p90, p99, top = _percentiles(self._gaps[key], self._runs.get(key),
-                                              (0.5, 0.9, 0.99, 1.0))
-            out.append({"from": a, "to": b, "count": len(self._gaps[key]), "p50_us": p50,
-                        "p90_us": p90, "p99_us": p99, "max_us": top})
+            hist = self._hists.get(key)
+            if hist is not None:
+                if self._gaps[key]:
+                    self._fold(key)
+                p50, p90, p99, top = hist.percentiles(qs)
+                out.append({"from": a, "to": b, "count": hist.count, "p50_us": p50,
+                            "p90_us": p90, "p99_us": p99, "max_us": top,
+                            "mean_us": hist.total / hist.count, "approx": True})
+                continue
+            vals = self._gaps[key]
+            p50, p90, p99, top = _percentiles(vals, self._runs.get(key), qs)
+            out.append({"from": a, "to": b, "count": len(vals), "p50_us": p50,
+                        "p90_us": p90, "p99_us": p99, "max_us": top,
+                        "mean_us": fsum(vals) / len(vals)})
         out.sort(key=lambda s: (-s["count"], -s["max_us"]))
         return out
 
@@ -270,6 +409,8 @@ def format_segments(segs, top=15):
                                                 ("p50_us", "p90_us", "p99_us", "max_us")]
             for s in segs[:top]]
     more = "\n(+%d more segments)" % (len(segs) - top) if len(segs) > top else ""
+    if any(s.get("approx") for s in segs[:top]):
+        more += "\n" + APPROX_NOTE
     return tabulate(rows, headers=["FROM", "TO", "COUNT", "P50 us", "P90 us", "P99 us",
                                    "MAX us"], disable_numparse=True) + more
 
