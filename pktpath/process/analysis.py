@@ -7,8 +7,9 @@
 from array import array
 from bisect import bisect_left, bisect_right
 from itertools import repeat
-from math import frexp, fsum, ldexp
-from operator import sub, truediv
+from collections import Counter
+from math import fsum
+from operator import lshift, mul, neg, or_, rshift, sub, truediv
 
 from tabulate import tabulate
 
@@ -25,79 +26,104 @@ APPROX_NOTE = ("(P50/P90/P99 of segments with more than %d packets are from a lo
 
 
 class LogHist:
-    """Latencies in log-linear buckets, 64 per power of two (HIST_BITS significant bits), in
-    memory that does not grow with their number: count, min, max and sum exact; a percentile
-    is the middle of the bucket that holds it (clamped to min and max), within HIST_ERROR of
-    the exact value (relative). Values come in sorted chunks (add_sorted): one bisect per
-    bucket a chunk touches, not a Python step per value."""
+    """Latencies in log-linear buckets of integer nanoseconds, 64 per power of two (HIST_BITS
+    significant bits; below 2^HIST_BITS ns one per value), in memory that does not grow with
+    their number: count, min, max and sum exact; a percentile is the middle of the bucket that
+    holds it (clamped to min and max), within HIST_ERROR of the exact value (relative).
+    add_ns() buckets a chunk with C-level maps and a Counter (no sort, no Python step per
+    value)."""
 
-    __slots__ = ("buckets", "count", "min", "max", "total", "_keys")
+    __slots__ = ("pos", "neg", "count", "min", "max", "total", "_keys")
 
     def __init__(self):
-        self.buckets = {}       # middle of the bucket -> values in it
-        self.count, self.min, self.max, self.total = 0, None, None, 0.0
-        self._keys = None       # sorted(buckets), while no value is added
-
-    def add_sorted(self, s):
-        """Add the values of `s` (a sorted sequence of floats)."""
-        n = len(s)
-        if not n:
-            return
-        self.count += n
-        self.total += fsum(s)
-        if self.min is None or s[0] < self.min:
-            self.min = s[0]
-        if self.max is None or s[-1] > self.max:
-            self.max = s[-1]
+        self.pos = Counter()    # bucket key (_key) of values >= 0 -> values in it
+        self.neg = Counter()    # the same of -v for values < 0
+        self.count, self.min, self.max, self.total = 0, None, None, 0
         self._keys = None
-        b, shift, i = self.buckets, HIST_BITS, 0
-        top = 1 << shift
-        while i < n:
-            v = s[i]
-            if v > 0:
-                m, e = frexp(v)
-                k = int(m * top)            # [2^(b-1), 2^b): the bucket [k, k+1) * 2^(e-b)
-                j = bisect_left(s, ldexp(k + 1, e - shift), i)
-                mid = ldexp(k + 0.5, e - shift)
-            elif v < 0:                     # mirrored: the magnitude's bucket
-                m, e = frexp(-v)
-                k = int(m * top)
-                j = bisect_right(s, -ldexp(k, e - shift), i)
-                mid = -ldexp(k + 0.5, e - shift)
-            else:
-                j = bisect_right(s, v, i)
-                mid = 0.0
-            if j <= i:                      # (NaN)
-                j = i + 1
-            b[mid] = b.get(mid, 0) + (j - i)
-            i = j
+
+    def add_ns(self, ds):
+        """Add latencies `ds` (a list of ints, nanoseconds)."""
+        if not ds:
+            return
+        lo, hi = min(ds), max(ds)
+        self.count += len(ds)
+        self.total += sum(ds)
+        if self.min is None or lo < self.min:
+            self.min = lo
+        if self.max is None or hi > self.max:
+            self.max = hi
+        self._keys = None
+        if lo < 0:
+            self.neg.update(_keys(list(map(neg, filter((0).__gt__, ds)))))
+            ds = list(filter((0).__le__, ds))
+        if hi < _SMALL:             # (the common case: a lookup per value)
+            self.pos.update(map(_small_keys().__getitem__, ds))
+        else:
+            self.pos.update(_keys(ds))
+
+    def add_us(self, vals):
+        """Add latencies in microseconds (floats of whole nanoseconds, as hop times give)."""
+        self.add_ns(list(map(round, map(mul, vals, repeat(1e3)))))
+
+    def _sorted(self):
+        """[(bucket middle ns, values)] in value order."""
+        if self._keys is None:
+            self._keys = [(-_mid(k), self.neg[k]) for k in sorted(self.neg, reverse=True)] + \
+                [(_mid(k), self.pos[k]) for k in sorted(self.pos)]
+        return self._keys
 
     def percentiles(self, qs):
-        """[value of rank min(count - 1, int(q * count)) for q in qs]: the exact min and max
-        at the ends, else the middle of its bucket (within HIST_ERROR)."""
-        keys = self._keys
-        if keys is None:
-            keys = self._keys = sorted(self.buckets)
+        """[value (us) of rank min(count - 1, int(q * count)) for q in qs]: the exact min and
+        max at the ends, else the middle of its bucket (within HIST_ERROR)."""
         n, out = self.count, []
         for q in qs:
             k = min(n - 1, int(q * n))
             if k <= 0:
-                out.append(self.min)
+                out.append(self.min / 1e3)
                 continue
             if k >= n - 1:
-                out.append(self.max)
+                out.append(self.max / 1e3)
                 continue
             acc = 0
-            for mid in keys:
-                acc += self.buckets[mid]
+            for mid, c in self._sorted():
+                acc += c
                 if acc > k:
                     break
-            out.append(min(max(mid, self.min), self.max))
+            out.append(min(max(mid, self.min), self.max) / 1e3)
         return out
 
     def counts(self):
-        """[(bucket middle, values)] in value order."""
-        return [(mid, self.buckets[mid]) for mid in sorted(self.buckets)]
+        """[(bucket middle us, values)] in value order."""
+        return [(mid / 1e3, c) for mid, c in self._sorted()]
+
+
+# bucket of a value d >= 0 (ns): its bit length b and its top HIST_BITS bits, (b << 8) | (d >>
+# (b - HIST_BITS)): ordered as the values are
+_SHIFT = [max(0, b - HIST_BITS) for b in range(1100)]
+
+
+def _keys(ds):
+    """The bucket keys of `ds` (ints >= 0), as an iterator (C-level maps)."""
+    bits = list(map(int.bit_length, ds))
+    return map(or_, map(lshift, bits, repeat(8)), map(rshift, ds, map(_SHIFT.__getitem__, bits)))
+
+
+_SMALL = 1 << 17        # latencies under 131 us: keys looked up (a 1 MB list, made once)
+_SMALL_KEYS = []
+
+
+def _small_keys():
+    if not _SMALL_KEYS:
+        interned = {}
+        _SMALL_KEYS.extend(interned.setdefault(k, k) for k in _keys(range(_SMALL)))
+    return _SMALL_KEYS
+
+
+def _mid(key):
+    """The middle of bucket `key` (ns): the mean of the lowest and highest integer in it."""
+    shift = _SHIFT[key >> 8]
+    low = (key & 0xff) << shift
+    return low + ((1 << shift) - 1) / 2
 
 
 def stage(hop):
@@ -199,18 +225,13 @@ class PathStats:
         self._hists = {}       # key of _gaps -> LogHist once it had more than EXACT_MAX values
         #                        (its array then holds the values added since the last fold)
 
-    def _fold(self, key, chunk=None):
-        """Move the latencies of segment `key` (and the sorted `chunk`, if any) into its
-        LogHist: past EXACT_MAX values, memory stays bounded."""
+    def _fold(self, key):
+        """Move the latencies of segment `key` into its LogHist: past EXACT_MAX values, memory
+        stays bounded."""
         hist = self._hists.get(key)
         if hist is None:
             hist = self._hists[key] = LogHist()
-        vals = self._gaps[key]
-        if chunk is not None and vals:
-            chunk = sorted(vals.tolist() + chunk)
-        elif chunk is None:
-            chunk = sorted(vals)
-        hist.add_sorted(chunk)
+        hist.add_us(self._gaps[key])
         self._gaps[key] = array("d")
         self._runs.pop(key, None)
 
@@ -274,7 +295,7 @@ class PathStats:
         latencies (a live trace's stop, when the report is due: see sample.Aggregate.close)."""
         self._end(stages, counted, verdict, count)
         n = len(stages)
-        gaps, ranks = self._gaps, self._rank
+        gaps, ranks, hists = self._gaps, self._rank, self._hists
         for i in range(n - 1 if dts is not None else 0):
             key = (stages[i], stages[i + 1])
             vals = gaps.get(key)
@@ -283,14 +304,17 @@ class PathStats:
                 ranks[key] = rank + (i,)
             elif rank < ranks[key]:
                 ranks[key] = rank + (i,)
-            # sorted: the array is then a few long sorted runs, in which segments() finds its
-            # percentiles without sorting every latency at the stop
-            chunk = sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]), repeat(1e3, count)))
-            if len(vals) + count > EXACT_MAX:
-                self._fold(key, chunk)
+            if key in hists or len(vals) + count > EXACT_MAX:
+                # past EXACT_MAX: bucketed (LogHist), in nanoseconds, not sorted
+                if key not in hists or vals:
+                    self._fold(key)
+                hists[key].add_ns(list(map(sub, dts[i + 1::n], dts[i::n])))
             else:
+                # sorted: the array is then a few long sorted runs, in which segments() finds
+                # its percentiles without sorting every latency at the stop
                 start = len(vals)
-                vals.extend(chunk)
+                vals.extend(sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]),
+                                       repeat(1e3, count))))
                 self._runs.setdefault(key, []).append((start, len(vals)))
             if idle is not None and count > 4096:
                 idle()
@@ -343,7 +367,7 @@ class PathStats:
                 p50, p90, p99, top = hist.percentiles(qs)
                 out.append({"from": a, "to": b, "count": hist.count, "p50_us": p50,
                             "p90_us": p90, "p99_us": p99, "max_us": top,
-                            "mean_us": hist.total / hist.count, "approx": True})
+                            "mean_us": hist.total / hist.count / 1e3, "approx": True})
                 continue
             vals = self._gaps[key]
             p50, p90, p99, top = _percentiles(vals, self._runs.get(key), qs)
