@@ -105,7 +105,7 @@ def main():
         handle = pipeline.summary_handler(st)
         with open(path, "r+b") as fh:
             reader = ringbuf.RingReader(fh.fileno(), size, wait=False)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             done = 0
             while done < n:
                 done += reader.consume(handle, limit=4096)   # as polls take them
@@ -113,8 +113,9 @@ def main():
             st.flush(force=True)
             st.agg.fold()                   # (the stop's: see sample.Aggregate.close)
             elapsed = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             reader.close()
-    out = {"records": n, "us_per_record": elapsed / n * 1e6,
+    out = {"records": n, "us_per_record": elapsed / n * 1e6, "cpu_us_per_record": cpu / n * 1e6,
            "kept": st.kept_delivered + len(st.sampler), "counted": st.streamed + st.agg.packets}
     if args.resident:     # anonymous memory only: the ring file's pages are not the tracer's
         out["rss_anon_growth_mb"] = (_rss_anon() - anon) / 1024
