@@ -12,6 +12,7 @@ import html
 import re
 
 from pktpath.errors import UserError
+from pktpath.process import analysis
 
 _STAGE = re.compile(r"^(?P<hook>[^@/]+)(?:@(?P<dev>[^/]*))?/(?P<ns>.*?)(?: \[(?P<host>[^\]]*)\])?$")
 
@@ -261,24 +262,26 @@ def funnel_table(funnel):
     return "".join(out)
 
 
-def buckets(values):
+def buckets(values, weighted=False):
     """Log2 buckets of latencies (us): [(low, high, count)], low 0 for the first, empty ones
-    between the first and last kept."""
+    between the first and last kept. `weighted`: values given as [(value, how many)]."""
     if not values:
         return []
     counts = {}
     for v in values:
+        v, n = v if weighted else (v, 1)
         k = 0
         while (1 << k) < v and k < 40:
             k += 1
-        counts[k] = counts.get(k, 0) + 1
+        counts[k] = counts.get(k, 0) + n
     lo, hi = min(counts), max(counts)
     return [(0 if k == 0 else 1 << (k - 1), 1 << k, counts.get(k, 0)) for k in range(lo, hi + 1)]
 
 
-def histogram(seg, values):
-    """One segment's latency histogram as inline SVG (log2 buckets in us)."""
-    bs = buckets(values)
+def histogram(seg, values, weighted=False):
+    """One segment's latency histogram as inline SVG (log2 buckets in us); `weighted`: see
+    buckets()."""
+    bs = buckets(values, weighted)
     w, h, bw = 300, 110, max(8, min(30, 260 // max(1, len(bs))))
     top = max(c for _l, _h, c in bs) if bs else 1
     out = ['<div class="hist" data-from="%s" data-to="%s" data-count="%d">'
@@ -338,10 +341,14 @@ def render_trace(data, title="pktpath report"):
         segs = data["segments"][:MAX_HISTOGRAMS]
         more = len(data["segments"]) - len(segs)
         body.append("<h2>per-hop latency</h2>")
+        counted = data.get("latency_counts")
         body.append('<div id="histograms">%s</div>' % "".join(
+            histogram(g, counted(g["from"], g["to"]), True) if counted else
             histogram(g, data["latencies"](g["from"], g["to"])) for g in segs))
         if more > 0:
             body.append("<p>(+%d more segments)</p>" % more)
+        if any(g.get("approx") for g in segs):
+            body.append("<p>%s</p>" % esc(analysis.APPROX_NOTE.strip("()")))
     if data["verdicts"][1]:
         body += ["<h2>%s</h2>" % esc(data["verdicts"][0]), _table(
             ["ID", "VERDICT", "HOPS", "WHERE", "REASON", "NAMESPACE", "DURATION us"],

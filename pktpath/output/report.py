@@ -264,6 +264,7 @@ class ReportBuilder:
                             "ringbuf_pages)" % end["lost"])
         return {"summary": s, "funnel": self._paths.funnel(), "segments": self._paths.segments(),
                 "latencies": self._paths.latencies,
+                "latency_counts": self._paths.latency_counts,
                 "verdicts": self._verdicts(self._summary.packets) if self._summary.packets
                 else ("verdicts", []),
                 "drop_from": self._drop_from, "deliver_hooks": self._deliver_at,

@@ -7,11 +7,123 @@
 from array import array
 from bisect import bisect_left, bisect_right
 from itertools import repeat
-from operator import sub, truediv
+from collections import Counter
+from math import fsum
+from operator import lshift, mul, neg, or_, rshift, sub, truediv
 
 from tabulate import tabulate
 
 DROP_HOOKS = ("kfree_skb",)
+
+# A segment keeps its latencies exactly while it has at most EXACT_MAX of them (the percentiles
+# are then those of sorting them all, as always); past that they are folded into a LogHist:
+# exact count, min, max and mean, percentiles within HIST_ERROR of the exact ones (relative).
+EXACT_MAX = 1 << 16
+HIST_BITS = 7           # significant bits of a bucket: 64 buckets per power of two
+HIST_ERROR = 1.0 / (1 << HIST_BITS)     # 0.78%: half a bucket's width over its lowest value
+APPROX_NOTE = ("(P50/P90/P99 of segments with more than %d packets are from a log-linear "
+               "histogram: within %.1f%%; counts, MAX exact)" % (EXACT_MAX, 100 * HIST_ERROR))
+
+
+class LogHist:
+    """Latencies in log-linear buckets of integer nanoseconds, 64 per power of two (HIST_BITS
+    significant bits; below 2^HIST_BITS ns one per value), in memory that does not grow with
+    their number: count, min, max and sum exact; a percentile is the middle of the bucket that
+    holds it (clamped to min and max), within HIST_ERROR of the exact value (relative).
+    add_ns() buckets a chunk with C-level maps and a Counter (no sort, no Python step per
+    value)."""
+
+    __slots__ = ("pos", "neg", "count", "min", "max", "total", "_keys")
+
+    def __init__(self):
+        self.pos = Counter()    # bucket key (_key) of values >= 0 -> values in it
+        self.neg = Counter()    # the same of -v for values < 0
+        self.count, self.min, self.max, self.total = 0, None, None, 0
+        self._keys = None
+
+    def add_ns(self, ds):
+        """Add latencies `ds` (a list of ints, nanoseconds)."""
+        if not ds:
+            return
+        lo, hi = min(ds), max(ds)
+        self.count += len(ds)
+        self.total += sum(ds)
+        if self.min is None or lo < self.min:
+            self.min = lo
+        if self.max is None or hi > self.max:
+            self.max = hi
+        self._keys = None
+        if lo < 0:
+            self.neg.update(_keys(list(map(neg, filter((0).__gt__, ds)))))
+            ds = list(filter((0).__le__, ds))
+        if hi < _SMALL:             # (the common case: a lookup per value)
+            self.pos.update(map(_small_keys().__getitem__, ds))
+        else:
+            self.pos.update(_keys(ds))
+
+    def add_us(self, vals):
+        """Add latencies in microseconds (floats of whole nanoseconds, as hop times give)."""
+        self.add_ns(list(map(round, map(mul, vals, repeat(1e3)))))
+
+    def _sorted(self):
+        """[(bucket middle ns, values)] in value order."""
+        if self._keys is None:
+            self._keys = [(-_mid(k), self.neg[k]) for k in sorted(self.neg, reverse=True)] + \
+                [(_mid(k), self.pos[k]) for k in sorted(self.pos)]
+        return self._keys
+
+    def percentiles(self, qs):
+        """[value (us) of rank min(count - 1, int(q * count)) for q in qs]: the exact min and
+        max at the ends, else the middle of its bucket (within HIST_ERROR)."""
+        n, out = self.count, []
+        for q in qs:
+            k = min(n - 1, int(q * n))
+            if k <= 0:
+                out.append(self.min / 1e3)
+                continue
+            if k >= n - 1:
+                out.append(self.max / 1e3)
+                continue
+            acc = 0
+            for mid, c in self._sorted():
+                acc += c
+                if acc > k:
+                    break
+            out.append(min(max(mid, self.min), self.max) / 1e3)
+        return out
+
+    def counts(self):
+        """[(bucket middle us, values)] in value order."""
+        return [(mid / 1e3, c) for mid, c in self._sorted()]
+
+
+# bucket of a value d >= 0 (ns): its bit length b and its top HIST_BITS bits, (b << 8) | (d >>
+# (b - HIST_BITS)): ordered as the values are
+_SHIFT = [max(0, b - HIST_BITS) for b in range(1100)]
+
+
+def _keys(ds):
+    """The bucket keys of `ds` (ints >= 0), as an iterator (C-level maps)."""
+    bits = list(map(int.bit_length, ds))
+    return map(or_, map(lshift, bits, repeat(8)), map(rshift, ds, map(_SHIFT.__getitem__, bits)))
+
+
+_SMALL = 1 << 17        # latencies under 131 us: keys looked up (a 1 MB list, made once)
+_SMALL_KEYS = []
+
+
+def _small_keys():
+    if not _SMALL_KEYS:
+        interned = {}
+        _SMALL_KEYS.extend(interned.setdefault(k, k) for k in _keys(range(_SMALL)))
+    return _SMALL_KEYS
+
+
+def _mid(key):
+    """The middle of bucket `key` (ns): the mean of the lowest and highest integer in it."""
+    shift = _SHIFT[key >> 8]
+    low = (key & 0xff) << shift
+    return low + ((1 << shift) - 1) / 2
 
 
 def stage(hop):
@@ -99,8 +211,9 @@ def _stats(packets):
 
 class PathStats:
     """segments() and funnel() fed one packet at a time, so that a report of a million events
-    need not hold its packets: latencies are kept as arrays of doubles, stage positions as
-    counts per position."""
+    need not hold its packets: latencies are kept as arrays of doubles (EXACT_MAX per segment
+    at most: past it they are folded into a LogHist), stage positions as counts per
+    position."""
 
     def __init__(self):
         self._gaps = {}        # (stage, next stage) -> array of latencies (us)
@@ -109,6 +222,18 @@ class PathStats:
         self._rank = {}        # key of _gaps or _reach -> lowest (id, first_ns, hop) having it
         self._ended = {}       # last counted stage of a path -> {verdict: packets}
         self._runs = {}        # key of _gaps -> [(start, end)] of its sorted runs (add_bulk)
+        self._hists = {}       # key of _gaps -> LogHist once it had more than EXACT_MAX values
+        #                        (its array then holds the values added since the last fold)
+
+    def _fold(self, key):
+        """Move the latencies of segment `key` into its LogHist: past EXACT_MAX values, memory
+        stays bounded."""
+        hist = self._hists.get(key)
+        if hist is None:
+            hist = self._hists[key] = LogHist()
+        hist.add_us(self._gaps[key])
+        self._gaps[key] = array("d")
+        self._runs.pop(key, None)
 
     def add(self, p):
         path = p["path"]
@@ -141,6 +266,8 @@ class PathStats:
             elif rank < ranks[key]:
                 ranks[key] = rank + (i,)
             vals.append((tb - ta) / 1e3)
+            if len(vals) > EXACT_MAX:
+                self._fold(key)
             i += 1
         seen = set()
         reach, positions = self._reach, self._positions
@@ -168,7 +295,7 @@ class PathStats:
         latencies (a live trace's stop, when the report is due: see sample.Aggregate.close)."""
         self._end(stages, counted, verdict, count)
         n = len(stages)
-        gaps, ranks = self._gaps, self._rank
+        gaps, ranks, hists = self._gaps, self._rank, self._hists
         for i in range(n - 1 if dts is not None else 0):
             key = (stages[i], stages[i + 1])
             vals = gaps.get(key)
@@ -177,12 +304,18 @@ class PathStats:
                 ranks[key] = rank + (i,)
             elif rank < ranks[key]:
                 ranks[key] = rank + (i,)
-            # sorted: the array is then a few long sorted runs, in which segments() finds its
-            # percentiles without sorting every latency at the stop
-            start = len(vals)
-            vals.extend(sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]),
-                                   repeat(1e3, count))))
-            self._runs.setdefault(key, []).append((start, len(vals)))
+            if key in hists or len(vals) + count > EXACT_MAX:
+                # past EXACT_MAX: bucketed (LogHist), in nanoseconds, not sorted
+                if key not in hists or vals:
+                    self._fold(key)
+                hists[key].add_ns(list(map(sub, dts[i + 1::n], dts[i::n])))
+            else:
+                # sorted: the array is then a few long sorted runs, in which segments() finds
+                # its percentiles without sorting every latency at the stop
+                start = len(vals)
+                vals.extend(sorted(map(truediv, map(sub, dts[i + 1::n], dts[i::n]),
+                                       repeat(1e3, count))))
+                self._runs.setdefault(key, []).append((start, len(vals)))
             if idle is not None and count > 4096:
                 idle()
         seen = set()
@@ -199,18 +332,48 @@ class PathStats:
                 at[i] = at.get(i, 0) + count
 
     def latencies(self, a, b):
-        """The latencies (us, in no order) of segment a -> b (stage strings), empty if none."""
-        return self._gaps.get((a, b), ())
+        """The latencies (us, in no order) of segment a -> b (stage strings), empty if none
+        (past EXACT_MAX values: the middles of their histogram's buckets, each repeated as many
+        times as it holds values; latency_counts() gives them without repeating)."""
+        key = (a, b)
+        if key in self._hists:
+            return [v for v, c in self.latency_counts(a, b) for _ in range(c)]
+        return self._gaps.get(key, ())
+
+    def latency_counts(self, a, b):
+        """[(latency us, how many)] of segment a -> b, in value order: exact values, or past
+        EXACT_MAX the middles of the histogram's buckets."""
+        key = (a, b)
+        if key in self._hists:
+            if self._gaps[key]:
+                self._fold(key)
+            return self._hists[key].counts()
+        out = {}
+        for v in self._gaps.get(key, ()):
+            out[v] = out.get(v, 0) + 1
+        return sorted(out.items())
 
     def segments(self):
-        """What segments() returns for the packets added."""
+        """What segments() returns for the packets added: p50/p90/p99 exact up to EXACT_MAX
+        latencies, then within HIST_ERROR (`approx` true); count, max and mean exact."""
         out = []
+        qs = (0.5, 0.9, 0.99, 1.0)
         for key in sorted(self._gaps, key=self._rank.__getitem__):
             a, b = key
-            p50, p90, p99, top = _percentiles(self._gaps[key], self._runs.get(key),
-                                              (0.5, 0.9, 0.99, 1.0))
-            out.append({"from": a, "to": b, "count": len(self._gaps[key]), "p50_us": p50,
-                        "p90_us": p90, "p99_us": p99, "max_us": top})
+            hist = self._hists.get(key)
+            if hist is not None:
+                if self._gaps[key]:
+                    self._fold(key)
+                p50, p90, p99, top = hist.percentiles(qs)
+                out.append({"from": a, "to": b, "count": hist.count, "p50_us": p50,
+                            "p90_us": p90, "p99_us": p99, "max_us": top,
+                            "mean_us": hist.total / hist.count / 1e3, "approx": True})
+                continue
+            vals = self._gaps[key]
+            p50, p90, p99, top = _percentiles(vals, self._runs.get(key), qs)
+            out.append({"from": a, "to": b, "count": len(vals), "p50_us": p50,
+                        "p90_us": p90, "p99_us": p99, "max_us": top,
+                        "mean_us": fsum(vals) / len(vals)})
         out.sort(key=lambda s: (-s["count"], -s["max_us"]))
         return out
 
@@ -270,6 +433,8 @@ def format_segments(segs, top=15):
                                                 ("p50_us", "p90_us", "p99_us", "max_us")]
             for s in segs[:top]]
     more = "\n(+%d more segments)" % (len(segs) - top) if len(segs) > top else ""
+    if any(s.get("approx") for s in segs[:top]):
+        more += "\n" + APPROX_NOTE
     return tabulate(rows, headers=["FROM", "TO", "COUNT", "P50 us", "P90 us", "P99 us",
                                    "MAX us"], disable_numparse=True) + more
 

@@ -36,6 +36,9 @@ UNTIED_NOTE = ("%d lost records could not be tied to a packet ID: packets may be
 UNMEASURED_NOTE = ("latencies: %d packets finished at the stop (a flood's last second) are "
                    "counted but not in the latency table (sorting them would have delayed "
                    "the report)")
+UNCHECKED_NOTE = ("%d lost packets past the bound on the IDs a live trace keeps (sample.LOST_IDS) "
+                  "could not be checked against the IDs the tracer lost events of: reported "
+                  "`incomplete` (`report` of the recording checks each)")
 UNREAD_NOTE = ("%d records were still waiting in the ring buffer when the report was due and "
                "were not read: packets may be missing from this report, and every `lost` "
                "verdict is reported as `incomplete`")
@@ -105,6 +108,8 @@ def finish(packets, end, aggregate=None, streamed_ids=(), by=None):
     seen = aggregate.close(lost, suspect, by) if aggregate is not None else ()
     if aggregate is not None and aggregate.unmeasured:
         _note(end, UNMEASURED_NOTE, aggregate.unmeasured)
+    if aggregate is not None and aggregate.unchecked:
+        _note(end, UNCHECKED_NOTE, aggregate.unchecked)
     others = IdRuns.union(aggregate.ids if aggregate is not None else (), streamed_ids)
     return count_duplicates(
         reconstruct.mark_incomplete_sorted(packets, lost, all_lost_suspect=suspect,

@@ -532,6 +532,11 @@ class Summary:
             insort(ids, pid)
             ids.pop()
 
+    def add_count(self, verdict, count):
+        """`count` packets of `verdict` in no group (delivered, incomplete...)."""
+        self.packets += count
+        self._counts[verdict] = self._counts.get(verdict, 0) + count
+
     def add_groups(self, ids, count, verdict, key, fields):
         """add_group() of `count` packets whose lowest IDs are `ids` (up to 5, sorted)."""
         self.packets += count

@@ -22,6 +22,7 @@ the ~60 us of building its event and packet dicts.
 """
 import bisect
 import heapq
+import itertools
 import operator
 import struct
 import time
@@ -58,11 +59,20 @@ class Aggregate:
         self.summary = Summary()
         self.paths = analysis.PathStats()
         self.t0 = None
-        self.lost = []          # (id, group key, group fields) of spilled `lost` packets
+        self.lost = {}          # group key -> LostGroup: the spilled `lost` packets
         self.ids = IdRuns()     # IDs (64-bit keys) of the spilled packets (the policy's `seen`)
         self.packets = 0
         self._shapes = set()    # shapes with packets not folded yet
         self.unmeasured = 0     # packets counted without their latencies (close's `by`)
+        self.lost_held = 0      # IDs the LostGroups keep (LOST_IDS at most)
+        self.unchecked = 0      # `lost` packets made `incomplete` at close for want of their ID
+
+    def _keep_lost(self):
+        """True while the spilled `lost` packets' IDs are within LOST_IDS."""
+        if self.lost_held < LOST_IDS:
+            self.lost_held += 1
+            return True
+        return False
 
     def add_packet(self, p):
         """A packet record (reconstruct) not delivered."""
@@ -73,9 +83,13 @@ class Aggregate:
         self.paths.add(p)
         if p["verdict"] == "lost":
             last = p["last"]
-            self.lost.append((p["id"], (last["hook"], last["dev"], last["netns"]),
-                              {"hook": last["hook"], "dev": last["dev"], "netns": last["netns"],
-                               "netns_name": last["netns_name"]}))
+            key = (last["hook"], last["dev"], last["netns"])
+            group = self.lost.get(key)
+            if group is None:
+                group = self.lost[key] = LostGroup(
+                    {"hook": last["hook"], "dev": last["dev"], "netns": last["netns"],
+                     "netns_name": last["netns_name"]})
+            group.add(p["id"], self._keep_lost())
         else:
             self.summary.add(p)
 
@@ -100,7 +114,10 @@ class Aggregate:
         shape.count += 1
         shape.dts.extend(dts)
         if shape.verdict == "lost":
-            self.lost.append((pid, shape.key, shape.fields))
+            group = self.lost.get(shape.key)
+            if group is None:
+                group = self.lost[shape.key] = LostGroup(shape.fields)
+            group.add(pid, self._keep_lost())
 
     def fold(self, idle=None, stopping=None, by=None):
         """Move the shapes' packets into PathStats, Summary (and t0); `idle`: see
@@ -152,15 +169,59 @@ class Aggregate:
         left out (`unmeasured`, which the report says) so that the report comes in time."""
         self.fold(by=by)
         s = self.summary
-        for pid, key, fields in self.lost:
-            if suspect or pid in lost_ids:
-                s.add_group(pid, "incomplete", None, None)
-            else:
-                s.add_group(pid, "lost", key, fields)
-        self.lost = []
+        for key, group in self.lost.items():
+            lost, low, incomplete = (0, (), group.count) if suspect else group.split(lost_ids)
+            if incomplete:
+                s.add_count("incomplete", incomplete)
+                if lost_ids and group.unchecked and not suspect:
+                    self.unchecked += group.unchecked
+            if lost:
+                s.add_groups(low, lost, "lost", key, group.fields)
+        self.lost = {}
         if not lost_ids or not self.ids:
             return set()
         return {pid for pid in lost_ids if pid in self.ids}
+
+
+class LostGroup:
+    """The spilled `lost` packets of one group (last sighting), for the finishing policy at the
+    stop (Aggregate.close: those whose ID is in `lost_ids` become `incomplete`): the count and
+    the 5 lowest IDs exact, the IDs themselves (8 bytes each) while the aggregate's budget
+    (LOST_IDS) lasts; past it a packet is only counted (`unchecked`): at the stop it is `lost`
+    when the tracer lost no event of a known ID, else `incomplete` (the policy's doubt)."""
+
+    __slots__ = ("fields", "count", "ids", "low", "unchecked")
+
+    def __init__(self, fields):
+        self.fields = fields        # the group's fields (reconstruct.Summary.add_group)
+        self.count = 0              # packets (exact)
+        self.ids = array("Q")       # their IDs, while the budget lasts
+        self.low = []               # the 5 lowest IDs (with repeats), sorted
+        self.unchecked = 0          # packets whose ID was not kept (past the budget)
+
+    def add(self, pid, keep):
+        self.count += 1
+        low = self.low
+        if len(low) < 5:
+            bisect.insort(low, pid)
+        elif pid < low[-1]:
+            bisect.insort(low, pid)
+            low.pop()
+        if keep:
+            self.ids.append(pid)
+        else:
+            self.unchecked += 1
+
+    def split(self, lost_ids):
+        """(packets `lost`, their 5 lowest IDs, packets `incomplete`) under the policy."""
+        if not lost_ids:
+            return self.count, self.low, 0
+        hits = sum(map(lost_ids.__contains__, self.ids))
+        low = heapq.nsmallest(5, itertools.filterfalse(lost_ids.__contains__, self.ids))
+        return len(self.ids) - hits, low, hits + self.unchecked
+
+
+LOST_IDS = 1 << 20      # IDs of spilled `lost` packets an Aggregate keeps (8 MB), then counts
 
 
 class Sampler:
