@@ -2193,8 +2193,9 @@ static __always_inline struct pp_lastseen *pp_recent(u64 sk, int direct, u64 now
  * tail, so the datagrams before it are looked at too; and a reader running on another CPU may
  * already have moved the queue to UDP's reader_queue, so that queue's tail is looked at as well.
  * In summary mode those extra datagrams only count while their path is still open (an ID is
- * not delivered twice). A reader that has already consumed the datagram leaves no trace: that
- * packet is reported lost at its last sighting. */
+ * not delivered twice). A reader that has already consumed the datagram leaves no trace here:
+ * the reader itself saw it at its queue's head when it returned from the read before (pp_reader),
+ * or it is the packet this CPU saw last (the fallback below); else it is reported lost. */
 static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
 {
     if (!pp_is_kptr(sk))

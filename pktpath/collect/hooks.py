@@ -4,6 +4,7 @@ The catalog (configs/hooks.yaml) names every place pktpath knows how to watch. A
 hooks by name (or defines its own); `plan()` decides for each one how it will be attached on this
 kernel, given what the kernel offers (a `Capabilities`), and why a hook is skipped.
 """
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ METHODS = ("raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "fentry")
 KINDS = ("pass", "drop", "deliver", "consume", "segment", "state", "reader")
 # kinds given a socket, not an skb (their hooks walk socket queues)
 SOCKET_KINDS = ("deliver", "state", "reader")
+READER_MISSING = ("; deliveries are then seen at the data-ready callbacks only: a datagram its "
+                  "reader takes before a callback reaches it may be reported lost")
 # TCP-only kinds: attached when the traced protocol includes TCP (hook `tcp: true`)
 
 
@@ -200,6 +203,8 @@ def plan(specs, caps, catalog=None, proto="udp"):
                 hook = Hook(name=fb, target=sub.target, kind=sub.kind, requested=hook.requested,
                             method=sub.method, args=sub.args, stage=sub.stage,
                             why="fallback for %s (%s)" % (entry["name"], hook.why))
+        if not hook.attached and hook.kind == "reader":
+            hook = dataclasses.replace(hook, why=hook.why + READER_MISSING)
         hooks.append(hook)
     return hooks
 

@@ -138,6 +138,7 @@ def test_light_set_from_a_config_and_the_command_line():
                                       "kfree_skb"]
     # a kernel without sock:sock_recv_length (before 6.3): skipped, saying why
     assert not plan[2].attached and "does not exist on this kernel" in plan[2].why
+    assert "callbacks only" in plan[2].why
     with pytest.raises(UserError, match="unknown hook 'lite'.*did you mean 'light'"):
         hooks.select(["lite"], hooks.load_catalog())
 
