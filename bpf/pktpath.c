@@ -1939,6 +1939,8 @@ BPF_PERCPU_ARRAY(resume, struct pp_resume, 1);
 #define PP_DELIVER_SCAN 3
 #endif
 #define PP_READER_SCAN 3
+#define PP_HEADS (PP_DELIVER_SCAN + PP_READER_SCAN)  /* the scan's index of the heads */
+#define PP_HEAD_SCAN 2   /* datagrams looked at from the heads (pp_scan_queues, pp_reader) */
 
 /* `skb` is still linked in a queue (not taken by a reader: __skb_unlink clears next) */
 static __always_inline int pp_linked(u64 skb, int direct)
@@ -1947,18 +1949,26 @@ static __always_inline int pp_linked(u64 skb, int direct)
     return pp_is_kptr(next) && PP_RD(u64, next + PP_OFF_SKB_PREV, direct) == skb;
 }
 
-/* The tail (prev) and length of the queue at `q` */
-static __always_inline void pp_queue_tail(u64 q, int direct, u64 *tail, u32 *qlen)
+/* The head (next), tail (prev) and length of the queue at `q` */
+static __always_inline void pp_queue_ends(u64 q, int direct, u64 *head, u64 *tail, u32 *qlen)
 {
     if (direct) {
+        *head = PP_RD(u64, q + PP_OFF_SKBHEAD_NEXT, 2);
         *tail = PP_RD(u64, q + PP_OFF_SKBHEAD_PREV, 2);
         *qlen = PP_RD(u32, q + PP_OFF_SKBHEAD_QLEN, 2);
         return;
     }
     u64 qh[(PP_SKBHEAD_SPAN_LEN + 7) / 8] = {};
     bpf_probe_read_kernel(qh, sizeof(qh), (void *)q);
+    *head = *(u64 *)((u8 *)qh + PP_OFF_SKBHEAD_NEXT);
     *tail = *(u64 *)((u8 *)qh + PP_OFF_SKBHEAD_PREV);
     *qlen = *(u32 *)((u8 *)qh + PP_OFF_SKBHEAD_QLEN);
+}
+
+static __always_inline void pp_queue_tail(u64 q, int direct, u64 *tail, u32 *qlen)
+{
+    u64 head;
+    pp_queue_ends(q, direct, &head, tail, qlen);
 }
 
 /* A datagram behind the tail: known by the skb map alone (no parse: the parse is inlined once,
@@ -2000,84 +2010,133 @@ static __always_inline int pp_deliver_known(void *ctx, u64 skb, u16 hook, u64 sk
 #endif
 }
 
-static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct, int udp)
+static __always_inline int pp_scan_queues(void *ctx, u64 sk, u16 hook, int direct, int udp,
+                                          int reader)
 {
     u64 rq = sk + PP_OFF_SK_QHEAD, readerq = sk + PP_OFF_UDP_READERQ;
-    u64 skb = 0, from = 0;
+    u64 skb = 0, from = 0, tmp;
     u32 qlen = 0, j = 1, start = 1;
-    int found = 0;
+    int found = 0, deep = reader, inrq = 0;
 #ifdef PP_SUMMARY
     u32 zero = 0;
-    struct pp_resume *rs = resume.lookup(&zero);
-    if (rs && rs->sk == sk) {
-        /* (the clock only read here: a resume point for this socket is rare) */
-        if (bpf_ktime_get_ns() - rs->ts < PP_RESUME_NS && pp_is_kptr(rs->skb) &&
-            pp_linked(rs->skb, direct))
-            from = rs->skb;
-        else
-            rs->sk = 0;
-    }
-#endif
-    /* the receive queue's tail: parsed (it may be new to the skb map) */
-    pp_queue_tail(rq, direct, &skb, &qlen);
-    if (pp_is_kptr(skb) && skb != rq && qlen) {
-        int r = pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DELIVER), 0, sk, direct);
-        if (r == PP_H_DELIVERED)
-            found = 1;
-        if (r == PP_H_CLOSED) {
-#ifdef PP_SUMMARY
-            if (from && rs) {
-                /* delivered by an earlier callback of this batch: on where that callback's
-                 * scan stopped (a new tail is a new batch: scanned from the tail, the resume
-                 * point kept for the callbacks after it) */
-                skb = from;
+    struct pp_resume *rs = 0;
+    if (!reader) {
+        rs = resume.lookup(&zero);
+        if (rs && rs->sk == sk) {
+            /* (the clock only read here: a resume point for this socket is rare) */
+            if (bpf_ktime_get_ns() - rs->ts < PP_RESUME_NS && pp_is_kptr(rs->skb) &&
+                pp_linked(rs->skb, direct))
+                from = rs->skb;
+            else
                 rs->sk = 0;
-                pp_count(PP_CNT_DELIVER_RESUMED);
-            } else
-#endif
-            start = PP_DELIVER_SCAN;    /* those before it were delivered too */
-        } else {
-            skb = PP_RD(u64, skb + PP_OFF_SKB_PREV, direct);
         }
-    } else {
-        start = PP_DELIVER_SCAN;
     }
-    /* the datagrams behind it, then the reader queue's tail and those behind it */
+#endif
+    if (reader) {
+        start = PP_HEADS;   /* the reader: the heads only */
+    } else {
+        /* the receive queue's tail: parsed (it may be new to the skb map) */
+        pp_queue_tail(rq, direct, &skb, &qlen);
+        if (pp_is_kptr(skb) && skb != rq && qlen) {
+            int r = pp_handle(ctx, skb, PP_HK(hook, PP_KIND_DELIVER), 0, sk, direct);
+            if (r == PP_H_DELIVERED)
+                found = 1;
+            if (r == PP_H_CLOSED) {
+#ifdef PP_SUMMARY
+                if (from && rs) {
+                    /* delivered by an earlier callback of this batch: on where that
+                     * callback's scan stopped (a new tail is a new batch: scanned from the
+                     * tail, the resume point kept for the callbacks after it) */
+                    skb = from;
+                    rs->sk = 0;
+                    deep = 1;
+                    pp_count(PP_CNT_DELIVER_RESUMED);
+                } else
+#endif
+                start = PP_DELIVER_SCAN;    /* those before it were delivered too */
+            } else {
+                skb = PP_RD(u64, skb + PP_OFF_SKB_PREV, direct);
+            }
+        } else {
+            start = PP_DELIVER_SCAN;
+        }
+    }
+    /* the datagrams behind it, then the reader queue's tail and those behind it; then, after a
+     * scan that ran out of depth (a batch deeper than it) and at the reader, the oldest
+     * datagrams: the heads */
     #pragma clang loop unroll(disable)
-    for (u32 i = start; i < PP_DELIVER_SCAN + PP_READER_SCAN; i++) {
+    for (u32 i = start; i < PP_HEADS + PP_HEAD_SCAN; i++) {
         if (i == PP_DELIVER_SCAN) {
             if (!udp)
                 break;
             pp_queue_tail(readerq, direct, &skb, &qlen);
             j = 0;
         }
-        if (!pp_is_kptr(skb) || skb == rq || skb == readerq || j >= qlen) {
-            if (i >= PP_DELIVER_SCAN || !udp)
-                break;   /* (a TCP socket has no reader queue) */
+        if (i >= PP_HEADS) {
+            if (i == PP_HEADS) {
+                if (!deep || !udp)
+                    break;
+                /* the reader takes the reader queue's head next, or (that queue empty) the
+                 * receive queue's */
+                pp_queue_ends(readerq, direct, &skb, &tmp, &qlen);
+                j = 0;
+            }
+            if (!inrq && (!pp_is_kptr(skb) || skb == readerq || skb == rq || j >= qlen)) {
+                pp_queue_ends(rq, direct, &skb, &tmp, &qlen);
+                inrq = 1;
+                j = 0;
+            }
+            if (!pp_is_kptr(skb) || skb == rq || skb == readerq || j >= qlen)
+                break;
+        } else if (!pp_is_kptr(skb) || skb == rq || skb == readerq || j >= qlen) {
+            if (i >= PP_DELIVER_SCAN || !udp) {
+                if (!deep || !udp)
+                    break;   /* (a TCP socket has no reader queue) */
+                i = PP_HEADS - 1;
+                continue;
+            }
             i = PP_DELIVER_SCAN - 1;  /* on to the reader queue */
             continue;
         }
         int r = pp_deliver_known(ctx, skb, hook, sk, direct);
-        if (r == PP_H_DELIVERED)
+        if (r == PP_H_DELIVERED) {
             found = 1;
+            if (i >= PP_HEADS)
+                pp_count(reader ? PP_CNT_DELIVER_READER : PP_CNT_DELIVER_HEAD);
+        }
+        if (i >= PP_HEADS) {
+            /* the heads: from the oldest on (delivered ones are skipped: a batch is delivered
+             * from both ends) */
+            skb = PP_RD(u64, skb + PP_OFF_SKB_NEXT, direct);
+            j++;
+            continue;
+        }
         if (r == PP_H_CLOSED) {
             /* a datagram queued before it was delivered already: so were those before it (and
              * the reader queue's, older still, once this scan delivered the ones after it) */
-            if (i >= PP_DELIVER_SCAN || found || !udp)
-                break;
+            if (i >= PP_DELIVER_SCAN || found || !udp) {
+                if (!deep || !udp)
+                    break;
+                i = PP_HEADS - 1;
+                continue;
+            }
             i = PP_DELIVER_SCAN - 1;
             continue;
         }
         skb = PP_RD(u64, skb + PP_OFF_SKB_PREV, direct);
         j++;
+        if (i == PP_DELIVER_SCAN - 1 && pp_is_kptr(skb) && skb != rq && j < qlen) {
+            /* out of depth with more datagrams behind: the next callback goes on from here
+             * (summary), and this one looks at the heads too */
+            deep = 1;
 #ifdef PP_SUMMARY
-        if (i == PP_DELIVER_SCAN - 1 && rs && pp_is_kptr(skb) && skb != rq && j < qlen) {
-            /* out of depth with more datagrams behind: the next callback goes on from here */
-            rs->sk = sk;
-            rs->skb = skb;
-            rs->ts = bpf_ktime_get_ns();
-        }
+            if (rs) {
+                rs->sk = sk;
+                rs->skb = skb;
+                rs->ts = bpf_ktime_get_ns();
+            }
 #endif
+        }
     }
     return found;
 }
@@ -2109,13 +2168,14 @@ static __always_inline int pp_nat_candidate(u64 sk, int direct)
 }
 #endif
 
-/* The packet this CPU saw pass last (lastseen), if moments ago (PP_LASTSEEN_NS) and in socket
- * sk's namespace: what the fallbacks of pp_deliver and pp_state look at. */
-static __always_inline struct pp_lastseen *pp_recent(u64 sk, int direct, u64 now)
+/* The packet this CPU saw pass last (lastseen), if seen within `window` ns (PP_LASTSEEN_NS:
+ * moments ago) and in socket sk's namespace: what the fallbacks of pp_deliver and pp_state
+ * look at. */
+static __always_inline struct pp_lastseen *pp_recent_in(u64 sk, int direct, u64 now, u64 window)
 {
     u32 zero = 0;
     struct pp_lastseen *ls = lastseen.lookup(&zero);
-    if (!ls || !ls->ts || now - ls->ts > PP_LASTSEEN_NS)
+    if (!ls || !ls->ts || now - ls->ts > window)
         return 0;
     u64 skn = PP_RD(u64, sk + PP_OFF_SK_NET, direct);
     if (pp_netns_of_net(skn, direct) != ls->netns)
@@ -2123,13 +2183,19 @@ static __always_inline struct pp_lastseen *pp_recent(u64 sk, int direct, u64 now
     return ls;
 }
 
+static __always_inline struct pp_lastseen *pp_recent(u64 sk, int direct, u64 now)
+{
+    return pp_recent_in(sk, direct, now, PP_LASTSEEN_NS);
+}
+
 /* A socket's data-ready callback: the datagram just queued is the receive queue's tail.
  * Races: when two CPUs queue datagrams at once, both callbacks may see the later one as the
  * tail, so the datagrams before it are looked at too; and a reader running on another CPU may
  * already have moved the queue to UDP's reader_queue, so that queue's tail is looked at as well.
  * In summary mode those extra datagrams only count while their path is still open (an ID is
- * not delivered twice). A reader that has already consumed the datagram leaves no trace: that
- * packet is reported lost at its last sighting. */
+ * not delivered twice). A reader that has already consumed the datagram leaves no trace here:
+ * the reader itself saw it at its queue's head when it returned from the read before (pp_reader),
+ * or it is the packet this CPU saw last (the fallback below); else it is reported lost. */
 static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
 {
     if (!pp_is_kptr(sk))
@@ -2154,7 +2220,7 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
     if (PP_RD(u16, sk + PP_OFF_SK_NUM, direct) != PP_PORT && !pp_nat_candidate(sk, direct))
         return 0;
 #endif
-    int found = pp_scan_queues(ctx, sk, hook, direct, skproto == 17);
+    int found = pp_scan_queues(ctx, sk, hook, direct, skproto == 17, 0);
 #ifdef PP_SUMMARY
     if (skproto != 17)
         return 0;   /* (the fallback below is for UDP's reader, see pp_scan_queues) */
@@ -2162,17 +2228,27 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
      * also when the scan delivered others of the same batch). It is then the packet this CPU
      * saw last, moments ago, in the socket's own namespace: deliver that one if its path is
      * still open (the CPU that calls sk_data_ready queued its own datagram in that batch). */
+    /* Seen longer ago than moments (a vCPU stalled between the datagram's last hop and its
+     * callback: 1.1 ms seen, #17): only a packet on its way to this socket's port. */
     (void)found;
     u64 now = bpf_ktime_get_ns();
-    struct pp_lastseen *ls = pp_recent(sk, direct, now);
+    struct pp_lastseen *ls = pp_recent_in(sk, direct, now, PP_LASTSEEN_DELIVER_NS);
     if (!ls || !ls->skb)
         return 0;   /* (skb 0: that packet is done, see pp_summary) */
     struct pp_pkt p;
     __builtin_memset(&p, 0, PP_PKT_ZERO);
     p.id = ls->id;
     struct pp_pathkey key = {.skb = ls->skb, .id = ls->id};
-    if (!paths.lookup(&key))
+    struct pp_path *v = paths.lookup(&key);
+    if (!v)
         return 0;
+    if (now - ls->ts > PP_LASTSEEN_NS) {
+        u16 num = PP_RD(u16, sk + PP_OFF_SK_NUM, direct);
+        if (v->inner.protocol != 17 ||
+            (v->inner.dport != num && !(v->nat_hop && v->nat.dport == num)))
+            return 0;
+        pp_count(PP_CNT_DELIVER_LATE);
+    }
     ls->ts = 0;
     pp_summary(ctx, 0, hook, PP_KIND_DELIVER, 0, 0, sk, &p, 0, now, 0, 0, 0, 0, direct,
                ls->skb, 1);
@@ -2185,9 +2261,16 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
     if (found || skproto != 17)
         return 0;
     u64 now = bpf_ktime_get_ns();
-    struct pp_lastseen *ls = pp_recent(sk, direct, now);
+    struct pp_lastseen *ls = pp_recent_in(sk, direct, now, PP_LASTSEEN_DELIVER_NS);
     if (!ls || !ls->skb || ls->proto != 17)
         return 0;
+    if (now - ls->ts > PP_LASTSEEN_NS) {
+        /* (as summary mode: seen longer ago, only on its way to this socket's port; ports as
+         * loaded, the destination in the high half, network order as inet_sport) */
+        if ((u16)(ls->ports >> 16) != PP_RD(u16, sk + PP_OFF_INET_SPORT, direct))
+            return 0;
+        pp_count(PP_CNT_DELIVER_LATE);
+    }
     struct pp_pkt p;
     __builtin_memset(&p, 0, PP_PKT_ZERO);
     p.id = ls->id;
@@ -2195,6 +2278,32 @@ static __always_inline int pp_deliver(void *ctx, u64 sk, u16 hook, int direct)
     ls->ts = 0;
     pp_record_event(ctx, lskb, hook, PP_KIND_DELIVER, 0, 0, sk, &p, PP_F_FROM_MAP, now, 0,
                     direct);
+#endif
+    return 0;
+}
+
+/* sock:sock_recv_length: a socket's reader returns from a read (recvmsg; also peeks, partial
+ * reads and empty reads). The datagram it reads next is in the socket: the head of UDP's
+ * reader_queue, or (that queue empty) of the receive queue. Delivered if its packet is open
+ * (known by the skb map: no parse). Every datagram read but the first after an empty queue is
+ * thus seen before it is read, also where a batch's callbacks (pp_scan_queues, from the tail)
+ * have not reached it yet. UDP sockets only (TCP verdicts come from tcp_probe and the socket
+ * queue's tail). A datagram that is dropped is never in a socket queue. */
+static __always_inline int pp_reader(void *ctx, u64 sk, u16 hook, int direct)
+{
+    if (!pp_is_kptr(sk))
+        return 0;
+#ifdef PP_PROTO_UDP
+    if (PP_RD(u16, sk + PP_OFF_SK_PROTO, direct) != 17 /* IPPROTO_UDP */)
+        return 0;
+    if (!pp_armed())
+        return 0;   /* no traced packet yet */
+#ifdef PP_PORT
+    /* a socket on another port holds a traced packet only after NAT (as pp_deliver) */
+    if (PP_RD(u16, sk + PP_OFF_SK_NUM, direct) != PP_PORT && !pp_nat_candidate(sk, direct))
+        return 0;
+#endif
+    pp_scan_queues(ctx, sk, hook, direct, 1, 1);
 #endif
     return 0;
 }

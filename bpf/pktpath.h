@@ -212,6 +212,12 @@ enum pp_counter {
     PP_CNT_GENEVE_OPTS_UNREAD,  /* Geneve packets whose options ran past the bytes the program
                                    reads: inner headers not parsed */
     PP_CNT_DELIVER_RESUMED, /* delivery scans that went on where a batch's last scan stopped */
+    PP_CNT_DELIVER_HEAD,    /* deliveries found at a queue's head by a scan that ran out of depth */
+    PP_CNT_DELIVER_READER,  /* deliveries found at a queue's head when its reader returned (the
+                               datagram it reads next): none of the callbacks had reached it */
+    PP_CNT_DELIVER_LATE,    /* deliveries of the packet this CPU saw last, taken by the reader
+                               before its callback, seen at its last hop more than
+                               PP_LASTSEEN_NS before (a stalled CPU): its flow is the socket's */
     PP_CNT_COUNT
 };
 

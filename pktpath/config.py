@@ -13,7 +13,7 @@ import yaml
 from pktpath.errors import UserError
 
 METHODS = ("auto", "tracepoint", "raw_tracepoint", "kprobe", "kretprobe", "fentry")
-KINDS = ("pass", "drop", "deliver", "consume", "segment", "state")
+KINDS = ("pass", "drop", "deliver", "consume", "segment", "state", "reader")
 BYTEORDERS = {"big": "big", "network": "big", "little": "little", "host": "little"}
 KEYS = ("shost", "dhost", "sip", "dip", "vxlan_port", "geneve_port", "proto", "port", "udp_port",
         "packet_id", "hooks", "netns", "host", "ringbuf_pages")

@@ -4,6 +4,7 @@ The catalog (configs/hooks.yaml) names every place pktpath knows how to watch. A
 hooks by name (or defines its own); `plan()` decides for each one how it will be attached on this
 kernel, given what the kernel offers (a `Capabilities`), and why a hook is skipped.
 """
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,11 @@ from pktpath.paths import data_dir
 
 CATALOG_PATH = os.path.join(data_dir("configs"), "hooks.yaml")
 METHODS = ("raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "fentry")
-KINDS = ("pass", "drop", "deliver", "consume", "segment", "state")
+KINDS = ("pass", "drop", "deliver", "consume", "segment", "state", "reader")
+# kinds given a socket, not an skb (their hooks walk socket queues)
+SOCKET_KINDS = ("deliver", "state", "reader")
+READER_MISSING = ("; deliveries are then seen at the data-ready callbacks only: a datagram its "
+                  "reader takes before a callback reaches it may be reported lost")
 # TCP-only kinds: attached when the traced protocol includes TCP (hook `tcp: true`)
 
 
@@ -124,7 +129,7 @@ def _tp_args(entry, types):
     """Argument indexes for a raw tracepoint with argument types `types`, or (None, why)."""
     def first(t):
         return types.index(t) if t in types else None
-    if entry["kind"] in ("deliver", "state"):
+    if entry["kind"] in SOCKET_KINDS:
         sk = first("struct sock *")
         if sk is None:
             sk = first("const struct sock *")
@@ -157,7 +162,7 @@ def _plan_one(entry, caps):
         if args is None:
             return Hook(why="tracepoint %s: %s" % (target, why), **common)
         # a delivery hook walks socket queues: as tp_btf only where any address can be loaded
-        if caps.tp_btf and (kind not in ("deliver", "state") or caps.tp_btf_direct):
+        if caps.tp_btf and (kind not in SOCKET_KINDS or caps.tp_btf_direct):
             return Hook(method="tp_btf", args=args, why="tracepoint (BTF)", **common)
         return Hook(method="raw_tracepoint", args=args, why="tracepoint", **common)
     # a kernel function: fentry > kprobe > the catalog's tracepoint fallback
@@ -198,6 +203,8 @@ def plan(specs, caps, catalog=None, proto="udp"):
                 hook = Hook(name=fb, target=sub.target, kind=sub.kind, requested=hook.requested,
                             method=sub.method, args=sub.args, stage=sub.stage,
                             why="fallback for %s (%s)" % (entry["name"], hook.why))
+        if not hook.attached and hook.kind == "reader":
+            hook = dataclasses.replace(hook, why=hook.why + READER_MISSING)
         hooks.append(hook)
     return hooks
 

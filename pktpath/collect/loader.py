@@ -134,7 +134,7 @@ def fallback(plan, coverage, direct):
     if not failed:
         return None
     if direct:
-        return (_to_raw(plan, lambda h: h.kind == "deliver", "tracepoint"), {},
+        return (_to_raw(plan, lambda h: h.kind in ("deliver", "reader"), "tracepoint"), {},
                 "tp_btf refused it (%s)" % failed[0]["why"])
     return (_to_raw(plan, lambda h: True, "tp_btf refused (%s): raw tracepoint"
                     % failed[0]["why"]), direct, None)

@@ -33,6 +33,7 @@ FIELDS = (
     ("PP_OFF_SK_QHEAD", "sock", "sk_receive_queue"),
     ("PP_OFF_SK_PROTO", "sock", "sk_protocol"),
     ("PP_OFF_UDP_READERQ", "udp_sock", "reader_queue"),
+    ("PP_OFF_SKBHEAD_NEXT", "sk_buff_head", "next"),
     ("PP_OFF_SKBHEAD_PREV", "sk_buff_head", "prev"),
     ("PP_OFF_SKBHEAD_QLEN", "sk_buff_head", "qlen"),
     ("PP_OFF_SKB_PREV", "sk_buff", "prev"),
@@ -212,6 +213,9 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     if stacks:
         d["PP_STACKS"] = 1
     d["PP_LASTSEEN_NS"] = "1000000ULL"  # 1 ms: a device-to-socket call chain takes us
+    # ... unless its CPU stalls (1.1 ms seen, #17): pp_deliver's fallback then also takes the
+    # packet the CPU saw last up to 20 ms ago, if its flow is the socket's (port)
+    d["PP_LASTSEEN_DELIVER_NS"] = "20000000ULL"
     if summary:
         d["PP_SUMMARY"] = 1
         d["PP_PATHS"] = paths
@@ -232,7 +236,8 @@ def cflags(cfg, offsets, map_entries=65536, map_ttl_ns=2_000_000_000, stacks=Fal
     if d["PP_DEV_SPAN_LEN"] > 256:  # read on the BPF stack: keep it small
         raise UserError("net_device layout not supported (name/ifindex/nd_net %d bytes apart)"
                         % d["PP_DEV_SPAN_LEN"])
-    d["PP_SKBHEAD_SPAN_LEN"] = max(offsets["PP_OFF_SKBHEAD_PREV"] + 8,
+    d["PP_SKBHEAD_SPAN_LEN"] = max(offsets["PP_OFF_SKBHEAD_NEXT"] + 8,
+                                   offsets["PP_OFF_SKBHEAD_PREV"] + 8,
                                    offsets["PP_OFF_SKBHEAD_QLEN"] + 4)
     d["PP_WAKEUP_EVERY"] = 256
     d["PP_HDR_LEN"] = hdr_len(cfg.id_offset, 60 if cfg.proto != "udp" else 8)
@@ -338,6 +343,8 @@ def _call(index, hook):
     if hook.kind == "deliver":
         # a tp_btf delivery hook exists only where pp_cast does (Capabilities.tp_btf_direct)
         return "pp_deliver(ctx, %s, %d, %d)" % (a[0], index, 2 if direct else 0)
+    if hook.kind == "reader":
+        return "pp_reader(ctx, %s, %d, %d)" % (a[0], index, 2 if direct else 0)
     if hook.kind == "consume":
         return "pp_consume(ctx, %s, %d, %d)" % (a[0], index, direct)
     if hook.kind == "segment":

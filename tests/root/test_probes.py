@@ -106,7 +106,8 @@ def test_refused_tp_btf_falls_back_to_raw_tracepoints(lab_up, tmp_path):
 
 def test_refused_kfunc_keeps_tp_btf_and_copies_headers(lab_up, tmp_path):
     """A kernel that takes tp_btf programs but not pktpath's in-place reads (bpf_rdonly_cast):
-    skb hooks stay tp_btf (headers copied), the delivery hook goes back to a raw tracepoint,
+    skb hooks stay tp_btf (headers copied), the delivery and reader hooks (they walk socket
+    queues) go back to raw tracepoints,
     and packets are still traced end to end."""
     if not program.direct_pkt(kernel_btf())[0]:
         pytest.skip("no bpf_rdonly_cast here: nothing to refuse")
@@ -114,5 +115,7 @@ def test_refused_kfunc_keeps_tp_btf_and_copies_headers(lab_up, tmp_path):
                                     "    return any(code[i] == 0x85 and code[i + 1] >> 4 == 2\n"
                                     "               for i in range(0, len(code), 8))", 700)
     rows = {line.split()[0]: line.split()[1] for line in p.stdout.splitlines()
-            if line.split() and line.split()[0] in ("net_dev_queue", "sk_data_ready")}
-    assert rows == {"net_dev_queue": "tp_btf", "sk_data_ready": "raw_tracepoint"}, p.stdout
+            if line.split() and line.split()[0] in ("net_dev_queue", "sk_data_ready",
+                                                    "sock_recv_length")}
+    assert rows == {"net_dev_queue": "tp_btf", "sk_data_ready": "raw_tracepoint",
+                    "sock_recv_length": "raw_tracepoint"}, p.stdout

@@ -39,26 +39,8 @@ def test_flood_from_two_senders_matches_the_kernel(lab_up, tmp_path, scan):
     bug.) `shallow-scan`: the delivery scan looks at two datagrams per callback, so every batch
     deeper than that is delivered by callbacks that resume where the last one stopped (rare
     at the default depth, where a batch deeper than 8 needs a stalled CPU): no datagram may
-    be missed or delivered twice, and the resume path must have run.
-    KNOWN (issue #17, open): once in ~8 full-suite runs on 2026-11-30 the shallow scan missed the
-    deliveries of one batch (7 consecutive datagrams of one sender reported lost at their last
-    hop, netif_receive_skb in pp-ctrB). Not reproduced with this kernel in 8 more runs (4 under
-    a CPU hog); with an experimental kernel (per-socket resume points, wt-truth-3) the same
-    shape twice: a vCPU stalls 130-320 us, a batch of 7-12 datagrams builds up, its callbacks
-    deliver it from the tail, 1-2 per callback, and the oldest 2-3 of it are never delivered,
-    once with every callback on one CPU (so per-CPU resume points alone do not explain it).
-    Likeliest: the sink reads the batch from its head before the walk gets there. Until that
-    is settled, the shallow variant (an artificial depth of 2) is run again once and fails
-    only if both runs fail, with a warning; the default depth stays strict."""
-    if not scan:
-        return _flood(tmp_path, scan)
-    try:
-        _flood(tmp_path / "a", scan)
-    except AssertionError as first:
-        import warnings
-        warnings.warn("shallow-scan delivery miss (#17) hit once, checked again: %s"
-                      % str(first).splitlines()[0][:300])
-        _flood(tmp_path / "b", scan)
+    be missed or delivered twice, and the resume path must have run."""
+    _flood(tmp_path, scan)
 
 
 def _flood(tmp_path, scan):

@@ -96,5 +96,6 @@ def test_map_reader_without_maps_reads_empty():
     assert r.counters() == {"lost": 0, "unreachable": 0, "from_map": 0, "lost_paths_full": 0,
                             "rescued": 0, "from_frags": 0,
                             "ip6_ext_unwalked": 0, "geneve_opts_unread": 0,
-                                "deliver_resumed": 0}
+                                "deliver_resumed": 0, "deliver_head": 0, "deliver_reader": 0,
+                                "deliver_late": 0}
     assert r.sweep() == [] and r.stack(3) == [] and r.drop_counts() == [] and r.lost_ids() == {}

@@ -134,7 +134,8 @@ def test_counters_match_header_enum():
     # the names reported (tracer.counters, the stats file, recordings) stay what they were
     assert [n for n in records.COUNTERS if n not in records.INTERNAL_COUNTERS] == \
         ["lost", "unreachable", "from_map", "lost_paths_full", "rescued", "from_frags",
-         "ip6_ext_unwalked", "geneve_opts_unread", "deliver_resumed"]
+         "ip6_ext_unwalked", "geneve_opts_unread", "deliver_resumed",
+         "deliver_head", "deliver_reader", "deliver_late"]
     assert set(records.INTERNAL_COUNTERS) <= set(records.COUNTERS)
     # the C uses each by its enum name, and sizes the map by the count
     c = open(os.path.join(os.path.dirname(HEADER), "pktpath.c")).read()

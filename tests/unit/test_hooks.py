@@ -56,7 +56,7 @@ def test_unknown_hook_suggests():
 def test_real_catalog_loads_and_defaults_cover_the_path():
     cat = hooks.load_catalog()
     kinds = {e["kind"] for e in cat.values() if e.get("default")}
-    assert kinds == {"pass", "drop", "deliver"}
+    assert kinds == {"pass", "drop", "deliver", "reader"}
 
 
 def test_entry_points():
@@ -119,21 +119,26 @@ def test_named_sets_expand_in_catalog_order_once():
     cat = hooks.load_catalog()
     names = lambda specs: [e["name"] for e in hooks.select(specs, cat)]  # noqa: E731
     assert names(["default"]) == names(None)
-    assert names(["light"]) == ["net_dev_queue", "sk_data_ready", "kfree_skb"]
+    assert names(["light"]) == ["net_dev_queue", "sk_data_ready", "sock_recv_length",
+                                "kfree_skb"]
     assert names(["light", "kfree_skb", "netif_rx"]) == \
-        ["net_dev_queue", "sk_data_ready", "kfree_skb", "netif_rx"]
+        ["net_dev_queue", "sk_data_ready", "sock_recv_length", "kfree_skb", "netif_rx"]
     assert names(["netif_rx", "light", "default"]) == \
-        ["netif_rx", "net_dev_queue", "sk_data_ready", "kfree_skb", "qdisc_enqueue",
-         "netif_receive_skb"]
+        ["netif_rx", "net_dev_queue", "sk_data_ready", "sock_recv_length", "kfree_skb",
+         "qdisc_enqueue", "netif_receive_skb"]
     kinds = {e["kind"] for e in hooks.select(["light"], cat)}
-    assert kinds == {"pass", "drop", "deliver"}
+    assert kinds == {"pass", "drop", "deliver", "reader"}
 
 
 def test_light_set_from_a_config_and_the_command_line():
     from pktpath import config
     cfg = config.load_config(None, {"hooks": ["light"]})
     plan = hooks.plan(cfg.hooks, caps(), hooks.load_catalog())
-    assert [h.name for h in plan] == ["net_dev_queue", "sk_data_ready", "kfree_skb"]
+    assert [h.name for h in plan] == ["net_dev_queue", "sk_data_ready", "sock_recv_length",
+                                      "kfree_skb"]
+    # a kernel without sock:sock_recv_length (before 6.3): skipped, saying why
+    assert not plan[2].attached and "does not exist on this kernel" in plan[2].why
+    assert "callbacks only" in plan[2].why
     with pytest.raises(UserError, match="unknown hook 'lite'.*did you mean 'light'"):
         hooks.select(["lite"], hooks.load_catalog())
 
@@ -190,3 +195,23 @@ def test_probes_without_hooks_lists_the_whole_catalog():
     p = subprocess.run(run + ["--hooks", "kfree_skb"], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0 and "every hook of the catalog" not in p.stdout
+
+
+def test_reader_hook_takes_the_socket_and_walks_queues_only_with_direct_loads():
+    """sock:sock_recv_length (sk, ret, flags): the socket argument from the BTF prototype; as
+    tp_btf only where any address can be loaded (it walks socket queues, as the delivery hook);
+    its entry point calls pp_reader with the socket."""
+    tp = dict(TP, sock_recv_length=["struct sock *", "int", "int"])
+    cat = hooks.load_catalog()
+    h = hooks.plan(["sock_recv_length"], hooks.Capabilities(tracepoint_args=tp.get), cat)[0]
+    assert (h.kind, h.method, h.args) == ("reader", "raw_tracepoint", (0,))
+    assert "pp_reader(ctx, ctx->args[0], 3, 0)" in program.entry_point(3, h)
+    btf = hooks.plan(["sock_recv_length"], hooks.Capabilities(tracepoint_args=tp.get,
+                                                              tp_btf=True), cat)[0]
+    assert btf.method == "raw_tracepoint"
+    btf = hooks.plan(["sock_recv_length"], hooks.Capabilities(
+        tracepoint_args=tp.get, tp_btf=True, tp_btf_direct=True), cat)[0]
+    assert btf.method == "tp_btf" and "pp_reader(ctx, ctx[0], 5, 2)" in program.entry_point(5, btf)
+    bad = hooks.plan(["sock_recv_length"], hooks.Capabilities(
+        tracepoint_args={"sock_recv_length": ["int"]}.get), cat)[0]
+    assert not bad.attached and "no struct sock * argument" in bad.why

@@ -342,3 +342,25 @@ def test_a_sighting_known_only_by_the_skb_map_begins_no_packet():
     evs = [_ev(6, 0, 1), dict(_ev(6, 10, 1, hook="netif_receive_skb"), rewritten=True),
            dict(_ev(6, 20, 1, "deliver", "sk_data_ready"), rewritten=True)]
     assert [(p["verdict"], p["events"]) for p in build_packets(evs)] == [("delivered", 3)]
+
+
+def test_a_datagram_seen_by_its_reader_is_delivered_once():
+    """Events mode, #17: the socket's reader found the datagram at its queue's head before any
+    data-ready callback delivered it (hook sock_recv_length, kind deliver, known by the skb map).
+    It is delivered there, at a hop that names the reader; a peek or partial read reporting the
+    same skb again is the same delivery; a callback reporting it later too (a race between the
+    two CPUs) adds nothing; without that event the same trace says `lost` (the bug it fixes)."""
+    evs = _lab_packet(5, 0, 77, deliver=False)
+    read = {"id": 5, "t_ns": 9000, "skb": 77, "kind": "deliver", "hook": "sock_recv_length",
+            "dev": None, "netns": 40, "port": 5000, "from_map": True}
+    (lost,) = mark_incomplete(build_packets(evs), {})
+    assert lost["verdict"] == "lost" and lost["last"]["hook"] == "netif_receive_skb"
+    again = dict(read, t_ns=9500)
+    late_cb = dict(read, t_ns=9700, hook="sk_data_ready")
+    for extra in ([read], [read, again], [read, late_cb]):
+        (pkt,) = mark_incomplete(build_packets(evs + extra), {})
+        assert pkt["verdict"] == "delivered" and pkt["delivered"]["port"] == 5000
+        assert pkt["path"][-1]["hook"] == "sock_recv_length"
+        assert [h["hook"] for h in pkt["path"]].count("sock_recv_length") == 1
+        assert "sk_data_ready" not in [h["hook"] for h in pkt["path"]]
+        assert pkt["events"] == len(LAB_PATH) + 1
