@@ -45,10 +45,11 @@ import tempfile
 import time
 
 from common import B, ROOT, med, prog_ids, runs_ns, set_stats
+from pktpath.collect import hooks
 from pktpath.lab import overlay
 
-TRACEPOINTS = ["net:net_dev_queue", "qdisc:qdisc_enqueue", "net:netif_receive_skb",
-               "sock:sk_data_ready", "skb:kfree_skb"]
+# the tracepoints of pktpath's default (UDP) hook set: bpftrace and perf count on the same hooks
+TRACEPOINTS = [e["target"] for e in hooks.select(None, hooks.load_catalog())]
 BT_COUNT = ", ".join("tracepoint:" + t for t in TRACEPOINTS) + " { @[probe] = count(); }"
 BT_DROP = "tracepoint:skb:kfree_skb { @[args->location, args->reason] = count(); }"
 TRACEFS = "/sys/kernel/tracing"
