@@ -16,7 +16,7 @@ figure is the median of the paired ratios X/a over the rounds with a 90% bootstr
 
 Healthy lab (every datagram delivered):
   c         pktpath following every packet (configs/lab.yaml, default hooks)
-  bt_count  bpftrace count() on the same five tracepoints
+  bt_count  bpftrace count() on the same tracepoints (the default hook set)
   perf_rec  perf record -a of the same five tracepoints
   b         pktpath attached, traffic not matching its filter (other UDP port)
   floor     an empty program on each of the same hooks (no tracer)
