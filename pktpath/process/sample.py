@@ -257,6 +257,20 @@ class Sampler:
         if entry[0] == 0:
             self.spill(item)
 
+    def passes(self, pid, group):
+        """offer()'s common case of a flood, for a caller that then does what `spill` would:
+        True (the packet counted as offered) when a packet of ID `pid` in `group` would not
+        enter the sample (a higher ID than every packet kept, its group's and the first ones
+        full); False: offer() it."""
+        top, heap = self._first, self._groups.get(group)
+        if top and heap and len(top) == self.first and len(heap) == self.per_group and \
+                -pid < top[0][0] and -pid < heap[0][0]:
+            self.offered += 1
+            if group[0] == "dropped":
+                self.dropped += 1
+            return True
+        return False
+
     def _push(self, heap, size, neg):
         if len(heap) < size:
             heapq.heappush(heap, neg)

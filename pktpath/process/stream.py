@@ -201,6 +201,10 @@ class PacketStream:
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
         offer = self.sampler.offer
         metrics = self.metrics
+        # a plain record the sample would not keep goes straight into the aggregates (what
+        # offer -> _spill does) when nothing else wants it (no JSON to write)
+        passes = self.sampler.passes if self.json_out is None else _never
+        add_shape = self.agg.add_shape
         # a delivered flood's common case, first: a lone delivery past the quota, with nothing
         # to write (no --json, no metrics): only counted
         count_only = self.fast and self.json_out is None and metrics is None
@@ -235,7 +239,11 @@ class PacketStream:
                     got = read(raw[0][0], int_names) if got is None else \
                         got and self.raw_paths.read_as(raw[0][0], got)
                     if got:                 # plain: sampled or aggregated from its bytes
-                        offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
+                        if passes(got[0], got[2].group):
+                            # past its group's sample (a flood's common case): counted
+                            add_shape(got[2], got[0], got[1], got[3])
+                        else:
+                            offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
                         if metrics is not None:
                             metrics.record(raw[0][0], got[2].verdict, int_names)
                         plain += 1
@@ -422,6 +430,10 @@ class PacketStream:
         self.settle()
         self.packets.sort(key=lambda p: (p["id"], p["first_ns"] or 0))
         return self.packets
+
+
+def _never(_pid, _group):
+    return False
 
 
 def _records(raw):
