@@ -42,6 +42,9 @@ UNCHECKED_NOTE = ("%d lost packets past the bound on the IDs a live trace keeps 
 UNREAD_NOTE = ("%d records were still waiting in the ring buffer when the report was due and "
                "were not read: packets may be missing from this report, and every `lost` "
                "verdict is reported as `incomplete`")
+SHED_NOTE = ("%d records were read past the bound on packets held unfinished (a flood faster "
+             "than the tracer finishes them) and not kept: packets may be missing from this "
+             "report, and every `lost` verdict is reported as `incomplete`")
 
 
 def lost_counts(lost_ids):
@@ -55,9 +58,10 @@ def lost_counts(lost_ids):
 
 def untied(end):
     """How many records the tracer lost without knowing their packet ID (0 or more), those left
-    unread at the stop (`unread`, see session.drain) included."""
+    unread at the stop (`unread`, see session.drain) and those read but not kept (`shed`, see
+    stream.MAX_RAW) included."""
     return max(0, (end.get("lost") or 0) - sum(lost_counts(end.get("lost_ids")).values())) + \
-        (end.get("unread") or 0)
+        (end.get("unread") or 0) + (end.get("shed") or 0)
 
 
 def _note(end, template, n):
@@ -88,8 +92,11 @@ def settle_end(end):
         _note(end, GENEVE_OPTS_NOTE, end["geneve_opts_unread"])
     if end.get("unread"):
         _note(end, UNREAD_NOTE, end["unread"])
-    if untied(end) - (end.get("unread") or 0):
-        _note(end, UNTIED_NOTE, untied(end) - (end.get("unread") or 0))
+    if end.get("shed"):
+        _note(end, SHED_NOTE, end["shed"])
+    own = (end.get("unread") or 0) + (end.get("shed") or 0)
+    if untied(end) - own:
+        _note(end, UNTIED_NOTE, untied(end) - own)
     if end.get("no_delivery_hook"):
         _note(end, BLIND_NOTE, end["no_delivery_hook"])
     return end
@@ -227,6 +234,8 @@ class LivePipeline:
         """(packets, end record) once the last record is in: the policy applied, the recording
         (if any) ended and closed. `by` (time.monotonic()): when the report is due (the
         latencies of packets not folded by then are left out, see Aggregate.close)."""
+        if self.stream.shed:
+            counters = dict(counters, shed=self.stream.shed)
         end = live_end(counters, lost_ids, self.netns_names(), self.stream.events,
                        self.stream.streamed, coverage)
         packets = list(finish(self.stream.finish(), end, self.stream.agg,
@@ -281,8 +290,9 @@ def _load(paths, on_event):
         names.update(e.get("netns_names") or {})
         for key in ("lost", "unreachable"):
             end[key] += e.get(key) or 0
-        if e.get("unread"):     # left in the ring at the stop: like records lost untied
-            end["unread"] = end.get("unread", 0) + e["unread"]
+        for key in ("unread", "shed"):  # left in the ring at the stop, or read and not
+            if e.get(key):              # kept: like records lost untied
+                end[key] = end.get(key, 0) + e[key]
         if e.get("no_delivery_hook"):   # one blind host: no `lost` in the merged report
             end["no_delivery_hook"] = end.get("no_delivery_hook", 0) + e["no_delivery_hook"]
         end["warnings"] += e.get("warnings", [])

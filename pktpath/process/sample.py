@@ -257,6 +257,20 @@ class Sampler:
         if entry[0] == 0:
             self.spill(item)
 
+    def passes(self, pid, group):
+        """offer()'s common case of a flood, for a caller that then does what `spill` would:
+        True (the packet counted as offered) when a packet of ID `pid` in `group` would not
+        enter the sample (a higher ID than every packet kept, its group's and the first ones
+        full); False: offer() it."""
+        top, heap = self._first, self._groups.get(group)
+        if top and heap and len(top) == self.first and len(heap) == self.per_group and \
+                -pid < top[0][0] and -pid < heap[0][0]:
+            self.offered += 1
+            if group[0] == "dropped":
+                self.dropped += 1
+            return True
+        return False
+
     def _push(self, heap, size, neg):
         if len(heap) < size:
             heapq.heappush(heap, neg)
@@ -324,7 +338,8 @@ class RawPaths:
         self._hops_off = records.PATH_HDR
         self._hop_size = records.HOP_SIZE
         self._drop = records.KINDS.index("drop")
-        self._shapes = {}       # static fields -> Shape (None: not plain)
+        self._shapes = {}       # static fields (shape_of's key) -> Shape (None: not plain)
+        self._keys = {}         # hops -> struct of the static fields (_key_struct)
         self._names = None
         self._first_id, order = _fmt(records.PATH, ("first_ts", "id"))
         assert order == ["first_ts", "id"]
@@ -334,13 +349,56 @@ class RawPaths:
         self._dts = {}          # hops -> struct of their dt fields only
 
     def read(self, data, names):
+        shape = self.shape_of(data, names)
+        return self.read_as(data, shape) if shape is not None else None
+
+    def shape_of(self, data, names):
+        """The Shape of `data`'s static fields (the header's final kind, reason, location and
+        hop count, each hop's hook, kind, flags, netns and device), None when they make it
+        not plain; read_as() then checks the hops' order. One unpack of those fields only and a
+        dictionary lookup (a flood's records share a few shapes): the shape is worked out
+        (_static) once per distinct key."""
         if data.__class__ is not bytes:
             return None
+        n = (len(data) - self._hops_off) // self._hop_size
+        if n <= 0 or n > records.MAX_HOPS:
+            return None
+        if names is not self._names:
+            self._shapes.clear()
+            self._names = names
+        ks = self._keys.get(n)
+        if ks is None:
+            ks = self._keys[n] = self._key_struct(n)
+        key = ks.unpack_from(data)
+        shape = self._shapes.get(key, False)
+        if shape is False:
+            if len(self._shapes) > 65536:
+                self._shapes.clear()
+            shape = self._shapes[key] = self._static(data, names)
+        return shape
+
+    def _key_struct(self, n):
+        """A struct of the static fields shape_of() keys on, for a record of `n` hops."""
+        at = {name: (off, size, code) for name, off, size, code in records.PATH.fields}
+        fields = [at[name] for name in ("location", "reason", "final_kind", "nhops")]
+        hop = {name: (off, size, code) for name, off, size, code in records.HOP.fields}
+        for j in range(n):
+            base = self._hops_off + j * self._hop_size
+            fields += [(base + hop[name][0],) + hop[name][1:]
+                       for name in ("hook", "kind", "flags", "netns", "dev")]
+        fmt, pos = "<", 0
+        for off, size, code in sorted(fields):
+            fmt += ("%dx" % (off - pos) if off > pos else "") + code
+            pos = off + size
+        return struct.Struct(fmt)
+
+    def _static(self, data, names):
+        """The Shape of a record's static fields (see shape_of), worked out from its hops."""
         try:
             h = self._hdr.unpack_from(data)
         except struct.error:
             return None
-        first_ts, location, pid, reason, final_kind, nhops = self._hdr_get(h)
+        _first_ts, location, _pid, reason, final_kind, nhops = self._hdr_get(h)
         n = (len(data) - self._hops_off) // self._hop_size
         if nhops != n or n == 0 or n > records.MAX_HOPS:
             return None
@@ -348,36 +406,21 @@ class RawPaths:
         if hops is None:
             hops = self._structs[n] = struct.Struct("<" + self._hop_fmt * n)
         flat = hops.unpack_from(data, self._hops_off)
-        k, (idt, ihook, ikind, iflags, inetns, idev) = self._k, self._at
-        dts = flat[idt::k]
-        if names is not self._names:
-            self._shapes.clear()
-            self._names = names
-        key = (final_kind, reason, location, flat[ihook::k], flat[ikind::k], flat[iflags::k],
-               flat[inetns::k], flat[idev::k])
-        shape = self._shapes.get(key, False)
-        if shape is False:
-            if len(self._shapes) > 65536:
-                self._shapes.clear()
-            shape = self._shapes[key] = self._shape(key, names)
-        if shape is None or (n > 1 and sorted(dts) != list(dts)):
-            return None
-        return pid, first_ts + dts[0], shape, dts
-
-    def shape_of(self, data, names):
-        """The Shape read() finds for `data` (None: not plain): what read_as() needs."""
-        got = self.read(data, names)
-        return got[2] if got is not None else None
+        k, (_idt, ihook, ikind, iflags, inetns, idev) = self._k, self._at
+        return self._shape((final_kind, reason, location, flat[ihook::k], flat[ikind::k],
+                            flat[iflags::k], flat[inetns::k], flat[idev::k]), names)
 
     def read_as(self, data, shape):
         """read() of a record whose Shape shape_of() found (with the same names): only the
-        ID and times are unpacked."""
+        ID and times are unpacked; None when its hops are not in time order."""
         first_ts, pid = self._first_id.unpack_from(data)
         dts = self._dts.get(shape.n)
         if dts is None:
             dts = self._dts[shape.n] = struct.Struct(
                 "<" + ("%dxI%dx" % self._dt_at) * shape.n)
         dts = dts.unpack_from(data, self._hops_off)
+        if shape.n > 1 and sorted(dts) != list(dts):
+            return None
         return pid, first_ts + dts[0], shape, dts
 
     def _shape(self, key, names):

@@ -15,6 +15,13 @@ its record by `json_line`); a plain record not delivered is counted from its byt
 (sample.RawPaths, a few us) and expanded only if it stays in the sample. Expanding costs ~60 us
 per packet in Python: that is what lets a live trace keep up with a flood of drops and print
 its report within a second of Ctrl-C.
+
+The records held unfinished are bounded (`max_raw`, MAX_RAW): a flood faster than the tracer
+finishes packets would otherwise pile them up (gigabytes in half a minute) and make the stop
+finish them all. Past the bound, a record of an ID not held is read from the ring and not kept
+(`shed`, counted): its packet is missing from the report like one whose events the kernel could
+not write, and the report says so (every `lost` verdict becomes `incomplete`: pipeline.SHED_NOTE).
+A record of an ID held is always kept (its packet's verdict is never a guess).
 """
 import collections
 import time
@@ -24,11 +31,16 @@ from pktpath.process.idruns import IdRuns
 from pktpath.events import schema
 
 
+# records held unfinished at most (~850 bytes each with their entries: ~200 MB); at a flood's
+# ~83k records/s the settle window alone holds ~100k
+MAX_RAW = 250_000
+
+
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
                  raw_paths=None, sample_first=sample.FIRST, metrics=None, lone_packet=None,
-                 first_copies=None, stopping=None):
+                 first_copies=None, stopping=None, max_raw=None):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
@@ -41,6 +53,8 @@ class PacketStream:
         # common case), else [(record, delivered), ...]; arrivals are noted in buckets (the IDs
         # that arrived between two flushes) instead of with a clock reading each.
         self.raw = {}
+        self.max_raw = MAX_RAW if max_raw is None else max_raw
+        self.shed = 0                       # records not kept past max_raw (see the module doc)
         self._ids = []                      # IDs that arrived since the last flush (this
         #                                     list object is kept: record_adder binds it)
         self._unplain = []                  # of them, the lone records not delivered (_preread)
@@ -95,6 +109,10 @@ class PacketStream:
         self.events += hops
         prev = self.raw.get(pid)
         if prev is None:
+            if len(self.raw) >= self.max_raw:
+                self.events -= hops
+                self.shed += 1
+                return
             if delivered:
                 self.raw[pid] = record
             else:
@@ -125,6 +143,7 @@ class PacketStream:
                 return pid, final, hops
             fields = (unpack, 0, -(1 << 62), 1)     # (hops never capped)
         unpack, off, hdr, hop = fields
+        cap = self.max_raw
 
         def add(record):
             pid, final, hops = unpack(record, off)
@@ -133,6 +152,9 @@ class PacketStream:
                 hops = carried              # another CPU claimed more hops since (path_key)
             if get(pid) is not None:        # a second record of the ID: the general path
                 return self.add_record(pid, record, hops, final == deliver)
+            if len(raw) >= cap:             # the bound on records held: not kept (shed)
+                self.shed += 1
+                return
             self.events += hops
             if final == deliver:
                 raw[pid] = record
@@ -179,6 +201,10 @@ class PacketStream:
         raw_pop, pending, arrived, again = self.raw.pop, self.pending, self.arrived, self._again
         offer = self.sampler.offer
         metrics = self.metrics
+        # a plain record the sample would not keep goes straight into the aggregates (what
+        # offer -> _spill does) when nothing else wants it (no JSON to write)
+        passes = self.sampler.passes if self.json_out is None else _never
+        add_shape = self.agg.add_shape
         # a delivered flood's common case, first: a lone delivery past the quota, with nothing
         # to write (no --json, no metrics): only counted
         count_only = self.fast and self.json_out is None and metrics is None
@@ -213,7 +239,11 @@ class PacketStream:
                     got = read(raw[0][0], int_names) if got is None else \
                         got and self.raw_paths.read_as(raw[0][0], got)
                     if got:                 # plain: sampled or aggregated from its bytes
-                        offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
+                        if passes(got[0], got[2].group):
+                            # past its group's sample (a flood's common case): counted
+                            add_shape(got[2], got[0], got[1], got[3])
+                        else:
+                            offer(got[0], got[1], got[2].group, ("raw", raw[0][0]) + got)
                         if metrics is not None:
                             metrics.record(raw[0][0], got[2].verdict, int_names)
                         plain += 1
@@ -400,6 +430,10 @@ class PacketStream:
         self.settle()
         self.packets.sort(key=lambda p: (p["id"], p["first_ns"] or 0))
         return self.packets
+
+
+def _never(_pid, _group):
+    return False
 
 
 def _records(raw):
