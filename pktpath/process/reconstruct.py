@@ -170,11 +170,12 @@ def _hop_id(path, ev):
 class _Gen:
     """One packet being built from an ID's events (see generations)."""
     __slots__ = ("evs", "start", "skbs", "done", "last_skb", "positions", "delivered", "final",
-                 "paths", "hops")
+                 "paths", "hops", "recycled")
 
     def __init__(self, start):
         self.evs, self.start, self.paths, self.hops = [], start, set(), set()
         self.skbs, self.done, self.positions = set(), set(), set()
+        self.recycled = set()   # its skbs seen carrying a reply (see _is_reply)
         self.last_skb = None
         self.delivered = None   # (skb, netns, port) of its delivery
         self.final = False      # delivered, or dropped on the skb it travelled on last
@@ -221,6 +222,19 @@ class _Gen:
                 self.done.add(self.last_skb)
 
 
+def _ports(ev):
+    src, dst = ev.get("src"), ev.get("dst")
+    if not src or not dst:
+        return None
+    return src.rpartition(":")[2], dst.rpartition(":")[2]
+
+
+def _is_reply(ev, first):
+    """`ev`'s ports are those of `first` (a packet's first sighting) swapped (and differ)."""
+    a, b = _ports(ev), _ports(first)
+    return a is not None and b is not None and b[0] != b[1] and a == (b[1], b[0])
+
+
 def _place(live, ev, skb, kind, pos):
     """The generation of `live` that `ev` continues, or None: it starts a new packet."""
     path = ev.get("path")
@@ -232,6 +246,15 @@ def _place(live, ev, skb, kind, pos):
         for g in reversed(live):        # skb continuity, newest generation first
             if skb not in g.skbs:
                 continue
+            if skb in g.recycled:
+                return None
+            if ev.get("rewritten") and _is_reply(ev, g.evs[0]):
+                # the packet's own ports swapped: a reply on the recycled skb (a segment
+                # coalesced at the server, freed unseen, its skb and buffer reused for the
+                # server's ACK), never a NAT rewrite (summary mode's kernel rule, pp_summary):
+                # it and whatever follows on that skb continue nothing
+                g.recycled.add(skb)
+                return None
             if kind == "pass":
                 # the skb was delivered or dropped, or the packet is back where it began: the
                 # skb was recycled for another packet of the same ID

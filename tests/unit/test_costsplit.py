@@ -6,12 +6,16 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _costsplit():
-    spec = importlib.util.spec_from_file_location("costsplit",
-                                                  os.path.join(ROOT, "bench", "costsplit.py"))
+def _bench(name):
+    """bench/NAME.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _costsplit():
+    return _bench("costsplit")
 
 
 def test_every_patch_applies_to_the_tree():
@@ -39,11 +43,7 @@ def test_a_missing_anchor_fails():
 
 
 def _pooled():
-    spec = importlib.util.spec_from_file_location("pooled",
-                                                  os.path.join(ROOT, "bench", "pooled.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _bench("pooled")
 
 
 def _run(c, x):

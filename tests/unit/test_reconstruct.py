@@ -344,6 +344,29 @@ def test_a_sighting_known_only_by_the_skb_map_begins_no_packet():
     assert [(p["verdict"], p["events"]) for p in build_packets(evs)] == [("delivered", 3)]
 
 
+def test_a_reply_on_a_coalesced_segments_skb_continues_nothing():
+    """Events mode, #17 (CI: test_tcp_coalesced_segments_are_delivered[events], once in ~3
+    full runs): a client segment coalesced into the server's queue is freed unseen; its skb and
+    buffer carry the server's ACK back, which the skb map names with the segment's ID (its flow
+    the filter's reversed: `rewritten`). The ACK's sightings and its delivery at the client were
+    appended to the segment (16 events, delivered in the client's namespace). A reply continues
+    nothing; a rewritten sighting with other ports (NAT) still continues its packet."""
+    c, s = "198.51.100.1:40000", "198.51.100.2:5007"
+    seg = [dict(_ev(7, 0, 1), src=c, dst=s),
+           dict(_ev(7, 10, 1, hook="netif_receive_skb"), src=c, dst=s, netns=2)]
+    ack = [dict(_ev(7, 500, 1), src=s, dst=c, netns=2, rewritten=True),
+           dict(_ev(7, 600, 1, hook="netif_receive_skb"), src=s, dst=c, netns=1,
+                rewritten=True),
+           dict(_ev(7, 700, 1, "deliver", "sk_data_ready"), netns=1, from_map=True)]
+    (pkt,) = build_packets(seg + ack)
+    assert pkt["events"] == 2 and pkt["verdict"] != "delivered", pkt
+    nat = [dict(_ev(8, 0, 1), src=c, dst=s),
+           dict(_ev(8, 10, 1, hook="netif_receive_skb"), src=c, dst="198.51.100.9:6000",
+                rewritten=True),
+           dict(_ev(8, 20, 1, "deliver", "sk_data_ready"), rewritten=True)]
+    assert [(p["verdict"], p["events"]) for p in build_packets(nat)] == [("delivered", 3)]
+
+
 def test_a_datagram_seen_by_its_reader_is_delivered_once():
     """Events mode, #17: the socket's reader found the datagram at its queue's head before any
     data-ready callback delivered it (hook sock_recv_length, kind deliver, known by the skb map).
