@@ -134,11 +134,11 @@ def test_tcp_retransmission_is_a_new_packet_marked(lab_up, tmp_path, mode, copie
     the one before, when the live trace has finished the first copies' packets already (it was
     not marked then).
     KNOWN (issue #17, open): about once in 20-40 runs of the 5-copy variant (both modes; CI and
-    loops on 2026-11-30, evening) one copy is missing: in events mode the second copy (0.21 s
-    after the first) is absent from the report altogether (4 dropped + the delivered one; the
-    rules counted 5); in summary mode a path of 10+ hops appears instead. The captured events-mode
-    output is in the session's notes. Until the cause is found the test runs again once and
-    fails only if both runs fail, with a warning."""
+    loops on 2026-11-30, evening) one dropped copy is absent from the report altogether (4
+    dropped + the delivered one; the rules counted 5): the second copy in one events-mode run,
+    the fifth in a summary-mode run whose recording lacks it too (no events lost, no counter
+    raised). Until the cause is found the test runs again once and fails only if both runs fail,
+    with a warning."""
     try:
         _retransmissions(tmp_path / "a", mode, copies)
     except AssertionError as first:
