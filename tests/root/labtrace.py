@@ -12,6 +12,9 @@ from pktpath.lab import overlay
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = [sys.executable, os.path.join(ROOT, "run.py")]
+# the hops that deliver a datagram: its socket's data-ready callback, or the socket's reader
+# seeing it first (sock_recv_length: the reader took it before any callback's scan reached it)
+DELIVERY_HOOKS = ("sk_data_ready", "sock_recv_length")
 CFG = os.path.join(ROOT, "configs", "lab.yaml")
 PORT = overlay.PORT + 7     # not the lab sink's: our own receiver's
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from labtrace import RUN, in_datagrams, trace_around
+from labtrace import DELIVERY_HOOKS, RUN, in_datagrams, trace_around
 from pktpath.lab import overlay
 
 pytestmark = pytest.mark.root
@@ -23,11 +23,6 @@ def trace(tmp_path, mode, send):
         time.sleep(2.5)     # every datagram read by the sink, and past --lost-after
         return in_datagrams() - before
     return trace_around(tmp_path, ["--mode", mode, "--timeline", "0"], during)
-
-
-# a delivery: at the socket's data-ready callback, or seen by its reader first
-# (sock_recv_length: the reader took the datagram before any callback's scan reached it)
-DELIVERY_HOOKS = ("sk_data_ready", "sock_recv_length")
 
 
 def deliveries(pkt):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from labtrace import DELIVERY_HOOKS
 from pktpath.lab import overlay
 
 pytestmark = pytest.mark.root
@@ -106,7 +107,7 @@ def test_pcap_burst_every_hop_has_its_snap(lab_up, tmp_path, mode):
     want = sorted((h["hook"], pid) for pid, p in packets.items() for h in p["path"])
     got = sorted((comment(r[0])["hook"], int(comment(r[0])["id"])) for r in rows)
     assert got == want
-    assert sum(1 for h, _ in got if h in ("sk_data_ready", "sock_recv_length")) == \
+    assert sum(1 for h, _ in got if h in DELIVERY_HOOKS) == \
         sum(1 for p in packets.values() if p["verdict"] == "delivered")
 
 
