@@ -266,13 +266,17 @@ def _write_pcap(args, snaps, packets, plan, meta):
     clock = meta.get("clock") or {}
     st = pcapng.write(args.pcap, snaps, packets, [h.name for h in plan],
                       meta.get("netns_names") or session.netns_names(),
-                      clock.get("wall_ns", 0) - clock.get("mono_ns", 0))
+                      clock.get("wall_ns", 0) - clock.get("mono_ns", 0),
+                      {h.name for h in plan if h.kind in ("deliver", "reader")})
     left = ""
     if st["left_out_packets"] or st["left_out_snaps"]:
         left = "; left out (beyond --pcap-packets %d): %d packets, %d snaps" % (
             args.pcap_packets, st["left_out_packets"], st["left_out_snaps"])
     if st["missing"]:
         left += "; %d hops have no header copy (the copies' ring was full)" % st["missing"]
+    if st["borrowed"]:
+        left += ("; %d deliveries seen after their reader took the datagram carry the header "
+                 "of their hop before (header_of= in the comment)" % st["borrowed"])
     info(args, "wrote %s: %d packets at %d interfaces%s" % (args.pcap, st["packets"],
                                                              st["interfaces"], left))
 

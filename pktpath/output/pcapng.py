@@ -7,6 +7,11 @@ its comment gives the hook, the packet ID and the packet's verdict, e.g.
 `hook=net_dev_queue id=805 verdict=delivered`. The section header's comment says how many
 packets and snaps were left out (memory bound, see process/snaps.py).
 
+A delivery seen after its reader took the datagram (the fallback of bpf/pktpath.c pp_deliver:
+"the packet this CPU saw pass last") has no copy of its own: its skb may be freed by then. Its
+block carries the packet's header as at its hop before (same bytes, the socket's interface),
+said in its comment: `hook=sk_data_ready id=805 verdict=delivered header_of=netif_receive_skb`.
+
 The blocks are written here with struct (SHB, IDB with if_name/if_description/if_tsresol, EPB
 with opt_comment; pcap-ng spec, draft-ietf-opsawg-pcapng): Debian's scapy (2.5) writes a single
 unnamed interface, and python-pcapng is not packaged for Debian (see docs/DESIGN.md). Written
@@ -99,10 +104,10 @@ class Writer:
 
 
 def _verdicts(packets):
-    """{id: (verdict, {(hook, t_ns)} of its hops)} of the report's packets."""
+    """{id: (verdict, {(hook, t_ns): netns} of its hops)} of the report's packets."""
     out = {}
     for p in packets:
-        hops = {(h.get("hook"), h.get("t_ns")) for h in p.get("path") or ()}
+        hops = {(h.get("hook"), h.get("t_ns")): h.get("netns") for h in p.get("path") or ()}
         out[p["id"]] = (p.get("verdict"), hops)
     return out
 
@@ -114,12 +119,16 @@ def _fallback_verdict(snaps):
         kinds[-1] if kinds else "", "unknown")
 
 
-def build(fh, store, packets, hook_names, netns_names=None, wall_offset_ns=0):
+def build(fh, store, packets, hook_names, netns_names=None, wall_offset_ns=0,
+          deliver_hooks=()):
     """Write the file of SnapStore `store` for the finished `packets` (report records). A snap
     is written when it is one of its packet's hops (id, hook, time stamp); a packet the report
-    did not keep gets all its snaps. Returns {"packets": blocks written, "interfaces",
-    "unmatched": snaps of report packets that are none of their hops, "missing": hops of kept
-    packets without a snap, "left_out_packets", "left_out_snaps"}."""
+    did not keep gets all its snaps. A hop at one of `deliver_hooks` without a snap gets the
+    packet's header as at its hop before (see the module's docstring). Returns {"packets":
+    blocks written, "interfaces", "unmatched": snaps of report packets that are none of their
+    hops, "borrowed": delivery hops written with the header of the hop before, "missing": hops
+    of kept packets without a snap (and no borrowed one), "left_out_packets",
+    "left_out_snaps"}."""
     from pktpath.process.snaps import SNAP_LEN
     names = netns_names or {}
     verdicts = _verdicts(packets)
@@ -140,31 +149,55 @@ def build(fh, store, packets, hook_names, netns_names=None, wall_offset_ns=0):
             if hops is not None and (hook, s.ts) not in hops:
                 unmatched += 1
                 continue
-            blocks.append((s.ts, hook, pid, verdict, s))
-    # hops of the packets whose snaps were kept that have none (the snaps ring was full)
+            blocks.append((s.ts, hook, pid, verdict, s, None))
+    # hops of the packets whose snaps were kept that have none: a delivery after its reader
+    # took the datagram borrows the header of the hop before; others are missing (the snaps
+    # ring was full)
     matched = {(b[2], b[1], b[0]) for b in blocks}
-    missing = sum(1 for pid, (_v, hops) in verdicts.items() if hops and pid in store.by_id
-                  for hook, t in hops if (pid, hook, t) not in matched)
+    own = {}
+    for b in blocks:
+        own.setdefault(b[2], []).append(b)
+    missing = borrowed = 0
+    for pid, (verdict, hops) in verdicts.items():
+        if not hops or pid not in store.by_id:
+            continue
+        for hook, t in sorted(hops, key=lambda h: h[1] or 0):
+            if (pid, hook, t) in matched:
+                continue
+            before = [b for b in own.get(pid, ()) if b[0] <= t]
+            if hook in deliver_hooks and before:
+                prev = max(before, key=lambda b: b[0])
+                blocks.append((t, hook, pid, verdict, prev[4], (prev[1], hops[hook, t])))
+                borrowed += 1
+            else:
+                missing += 1
     blocks.sort(key=lambda b: b[0])
-    for ts, hook, pid, verdict, s in blocks:
-        ns = names.get(str(s.netns)) or str(s.netns)
+    for ts, hook, pid, verdict, s, borrow in blocks:
+        header_of, netns, ifindex = None, s.netns, s.ifindex
         dev = s.dev or ("sock" if s.kind_name == "deliver" else "?")
+        if borrow:
+            header_of, dev, ifindex = borrow[0], "sock", 0
+            netns = borrow[1] if borrow[1] is not None else s.netns
+        ns = names.get(str(netns)) or str(netns)
         ifid = w.iface(LINKTYPE_ETHERNET if s.l2 else LINKTYPE_RAW, "%s@%s" % (dev, ns),
                        "%s (ifindex %d) in netns %s (inode %d), from the %s header"
-                       % (dev, s.ifindex, ns, s.netns, "Ethernet" if s.l2 else "IP"))
+                       % (dev, ifindex, ns, netns, "Ethernet" if s.l2 else "IP"))
         w.packet(ifid, ts + wall_offset_ns, s.data, s.len,
-                 "hook=%s id=%d verdict=%s" % (hook, pid, verdict))
+                 "hook=%s id=%d verdict=%s" % (hook, pid, verdict) +
+                 (" header_of=%s" % header_of if header_of else ""))
     return {"packets": w.packets, "interfaces": len(w.ifaces), "unmatched": unmatched,
-            "missing": missing,
+            "missing": missing, "borrowed": borrowed,
             "left_out_packets": store.left_out_packets, "left_out_snaps": store.left_out_snaps}
 
 
-def write(path, store, packets, hook_names, netns_names=None, wall_offset_ns=0):
+def write(path, store, packets, hook_names, netns_names=None, wall_offset_ns=0,
+          deliver_hooks=()):
     """The file at `path`, written as PATH.tmp and renamed (UserError if it cannot be)."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as fh:
-            stats = build(fh, store, packets, hook_names, netns_names, wall_offset_ns)
+            stats = build(fh, store, packets, hook_names, netns_names, wall_offset_ns,
+                          deliver_hooks)
         os.replace(tmp, path)
     except OSError as e:
         raise UserError("cannot write --pcap %s: %s" % (path, e.strerror)) from None

@@ -53,7 +53,8 @@ def snap(ts, pid, hook, data, dev="eth0", netns=4026531001, kind=0, l2=True, skb
 
 
 def hop(ts, hook, dev, ns):
-    return {"t_ns": ts, "hook": hook, "dev": dev, "netns_name": ns}
+    inode = {v: int(k) for k, v in NS.items()}.get(ns)
+    return {"t_ns": ts, "hook": hook, "dev": dev, "netns": inode, "netns_name": ns}
 
 
 def tshark(path, *fields, decode=()):
@@ -197,3 +198,22 @@ def test_default_program_has_no_snap_code():
                           sip=None, dip=None, port=None, id_from="payload")
     offs = {m: 8 * i for i, (m, _s, _p) in enumerate(program.FIELDS)}
     assert not [f for f in program.cflags(cfg, offs) if "PCAP" in f or "SNAP" in f]
+
+
+def test_delivery_after_its_reader_borrows_the_header_before(tmp_path):
+    """A delivery hop with no snap of its own (seen after the reader took the datagram: the
+    fallback to the packet this CPU saw last) is written with the header of the packet's hop
+    before, said in its comment; a pass hop with no snap stays missing."""
+    store, packets = recorded_trace()
+    t = 1_000_000_000
+    packets[0]["path"][-1] = hop(t + 35, "sk_data_ready", "", "ctrB")    # no snap at t+35
+    path = tmp_path / "d.pcapng"
+    st = pcapng.write(str(path), store, packets, HOOKS, NS, deliver_hooks={"sk_data_ready"})
+    assert st["borrowed"] == 1 and st["missing"] == 0 and st["packets"] == 5
+    rows = tshark(path, "frame.comment", "frame.interface_name", "udp.dstport")
+    assert rows[2][0] == "hook=sk_data_ready id=805 verdict=delivered header_of=net_dev_queue"
+    # on the socket's interface (the hop's namespace), with the bytes of the hop before
+    assert rows[2][1] == "sock@ctrB" and rows[2][2] == "4789,5000"
+    # without the delivery hooks named, the same hop is missing
+    st = pcapng.write(str(path), store, packets, HOOKS, NS)
+    assert st["borrowed"] == 0 and st["missing"] == 1
