@@ -135,10 +135,14 @@ def test_tcp_retransmission_is_a_new_packet_marked(lab_up, tmp_path, mode, copie
     not marked then).
     KNOWN (issue #17, open): about once in 20-40 runs of the 5-copy variant (both modes; CI and
     loops on 2026-11-30, evening) one dropped copy is absent from the report altogether (4
-    dropped + the delivered one; the rules counted 5): the second copy in one events-mode run,
-    the fifth in a summary-mode run whose recording lacks it too (no events lost, no counter
-    raised). Until the cause is found the test runs again once and fails only if both runs fail,
-    with a warning."""
+    dropped + the delivered one; the rules counted 5): the second to fifth copy (never the first,
+    the one sendmsg sends), either CPU, no events lost, no counter raised. Debug counters
+    (2026-11-30, 5 failures in ~330 runs) showed pktpath's programs were never entered for that
+    copy: its kfree_skb program ran 4 times with NETFILTER_DROP, not 5, and net_dev_queue 3 times
+    fewer; bpftool showed no recursion misses. User space and the kernel side's maps are ruled
+    out, the cause is not found (with a second bcc program on the same tracepoints: 0 failures in
+    180 runs). Until it is found the test runs again once and fails only if both runs fail, with a
+    warning."""
     try:
         _retransmissions(tmp_path / "a", mode, copies)
     except AssertionError as first:
