@@ -3,12 +3,14 @@
 
 Usage: sudo python3 bench/longrun.py [--seconds 600] [--rate 5000] [--flood K]
                                      [--fault no-listener] [--checkout DIR]
+                                     [--mode summary|events]
 Prints RSS (MiB) every 10% of the run and the growth from the first sample to the last, then
 the peak RSS (VmHWM), the time from SIGINT to the tracer's exit and its own stop times
 (PKTPATH_TIMES: signal to report).
 --flood K: K senders as fast as they go (bench/bench.py's load) instead of one paced sender;
 --fault: a lab fault during the run (no-listener: every datagram dropped, NO_SOCKET);
---checkout: the run.py of another checkout (e.g. an older commit, to compare).
+--checkout: the run.py of another checkout (e.g. an older commit, to compare);
+--mode: the tracer's --mode (default summary).
 (run it through /work/tools/roottest.sh on shared machines: it uses the lab)
 """
 import argparse
@@ -57,6 +59,7 @@ def main():
     ap.add_argument("--flood", type=int, default=0, metavar="K")
     ap.add_argument("--fault")
     ap.add_argument("--checkout", default=ROOT)
+    ap.add_argument("--mode", choices=("summary", "events"), default="summary")
     ap.add_argument("--no-json", action="store_true", help="no --json output (the report only)")
     args = ap.parse_args()
     overlay.up()
@@ -69,7 +72,8 @@ def main():
             ready = os.path.join(tmp, "ready")
             tracer = subprocess.Popen(run + ["-c", os.path.join(ROOT, "configs", "lab.yaml"),
                                              "--ready-file", ready, "-q", "--timeline", "0",
-                                             "--keep-delivered", "1000"] +
+                                             "--keep-delivered", "1000",
+                                             "--mode", args.mode] +
                                       ([] if args.no_json else ["--json", os.devnull]),
                                       stdout=out, stderr=err,
                                       env=dict(os.environ, PKTPATH_TIMES="1"))

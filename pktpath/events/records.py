@@ -278,6 +278,18 @@ class Decoder:
         return ev
 
 
+# what events mode needs of an event before decoding it: (id, netns) in one unpack (the stream
+# sheds an event of an ID it does not hold past its bound: stream.MAX_EVENTS)
+_EV_ID_OFF = EVENT.offset("id")
+assert EVENT.offset("netns") == _EV_ID_OFF + 8
+EVENT_KEY = struct.Struct("<QI").unpack_from
+
+
+def event_key(data):
+    """(packet ID, netns inode) of a pp_event record, without decoding it."""
+    return EVENT_KEY(data, _EV_ID_OFF)
+
+
 # what a live trace needs of a record before decoding it (see path_key):
 # id, final_kind and nhops in one unpack
 _ID_OFF, _FINAL_OFF = PATH.offset("id"), PATH.offset("final_kind")

@@ -208,6 +208,13 @@ class LivePipeline:
         return [ev for ev in self.decoder.decode_path(data) if self._keep(ev)]
 
     def _on_event(self, data):
+        stream = self.stream
+        if stream.held >= stream.max_events:    # past the bound: shed undecoded (stream.py)
+            pid, netns = records.event_key(data)
+            if self.only_netns and netns not in self.only_netns:
+                return                      # filtered out (_keep), not shed
+            if stream.sheds(pid):
+                return
         ev = self.decoder.decode(data)
         if self._keep(ev):
             self.stream.add(ev)

@@ -22,6 +22,12 @@ finish them all. Past the bound, a record of an ID not held is read from the rin
 (`shed`, counted): its packet is missing from the report like one whose events the kernel could
 not write, and the report says so (every `lost` verdict becomes `incomplete`: pipeline.SHED_NOTE).
 A record of an ID held is always kept (its packet's verdict is never a guess).
+
+Events mode hands over one event per hook (`add`), ~9 per packet on the lab, ~850 bytes each as a
+dict: the events held unfinished are bounded the same way (`max_events`, MAX_EVENTS), counted in
+the same `shed` with the same note. Past the bound an event of an ID not held is not kept; the
+pipeline checks that on the record's bytes (records.event_key, `sheds`) before decoding it, so a
+flood's surplus costs little to read. An event of an ID held is always kept.
 """
 import collections
 import time
@@ -35,18 +41,28 @@ from pktpath.events import schema
 # ~83k records/s the settle window alone holds ~100k
 MAX_RAW = 250_000
 
+# events (events mode) held unfinished at most: ~850 bytes each as dicts (~85 MB), and finishing
+# one at the stop costs 3-4 us (0.3-0.4 s for the bound: the report is due within 1 s of the
+# signal, and a flood's report takes ~0.3 s more; 150k measured 0.43-0.64 s to settle on the lab).
+# A trace the tracer keeps up with holds ~1.25 s of events (the settle window and a flush
+# period): the bound is reached past ~9k packets/s of 9 events (events mode costs ~55 us of
+# Python per such packet: ~18k/s on a whole CPU, a few thousand under a flood).
+MAX_EVENTS = 100_000
+
 
 class PacketStream:
     def __init__(self, netns_names, json_out=None, keep_delivered=10000, settle_ns=1_000_000_000,
                  clock=time.monotonic_ns, expand=None, fast=True, idle=None, json_line=None,
                  raw_paths=None, sample_first=sample.FIRST, metrics=None, lone_packet=None,
-                 first_copies=None, stopping=None, max_raw=None):
+                 first_copies=None, stopping=None, max_raw=None, max_events=None):
         self.netns_names = netns_names      # callable -> {inode: name}
         self.json_out = json_out
         self.keep_delivered = keep_delivered
         self.settle_ns = settle_ns
         self.clock = clock
         self.pending = {}                   # id -> [events]
+        self.held = 0                       # events in `pending`
+        self.max_events = MAX_EVENTS if max_events is None else max_events
         self.arrived = {}                   # id -> clock of the last event, oldest first
         # Raw records (add_record) come at tens of thousands per second, so they are kept
         # cheaply: id -> the record itself when it is the ID's only one and a delivery (the
@@ -54,7 +70,8 @@ class PacketStream:
         # that arrived between two flushes) instead of with a clock reading each.
         self.raw = {}
         self.max_raw = MAX_RAW if max_raw is None else max_raw
-        self.shed = 0                       # records not kept past max_raw (see the module doc)
+        self.shed = 0                       # records (events) not kept past max_raw
+        #                                     (max_events): see the module doc
         self._ids = []                      # IDs that arrived since the last flush (this
         #                                     list object is kept: record_adder binds it)
         self._unplain = []                  # of them, the lone records not delivered (_preread)
@@ -97,11 +114,26 @@ class PacketStream:
 
     def add(self, ev):
         arrived, pid = self.arrived, ev["id"]
-        self.pending.setdefault(pid, []).append(ev)
+        mine = self.pending.get(pid)
+        if mine is None:
+            if self.held >= self.max_events:
+                self.shed += 1              # past the bound, an ID not held: not kept
+                return
+            mine = self.pending[pid] = []
+        mine.append(ev)
+        self.held += 1
         if pid in arrived:
             del arrived[pid]                # keep `arrived` ordered by last arrival
         arrived[pid] = self.clock()
         self.events += 1
+
+    def sheds(self, pid):
+        """add's bound, checked before an event of `pid` is decoded: True (counted in `shed`)
+        when it is not to be kept (the events held are at the bound and `pid` is not held)."""
+        if self.held >= self.max_events and pid not in self.pending:
+            self.shed += 1
+            return True
+        return False
 
     def add_record(self, pid, record, hops, delivered):
         """A raw per-packet record (summary mode) of packet `pid` with `hops` events, final
@@ -225,6 +257,8 @@ class PacketStream:
                 continue
             got = eager.pop(pid, None) if eager else None
             mine = pending.pop(pid, None) if pending else None
+            if mine:
+                self.held -= len(mine)
             if raw is None and mine is None:
                 continue                    # listed twice (two records in one bucket)
             if arrived:

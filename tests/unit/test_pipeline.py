@@ -91,11 +91,12 @@ def summary_records():
     return out
 
 
-def event_records():
-    """Events mode: one pp_event per hop, made from the summary records' hops."""
+def event_records(paths=None):
+    """Events mode: one pp_event per hop, made from the summary records' hops (those of
+    `paths`, pp_path records, if given)."""
     dec = records.PathDecoder(HOOKS, REASONS, symbolize)
     out = []
-    for data in summary_records():
+    for data in summary_records() if paths is None else paths:
         for ev in dec.decode_path(data):
             out.append(records.EVENT.pack(
                 flows(ev["encap"], ev["vni"] or 0), ts=ev["t_ns"], skb=ev["skb"], id=ev["id"],
