@@ -43,11 +43,12 @@ MAX_RAW = 250_000
 
 # events (events mode) held unfinished at most: ~850 bytes each as dicts (~85 MB), and finishing
 # one at the stop costs 3-4 us (0.3-0.4 s for the bound: the report is due within 1 s of the
-# signal, and a flood's report takes ~0.3 s more; 150k measured 0.43-0.64 s to settle on the lab).
+# signal, and a flood's report takes ~0.3-0.45 s more; 150k measured 0.43-0.64 s to settle on the
+# lab, 100k 0.64-0.84 s under load, the report 1.18/1.29 s after the signal: so 40k).
 # A trace the tracer keeps up with holds ~1.25 s of events (the settle window and a flush
-# period): the bound is reached past ~9k packets/s of 9 events (events mode costs ~55 us of
+# period): the bound is reached past ~3.5k packets/s of 9 events (events mode costs ~55 us of
 # Python per such packet: ~18k/s on a whole CPU, a few thousand under a flood).
-MAX_EVENTS = 100_000
+MAX_EVENTS = 40_000
 
 
 class PacketStream:
