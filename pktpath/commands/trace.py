@@ -316,7 +316,8 @@ def _recursion_misses(args, t, counters):
     when they cannot be read, nothing (and one line says why)."""
     misses = t.recursion_misses()
     if misses is None:
-        info(args, t.misses_why)
+        if t.misses_why:
+            info(args, t.misses_why)
         return
     counters["recursion_misses"] = sum(misses.values())
     hooks = {h: n for h, n in misses.items() if n}
