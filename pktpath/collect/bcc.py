@@ -178,6 +178,18 @@ class Compiled:
     def attach_kretprobe(self, target, fn):
         self._bpf.attach_kretprobe(event=target, fn_name=fn)
 
+    def prog_fds(self, fn, target=None):
+        """The fds of the programs bcc loaded for entry point `fn` (its kretprobe's `fn`_entry
+        too; `target`: a KFUNC_PROBE's, named after it by bcc): [] when bcc loaded none."""
+        names = {fn.encode(), (fn + "_entry").encode()}
+        out = []
+        for name, f in self._bpf.funcs.items():
+            name = name if isinstance(name, bytes) else str(name).encode()
+            if name in names or (target and name.startswith(b"kfunc__")
+                                 and name.endswith(target.encode())):
+                out.append(f.fd)
+        return out
+
     def close(self):
         """Detach what bcc attached and unload (bcc closes its own maps)."""
         self._bpf.cleanup()

@@ -98,6 +98,19 @@ def attach_tp_btf(prog_fd):
     return raw_tracepoint_open(prog_fd)
 
 
+def prog_info_u64(prog_fd, offset):
+    """The 8-byte field at byte `offset` of the program's struct bpf_prog_info
+    (BPF_OBJ_GET_INFO_BY_FD; the offset comes from BTF), or None when this kernel's
+    bpf_prog_info ends before it. Raises OSError if the kernel refuses."""
+    info = ctypes.create_string_buffer(offset + 8)   # zeroed: no arrays asked for
+    attr = ctypes.create_string_buffer(16)
+    struct.pack_into("<IIQ", attr, 0, prog_fd, len(info), ctypes.addressof(info))
+    _check(*_bpf(_OBJ_INFO, attr))
+    if struct.unpack_from("<I", attr, 4)[0] < offset + 8:   # info_len: what the kernel filled
+        return None
+    return struct.unpack_from("<Q", info, offset)[0]
+
+
 RETURN_0 = bytes.fromhex("b700000000000000" "9500000000000000")   # r0 = 0; exit
 
 

@@ -42,6 +42,7 @@ class Programs:
         self.maps, self.code, self.compiled = maps, code, compiled
         self.cached = compiled is None
         self._fds = []      # links and programs loaded here, closed in reverse order
+        self.prog_fds = {}  # hook index -> fds of its attached programs (their bpf_prog_info)
 
     @classmethod
     def load(cls, text, cflags, funcs, path=None):
@@ -72,6 +73,9 @@ class Programs:
                     with bcc.QuietStderr(bcc.BPF_LOG):
                         self.attach(i, hook, btf, direct)
                     status = "attached"
+                    if hook.method not in BPFSYS_METHODS and self.compiled is not None:
+                        self.prog_fds[i] = self.compiled.prog_fds(
+                            "pp_h%d" % i, hook.target if hook.method == "fentry" else None)
                 except Exception as e:
                     why = "attach failed: %s" % first_line(e)
             coverage.append({"hook": hook.name, "target": hook.target, "kind": hook.kind,
@@ -87,6 +91,7 @@ class Programs:
             prog = bpfsys.load_bytes(self.code[fn], fn, bpfsys.PROG_RAW_TRACEPOINT)
             self._fds.append(prog)
             self._fds.append(bpfsys.raw_tracepoint_open(prog, hook.tp_name))
+            self.prog_fds[i] = [prog]
         elif hook.method == "kprobe":
             self.compiled.attach_kprobe(hook.target, fn)
         elif hook.method == "kretprobe":
@@ -105,6 +110,7 @@ class Programs:
             prog = bpfsys.load_tp_btf(ctypes.addressof(insns), size // 8, fn, btf_id)
             self._fds.append(prog)
             self._fds.append(bpfsys.attach_tp_btf(prog))
+            self.prog_fds[i] = [prog]
         else:
             raise RuntimeError("method %s not supported" % hook.method)
 
@@ -112,7 +118,7 @@ class Programs:
         """Detach everything and unload (idempotent)."""
         for fd in reversed(self._fds):   # links and programs loaded here (bcc does not know them)
             os.close(fd)
-        self._fds = []
+        self._fds, self.prog_fds = [], {}
         for m in self.maps.values():    # maps created from a cached image (bcc closes its own)
             m.close()
         self.maps, self.code = {}, {}

@@ -13,12 +13,14 @@ poll/drain, the map readers, close.
 """
 import time
 
+from pktpath.collect import bpfsys
 from pktpath.collect import capabilities as capmod
 from pktpath.collect import loader
 from pktpath.collect import maps as mapsmod
 from pktpath.collect import pagebases
 from pktpath.collect import program
 from pktpath.collect import ringbuf
+from pktpath.errors import UserError
 
 # what the commands call before a Tracer exists
 capabilities = capmod.capabilities
@@ -31,7 +33,8 @@ class Tracer:
     After start: `coverage` (one dict per hook), `cached` (the compile came from the image
     cache), `compile_s`, `attach_s`; `frags`/`paged_why` (IDs in page fragments read, how or
     why not), `direct`/`direct_why` (tp_btf programs read headers in place, or why not);
-    `text`/`cflags`: the program as last built (a fallback builds it again)."""
+    `text`/`cflags`: the program as last built (a fallback builds it again); `misses_why`: why
+    the kernel's recursion misses cannot be read (None when they can, see recursion_misses)."""
 
     def __init__(self, cfg, plan, btf, stacks=False, drops_all=False, summary=True,
                  frags=True, kallsyms=None, cache=True, extra=None, on_snap=None):
@@ -42,6 +45,7 @@ class Tracer:
         paged, self.paged_why = capmod.page_fragments(btf, kallsyms, frags)
         self.frags = bool(paged)
         self.direct, self.direct_why = capmod.in_place_reads(btf, self.plan)
+        self._misses_at, self.misses_why = recursion_misses_offset(btf)
         # --pcap: the program also copies each traced hop's headers to the `snaps` ring, each
         # handed to on_snap(bytes)
         self._on_snap = on_snap
@@ -148,6 +152,29 @@ class Tracer:
         """See maps.MapReader.lost_ids."""
         return self._maps.lost_ids()
 
+    def recursion_misses(self):
+        """{hook name: runs the kernel skipped} over the attached programs (the kernel does not
+        run a program already running on that CPU, e.g. at a tracepoint fired again in a
+        softirq that interrupted it: it counts the run in bpf_prog_info.recursion_misses), or
+        None when they cannot be read (misses_why says why). Before close."""
+        if self._misses_at is None or self._programs is None:
+            return None
+        out = {}
+        try:
+            for i, fds in sorted(self._programs.prog_fds.items()):
+                name = self.plan[i].name
+                for fd in fds:
+                    n = bpfsys.prog_info_u64(fd, self._misses_at)
+                    if n is None:
+                        self.misses_why = ("recursion misses not counted (the kernel's "
+                                           "bpf_prog_info ends before it)")
+                        return None
+                    out[name] = out.get(name, 0) + n
+        except OSError as e:
+            self.misses_why = "recursion misses not counted (bpf_prog_info: %s)" % e
+            return None
+        return out
+
     def close(self):
         """Detach everything and unload (idempotent)."""
         if self._rings is not None:
@@ -157,6 +184,15 @@ class Tracer:
         if self._programs is not None:
             programs, self._programs = self._programs, None
             programs.close()
+
+
+def recursion_misses_offset(btf):
+    """(byte offset of recursion_misses in struct bpf_prog_info, None) from the kernel's BTF, or
+    (None, why not)."""
+    try:
+        return btf.offset("bpf_prog_info", "recursion_misses"), None
+    except (UserError, AttributeError) as e:
+        return None, "recursion misses not counted (%s)" % e
 
 
 __all__ = ["Tracer", "capabilities", "check_privileges"]

@@ -218,6 +218,7 @@ def _run(args, metrics):
             counters, lost_ids, drop_counts = t.counters(), t.lost_ids(), t.drop_counts()
             if unread:
                 counters["unread"] = unread
+            _recursion_misses(args, t, counters)
             pipe.settle()  # while drop stacks can still be read
             if metrics is not None:
                 metrics.set_counters(counters)
@@ -307,6 +308,21 @@ def _started(args, cfg, t, coverage, plan, host, rec, t_start):
     if args.ready_file:
         open(args.ready_file, "w").close()
     return meta, ready_s
+
+
+def _recursion_misses(args, t, counters):
+    """The runs of pktpath's programs the kernel skipped (recursion misses, see
+    Tracer.recursion_misses) into the end counters: their total, and the hooks that had any;
+    when they cannot be read, nothing (and one line says why)."""
+    misses = t.recursion_misses()
+    if misses is None:
+        if t.misses_why:
+            info(args, t.misses_why)
+        return
+    counters["recursion_misses"] = sum(misses.values())
+    hooks = {h: n for h, n in misses.items() if n}
+    if hooks:
+        counters["recursion_misses_hooks"] = hooks
 
 
 def _write_stats(path, t, counters, events, ready_s):

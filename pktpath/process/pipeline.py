@@ -46,6 +46,10 @@ SHED_NOTE = ("%d records were read past the bound on packets held unfinished (a 
              "than the tracer finishes them) and not kept: packets may be missing from this "
              "report, and every `lost` verdict is reported as `incomplete`")
 
+RECURSION_NOTE = ("the kernel skipped %d runs of pktpath's programs (the same program already "
+                  "running on that CPU): hops or packets may be missing from this report, and "
+                  "every `lost` verdict is reported as `incomplete`")
+
 
 def lost_counts(lost_ids):
     """{id (int): records lost} from an end record's `lost_ids`: a mapping (JSON keys are
@@ -99,19 +103,23 @@ def settle_end(end):
         _note(end, UNTIED_NOTE, untied(end) - own)
     if end.get("no_delivery_hook"):
         _note(end, BLIND_NOTE, end["no_delivery_hook"])
+    if end.get("recursion_misses"):
+        _note(end, RECURSION_NOTE, end["recursion_misses"])
     return end
 
 
 def finish(packets, end, aggregate=None, streamed_ids=(), by=None):
     """Packets (sorted by ID, then first_ns) after the policy: IDs the tracer lost events of are
     `incomplete` where they would be `lost` (and get a record when it lost them all); when it
-    lost records it could not tie to an ID, every `lost` verdict is `incomplete`. A live
+    lost records it could not tie to an ID, or the kernel skipped runs of its programs
+    (`recursion_misses`), every `lost` verdict is `incomplete`. A live
     trace's `aggregate` (sample.Aggregate: packets counted, not held) gets the same policy
     (`by`: its deadline for latencies, see Aggregate.close).
     end["duplicate_ids"] counts the packets whose ID an earlier packet had (see
     count_duplicates; `streamed_ids`: the IDs of a live trace's delivered packets not held)."""
     lost = lost_counts(end.get("lost_ids"))
-    suspect = untied(end) > 0 or bool(end.get("no_delivery_hook"))
+    suspect = untied(end) > 0 or bool(end.get("no_delivery_hook")) or \
+        bool(end.get("recursion_misses"))   # a skipped run at a delivery hook: "lost" unsure
     seen = aggregate.close(lost, suspect, by) if aggregate is not None else ()
     if aggregate is not None and aggregate.unmeasured:
         _note(end, UNMEASURED_NOTE, aggregate.unmeasured)
@@ -300,6 +308,8 @@ def _load(paths, on_event):
         for key in ("unread", "shed"):  # left in the ring at the stop, or read and not
             if e.get(key):              # kept: like records lost untied
                 end[key] = end.get(key, 0) + e[key]
+        if e.get("recursion_misses"):   # runs the kernel skipped, on any host: like untied
+            end["recursion_misses"] = end.get("recursion_misses", 0) + e["recursion_misses"]
         if e.get("no_delivery_hook"):   # one blind host: no `lost` in the merged report
             end["no_delivery_hook"] = end.get("no_delivery_hook", 0) + e["no_delivery_hook"]
         end["warnings"] += e.get("warnings", [])

@@ -153,6 +153,8 @@ LOSSES = {
     "per_id": ({"lost": 4}, {3: 2, 6: 1, 99: 1}),          # every lost record tied to its ID
     "per_id_and_untied": ({"lost": 9}, {3: 2, 99: 1}),
     "frags": ({"from_frags": 7, "unreachable": 2}, {}),
+    "recursion": ({"recursion_misses": 3, "recursion_misses_hooks": {"netif_receive_skb": 3}},
+                  {}),
 }
 
 
@@ -323,3 +325,60 @@ def test_past_the_deadline_the_stop_counts_packets_without_their_latencies():
     assert re.search(r"kfree_skb/pp-ctrB +%d " % sample.FIRST, late)
     assert "latencies:" not in whole
     assert re.search(r"NO_SOCKET .* 6000 ", late) and re.search(r"NO_SOCKET .* 6000 ", whole)
+
+
+SKIPPED = "the kernel skipped"
+
+
+def test_runs_the_kernel_skipped_are_a_note_and_make_lost_incomplete_both_ways(tmp_path):
+    """recursion_misses in the end record (runs of pktpath's programs the kernel skipped, the
+    same program already running on that CPU): a note, and no `lost` verdict (a skipped run at
+    the delivery hook looks like a loss), live and from the recording."""
+    text, js, rec = live(tmp_path, {"recursion_misses": 3,
+                                    "recursion_misses_hooks": {"sk_data_ready": 3}}, {})
+    assert "the kernel skipped 3 runs of pktpath's programs (the same program already " \
+           "running on that CPU)" in text
+    assert ("lost", None) not in verdicts(js).values()
+    assert v_incomplete(js)
+    end = json.loads(rec.read_text().splitlines()[-1])
+    assert end["recursion_misses"] == 3 and end["recursion_misses_hooks"] == {"sk_data_ready": 3}
+    assert sum(SKIPPED in w for w in end["warnings"]) == 1
+    assert report(rec) == (text + "\n", js)
+    # what `report` prints comes from the end record: with it removed, no note
+    lines = rec.read_text().splitlines()
+    bare = dict(end, warnings=[w for w in end["warnings"] if SKIPPED not in w])
+    bare.pop("recursion_misses")
+    (tmp_path / "bare.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(bare)]) + "\n")
+    assert SKIPPED not in report(tmp_path / "bare.jsonl")[0]
+
+
+def v_incomplete(js):
+    return ("incomplete", True) in verdicts(js).values()
+
+
+def test_no_runs_skipped_no_note(tmp_path):
+    """Zero (the figure read, nothing skipped) and absent (an old recording, or a kernel whose
+    bpf_prog_info has no recursion_misses): no note, `lost` stays lost."""
+    text, js, rec = live(tmp_path, {"recursion_misses": 0}, {})
+    assert SKIPPED not in text and ("lost", None) in verdicts(js).values()
+    end = json.loads(rec.read_text().splitlines()[-1])
+    assert end["recursion_misses"] == 0
+    old = tmp_path / "old.jsonl"
+    old_recording(old, rec, 0, [])
+    text, js = report(old)
+    assert SKIPPED not in text and ("lost", None) in verdicts(js).values()
+
+
+def test_runs_skipped_on_one_host_of_two_make_the_merged_report_unsure(tmp_path):
+    """`report` of two hosts' recordings: the skipped runs of one are counted, noted once, and
+    every `lost` verdict is `incomplete`."""
+    _text, _js, rec_a = live(tmp_path, {"recursion_misses": 2}, {})
+    _text, _js, rec_b = live(tmp_path, {"recursion_misses": 0}, {}, mode="events")
+    _events, _meta, end = pipeline.load([str(rec_a), str(rec_b)])
+    assert end["recursion_misses"] == 2
+    assert sum(SKIPPED in w for w in end["warnings"]) == 1
+    packets = [{"id": 1, "first_ns": 1, "verdict": "lost", "path": []}]
+    assert [p["verdict"] for p in pipeline.finish(packets, end)] == ["incomplete"]
+    assert [p["verdict"] for p in pipeline.finish(
+        [dict(packets[0])], {"lost": 0, "recursion_misses": 0})] == ["lost"]
+    assert pipeline.settle_end(dict(end)) == end                       # idempotent
