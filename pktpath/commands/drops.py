@@ -187,6 +187,10 @@ def _run(args, metrics):
             t.drain()
             counts, flows = t.drop_counts(), t.drop_flows()
             lost = t.counters().get("lost", 0)
+            misses = t.recursion_misses()
+            skipped = None if misses is None else sum(misses.values())
+            if misses is None and t.misses_why:
+                info(args, t.misses_why)
         finally:
             t.close()
             child.stop()
@@ -196,7 +200,7 @@ def _run(args, metrics):
         names.update(session.netns_names())
         flows = [dropinfo.decode_flow(k, n, reasons) for k, n in flows]
         mon.finish(_symbolized(counts, kallsyms, reasons), flows, lost,
-                   round(time.monotonic() - t_start, 3))
+                   round(time.monotonic() - t_start, 3), skipped)
         jsonfile.close_json(json_out, args.json)
         if rec:
             rec.close()

@@ -61,16 +61,23 @@ class DropMonitor:
             self.rec._write("interval", {"seconds": seconds, "counts": counts})
         self._previous, self._shown_iv = counts, {}
 
-    def finish(self, counts, flows, lost=0, duration_s=None):
+    def finish(self, counts, flows, lost=0, duration_s=None, skipped=None):
         """At the end: the whole run's counts, the details not shown, the top flows, the hints;
-        the --json summary object and the recording's end line."""
+        the --json summary object and the recording's end line. `skipped`: runs of the drop
+        monitor's program the kernel skipped (recursion misses: those drops are not counted),
+        None where they could not be read."""
         counts = [tuple(c) for c in counts]
         self.final = {"counts": counts, "flows": flows, "lost": lost, "duration_s": duration_s,
                       "netns_names": dict(self.netns_names), "shown": dict(self.shown)}
+        if skipped is not None:
+            self.final["skipped"] = skipped
         total = sum(c[3] for c in counts)
         nshown = sum(self.shown.values())
-        parts = ["== all drops counted (%d, exact; %d shown in detail, %d not shown%s) ==\n%s"
-                 % (total, nshown, max(0, total - nshown),
+        exact = ("exact" if not skipped else
+                 "%d more not counted: the kernel skipped the monitor's program %d times, "
+                 "already running on that CPU" % (skipped, skipped))
+        parts = ["== all drops counted (%d, %s; %d shown in detail, %d not shown%s) ==\n%s"
+                 % (total, exact, nshown, max(0, total - nshown),
                     ", %d details lost: ring buffer full" % lost if lost else "",
                     out.drop_table(counts, str, {}, self.netns_names)),
                  ]
@@ -82,11 +89,16 @@ class DropMonitor:
         parts.append("== hints ==\n" + out.hints_section(reasons))
         self.write("\n\n".join(parts))
         if self.json_out is not None:
-            self.json_out.write(json.dumps(out.summary_object(counts, flows, self.shown, lost,
-                                                              duration_s)) + "\n")
+            summary = out.summary_object(counts, flows, self.shown, lost, duration_s)
+            if skipped is not None:
+                summary["drops_not_counted"] = skipped
+            self.json_out.write(json.dumps(summary) + "\n")
         if self.rec is not None:
-            self.rec.end({"counts": counts, "flows": flows, "lost": lost,
-                          "duration_s": duration_s, "netns_names": self.netns_names})
+            end = {"counts": counts, "flows": flows, "lost": lost,
+                   "duration_s": duration_s, "netns_names": self.netns_names}
+            if skipped is not None:
+                end["recursion_misses"] = skipped
+            self.rec.end(end)
 
 
 # frames above the drop's location: the probe and kfree_skb itself
@@ -185,5 +197,6 @@ def replay(path, write, json_out=None):
     if end is None:
         write("%s: no end line: the run was interrupted, no summary" % path)
         return mon
-    mon.finish(end["counts"], end["flows"], end.get("lost", 0), end.get("duration_s"))
+    mon.finish(end["counts"], end["flows"], end.get("lost", 0), end.get("duration_s"),
+               end.get("recursion_misses"))
     return mon

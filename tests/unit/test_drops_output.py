@@ -5,6 +5,8 @@ import io
 import json
 import socket
 
+import pytest
+
 from pktpath.collect import program
 from pktpath.commands import report as reportcmd
 from pktpath.events import dropinfo, recording
@@ -397,3 +399,29 @@ def test_report_of_an_older_recording_without_nf_hook(tmp_path, capsys):
         f.write(json.dumps({"type": "end", "counts": [], "flows": [], "lost": 0}) + "\n")
     assert reportcmd.run(reportcmd_args([str(path)])) == 0
     assert "in hook ipv4 OUTPUT (nftables)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("skipped", [None, 0, 3])
+def test_counts_are_exact_only_when_the_kernel_skipped_no_run(tmp_path, capsys, skipped):
+    """The drop monitor's program skipped by the kernel (recursion_misses: already running on
+    that CPU) means drops not counted: the summary says how many instead of "exact", in the
+    JSON summary and the recording too; `report` of it prints the same. None: not readable
+    (an older kernel, an older recording): no claim either way beyond the counts."""
+    path = tmp_path / "s.rec"
+    rec = recording.RecordingWriter(str(path))
+    rec.meta({"recording": dropsmod.RECORDING, "netns_names": NAMES})
+    lines, buf = [], io.StringIO()
+    mon = dropsmod.DropMonitor(lines.append, dict(NAMES), json_out=buf, rec=rec)
+    mon.finish([("nft_do_chain+0x3e8", "NETFILTER_DROP", 4026532384, 5)], [], 0, 1.0, skipped)
+    rec.close()
+    text = "\n".join(lines)
+    head = [ln for ln in text.splitlines() if ln.startswith("== all drops counted")][0]
+    summary = json.loads(buf.getvalue().splitlines()[-1])
+    if skipped:
+        assert "exact" not in head and "3 more not counted" in head, head
+        assert summary["drops_not_counted"] == 3
+    else:
+        assert "(5, exact;" in head, head
+        assert summary.get("drops_not_counted") == skipped
+    assert reportcmd.run(reportcmd_args([str(path)])) == 0
+    assert capsys.readouterr().out == text + "\n"
