@@ -159,6 +159,7 @@ def _run(args, metrics):
         if metrics is not None:
             metrics.set_machine_drops(_symbolized(counts, kallsyms, reasons))
             metrics.set_counters(t.counters())
+            metrics.set_skipped(t.recursion_misses())
 
     child, stop = session.Child(), session.Stop()
     with stop:

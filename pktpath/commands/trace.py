@@ -190,6 +190,7 @@ def _run(args, metrics):
             flushes[0] += 1
             if flushes[0] % 4 == 0:     # the tracer's counters once a second
                 metrics.set_counters(t.counters())
+                metrics.set_skipped(t.recursion_misses())
     marks = []
     with stop:
         try:

@@ -16,6 +16,9 @@ locations of the machine; never a packet ID or an address):
   pktpath_machine_drops_total{reason,location,netns}  every drop on the machine (`drops`,
                                                   `--drops all`): the kernel's exact counts
   pktpath_events_lost_total                       records the tracer lost (full ring buffer)
+  pktpath_kernel_skipped_runs_total{hook}         runs of pktpath's programs the kernel skipped
+                                                  (recursion_misses: already running on that
+                                                  CPU; absent where the kernel cannot say)
   pktpath_hooks_attached                          hooks attached
   pktpath_hook_info{hook,method,status}           1 per hook of the plan
 
@@ -150,6 +153,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._segments = {}     # (from, to) -> [bucket counts (+Inf last), sum ns]
         self._lost = 0
+        self._skipped = None        # {hook: runs the kernel skipped}, None: not readable
         self.latency_budget = latency_budget
         self._left = latency_budget if latency_budget is not None else -1
         self._unsampled = 0
@@ -286,6 +290,11 @@ class Metrics:
         """The tracer's counters (collect/maps.py): events lost."""
         self._lost = counters.get("lost", 0) or 0
 
+    def set_skipped(self, by_hook):
+        """Runs of the tracer's programs the kernel skipped, {hook: n} (Tracer.recursion_misses),
+        or None where they cannot be read (the family is then left out)."""
+        self._skipped = None if by_hook is None else dict(by_hook)
+
     def set_coverage(self, coverage):
         """The plan's hooks as attached (collect/tracer.py coverage rows)."""
         self._attached.set(sum(c["status"] == "attached" for c in coverage))
@@ -338,6 +347,13 @@ class _Collector:
                                   "latency budget of a busy trace)", value=m._unsampled)
         yield CounterMetricFamily("pktpath_events_lost", "Records the tracer lost (ring buffer "
                                   "full)", value=m._lost)
+        if m._skipped is not None:
+            c = CounterMetricFamily("pktpath_kernel_skipped_runs", "Runs of pktpath's programs "
+                                    "the kernel skipped (the same program already running on "
+                                    "that CPU): hops or drops not seen", labels=["hook"])
+            for hook, n in sorted(m._skipped.items()):
+                c.add_metric([hook], n)
+            yield c
         c = CounterMetricFamily("pktpath_machine_drops", "Every drop on the machine (drop "
                                 "monitor), by reason, location and namespace",
                                 labels=["reason", "location", "netns"])

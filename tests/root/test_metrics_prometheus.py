@@ -123,6 +123,7 @@ def test_prometheus_scrapes_the_report_numbers(lab_up, fault, prometheus, tmp_pa
         seg_p50 = query(web, "histogram_quantile(0.5, pktpath_segment_latency_seconds_bucket)")
         hooks = query(web, "pktpath_hooks_attached")
         lost = query(web, "pktpath_events_lost_total")
+        skipped = query(web, "pktpath_kernel_skipped_runs_total")
     finally:
         if tracer.poll() is None:
             tracer.send_signal(signal.SIGTERM)
@@ -164,6 +165,9 @@ def test_prometheus_scrapes_the_report_numbers(lab_up, fault, prometheus, tmp_pa
     assert hooks == {frozenset(): float(attached)} and attached > 0
     end = [x for x in lines if "lost_ids" in x][-1]
     assert lost == {frozenset(): float(end.get("lost") or 0)}
+    # the kernel's skipped runs: one series per attached hook, as the end line sums them
+    assert len(skipped) == attached, skipped
+    assert sum(skipped.values()) == float(end["recursion_misses"]), (skipped, end)
 
 
 def scrape(port):

@@ -159,6 +159,13 @@ def test_tracer_and_monitor_families():
         (("location", "udp_queue_rcv_one_skb"), ("netns", "99"), ("reason", "NO_SOCKET")): 1}
     # a registry of its own: nothing in the process-wide one
     assert REGISTRY.get_sample_value("pktpath_events_lost_total") is None
+    # the kernel's skipped runs: absent until read (and where they cannot be), then per hook
+    assert family(got, "pktpath_kernel_skipped_runs_total") == {}
+    m.set_skipped({"kfree_skb": 3, "net_dev_queue": 0})
+    assert family(parse(m), "pktpath_kernel_skipped_runs_total") == {
+        (("hook", "kfree_skb"),): 3, (("hook", "net_dev_queue"),): 0}
+    m.set_skipped(None)
+    assert family(parse(m), "pktpath_kernel_skipped_runs_total") == {}
 
 
 @pytest.mark.parametrize("spec,want", [
