@@ -189,7 +189,7 @@ def _run(args, metrics):
             metrics.tick()
             flushes[0] += 1
             if flushes[0] % 4 == 0:     # the tracer's counters once a second
-                metrics.set_counters(t.counters())
+                metrics.set_counters(dict(t.counters(), shed=pipe.stream.shed))
                 metrics.set_skipped(t.recursion_misses())
     marks = []
     with stop:
@@ -222,7 +222,7 @@ def _run(args, metrics):
             _recursion_misses(args, t, counters)
             pipe.settle()  # while drop stacks can still be read
             if metrics is not None:
-                metrics.set_counters(counters)
+                metrics.set_counters(dict(counters, shed=pipe.stream.shed))
                 if t.drops_all:
                     _machine_drops(metrics, drop_counts, kallsyms, decoder.reasons)
             marks.append(("settle", time.monotonic()))

@@ -16,6 +16,9 @@ locations of the machine; never a packet ID or an address):
   pktpath_machine_drops_total{reason,location,netns}  every drop on the machine (`drops`,
                                                   `--drops all`): the kernel's exact counts
   pktpath_events_lost_total                       records the tracer lost (full ring buffer)
+  pktpath_records_shed_total                      records read past the bound on packets held
+                                                  unfinished (a flood faster than the tracer
+                                                  finishes packets), not kept
   pktpath_kernel_skipped_runs_total{hook}         runs of pktpath's programs the kernel skipped
                                                   (recursion_misses: already running on that
                                                   CPU; absent where the kernel cannot say)
@@ -153,6 +156,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._segments = {}     # (from, to) -> [bucket counts (+Inf last), sum ns]
         self._lost = 0
+        self._shed = 0
         self._skipped = None        # {hook: runs the kernel skipped}, None: not readable
         self.latency_budget = latency_budget
         self._left = latency_budget if latency_budget is not None else -1
@@ -287,8 +291,9 @@ class Metrics:
     # ---- fed by the tracer ----
 
     def set_counters(self, counters):
-        """The tracer's counters (collect/maps.py): events lost."""
+        """The tracer's counters (collect/maps.py): events lost; and `shed` (stream.py)."""
         self._lost = counters.get("lost", 0) or 0
+        self._shed = counters.get("shed", 0) or 0
 
     def set_skipped(self, by_hook):
         """Runs of the tracer's programs the kernel skipped, {hook: n} (Tracer.recursion_misses),
@@ -347,6 +352,9 @@ class _Collector:
                                   "latency budget of a busy trace)", value=m._unsampled)
         yield CounterMetricFamily("pktpath_events_lost", "Records the tracer lost (ring buffer "
                                   "full)", value=m._lost)
+        yield CounterMetricFamily("pktpath_records_shed", "Records read past the bound on "
+                                  "packets held unfinished (a flood faster than the tracer "
+                                  "finishes packets), not kept", value=m._shed)
         if m._skipped is not None:
             c = CounterMetricFamily("pktpath_kernel_skipped_runs", "Runs of pktpath's programs "
                                     "the kernel skipped (the same program already running on "

@@ -124,6 +124,7 @@ def test_prometheus_scrapes_the_report_numbers(lab_up, fault, prometheus, tmp_pa
         hooks = query(web, "pktpath_hooks_attached")
         lost = query(web, "pktpath_events_lost_total")
         skipped = query(web, "pktpath_kernel_skipped_runs_total")
+        shed = query(web, "pktpath_records_shed_total")
     finally:
         if tracer.poll() is None:
             tracer.send_signal(signal.SIGTERM)
@@ -165,6 +166,7 @@ def test_prometheus_scrapes_the_report_numbers(lab_up, fault, prometheus, tmp_pa
     assert hooks == {frozenset(): float(attached)} and attached > 0
     end = [x for x in lines if "lost_ids" in x][-1]
     assert lost == {frozenset(): float(end.get("lost") or 0)}
+    assert shed == {frozenset(): float(end.get("shed") or 0)}
     # the kernel's skipped runs: one series per attached hook, as the end line sums them
     assert len(skipped) == attached, skipped
     assert sum(skipped.values()) == float(end["recursion_misses"]), (skipped, end)

@@ -143,7 +143,7 @@ def test_labels_are_bounded():
 
 def test_tracer_and_monitor_families():
     m = metricsmod.Metrics(netns_names=lambda: NAMES)
-    m.set_counters({"lost": 7, "unreachable": 1})
+    m.set_counters({"lost": 7, "unreachable": 1, "shed": 4})
     m.set_coverage([{"hook": "kfree_skb", "method": "raw_tp", "status": "attached"},
                     {"hook": "napi_gro", "method": None, "status": "skipped"}])
     m.set_machine_drops([("nf_hook_slow+0x9e", "NETFILTER_DROP", 4026532302, 5),
@@ -151,6 +151,7 @@ def test_tracer_and_monitor_families():
                          ("udp_queue_rcv_one_skb+0x1", "NO_SOCKET", 99, 1)])
     got = parse(m)
     assert got[("pktpath_events_lost_total", ())] == 7
+    assert got[("pktpath_records_shed_total", ())] == 4
     assert got[("pktpath_hooks_attached", ())] == 1
     assert got[("pktpath_hook_info", (("hook", "napi_gro"), ("method", ""),
                                       ("status", "skipped")))] == 1
