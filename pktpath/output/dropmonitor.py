@@ -69,8 +69,6 @@ class DropMonitor:
         counts = [tuple(c) for c in counts]
         self.final = {"counts": counts, "flows": flows, "lost": lost, "duration_s": duration_s,
                       "netns_names": dict(self.netns_names), "shown": dict(self.shown)}
-        if skipped is not None:
-            self.final["skipped"] = skipped
         total = sum(c[3] for c in counts)
         nshown = sum(self.shown.values())
         exact = ("exact" if not skipped else

@@ -161,13 +161,13 @@ def build(fh, store, packets, hook_names, netns_names=None, wall_offset_ns=0,
     for pid, (verdict, hops) in verdicts.items():
         if not hops or pid not in store.by_id:
             continue
-        for hook, t in sorted(hops, key=lambda h: h[1] or 0):
+        for (hook, t), netns in hops.items():
             if (pid, hook, t) in matched:
                 continue
             before = [b for b in own.get(pid, ()) if b[0] <= t]
             if hook in deliver_hooks and before:
                 prev = max(before, key=lambda b: b[0])
-                blocks.append((t, hook, pid, verdict, prev[4], (prev[1], hops[hook, t])))
+                blocks.append((t, hook, pid, verdict, prev[4], (prev[1], netns)))
                 borrowed += 1
             else:
                 missing += 1
