@@ -28,6 +28,10 @@ Fault `no-listener` (every datagram dropped, NO_SOCKET; the a runs of this phase
             (counts every drop; no dropped datagram matches its filter)
   bt_drop   bpftrace @[args->location, args->reason] = count() on skb:kfree_skb
 
+Experiment copies of the tracer (bench/costsplit.py): `--also NAME=DIR` measures c with the
+tracer of checkout DIR (compared with bt_count), `--also-b NAME=DIR` measures b with it
+(compared with the floor), alternated with the others in each round.
+
 Targets: c >= bt_count, d >= bt_drop (costs no more than bpftrace), b >= floor - 0.01.
 Then a short pass with kernel.bpf_stats_enabled=1 (not during the ratio rounds: the stats cost
 two clock reads per run) measures each tool's BPF programs: runs, ns per run, BPF ns per sent
@@ -271,12 +275,18 @@ def main():
     ap.add_argument("--also", metavar="NAME=DIR", action="append", default=[],
                     help="also measure c with the tracer of checkout DIR, as configuration NAME "
                          "(repeatable; e.g. an experiment's copy, alternated with the others)")
+    ap.add_argument("--also-b", metavar="NAME=DIR", action="append", default=[],
+                    help="also measure b (traffic the filter does not match) with the tracer of "
+                         "checkout DIR, as configuration NAME, compared with the floor "
+                         "(repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("tools: run as root")
     also = [a.split("=", 1) for a in args.also]
-    if any(len(a) != 2 or not os.path.isdir(a[1]) for a in also):
-        raise SystemExit("tools: --also NAME=DIR, DIR a checkout")
+    also_b = [a.split("=", 1) for a in args.also_b]
+    if any(len(a) != 2 or not os.path.isdir(a[1]) for a in also + also_b):
+        raise SystemExit("tools: --also/--also-b NAME=DIR, DIR a checkout")
+    nomatch = ["--udp-port", str(overlay.PORT + 999)]
     t_start = time.monotonic()
     versions = ensure_tools()
     only = set(args.only.split(",")) - {""}
@@ -287,7 +297,9 @@ def main():
             (name, lambda d=os.path.abspath(d): start_pktpath([], tmp, d)) for name, d in also] + [
             ("bt_count", lambda: start_bpftrace(BT_COUNT, tmp)),
             ("perf_rec", lambda: start_perf(tmp)),
-            ("b", lambda: start_pktpath(["--udp-port", str(overlay.PORT + 999)], tmp)),
+            ("b", lambda: start_pktpath(nomatch, tmp))] + [
+            (name, lambda d=os.path.abspath(d): start_pktpath(nomatch, tmp, d))
+            for name, d in also_b] + [
             ("floor", start_floor)])
         faulty = pick([
             ("d", lambda: start_pktpath(["--drops", "all"], tmp)),
@@ -377,7 +389,10 @@ def main():
            "--drops all, filter not matching) vs the same counter: dm - bt_drop >= 0")
     target("b_vs_floor", "b", "floor", 0.01, "untraced traffic within 0.01 of the empty-program "
            "floor: b - floor + 0.01 >= 0")
-    out["extra_cost"] = extra_cost(stats)
+    for name, _d in also_b:
+        target(name + "_vs_floor", name, "floor", 0.01, "%s (b with another tracer) within 0.01 "
+               "of the empty-program floor: %s - floor + 0.01 >= 0" % (name, name))
+    out["extra_cost"] = extra_cost(stats, [name for name, _d in also_b])
     out["elapsed_s"] = round(time.monotonic() - t_start)
     if args.save:
         with open(args.save, "w") as f:
@@ -389,16 +404,17 @@ def main():
     return 0
 
 
-def extra_cost(stats):
+def extra_cost(stats, b_alsos=()):
     """Per target pair, measured with bpf_stats: BPF ns per sent datagram on each hook, pktpath
-    minus the reference, and the tools' user-space CPU (share of one CPU)."""
+    minus the reference, and the tools' user-space CPU (share of one CPU). `b_alsos`: the
+    --also-b configurations (compared with the floor; other extra ones with bt_count)."""
     by = {s["config"]: s for s in stats}
     per_hook = lambda s: {p["hook"]: p["ns_per_pkt"] for p in s["programs"]}  # noqa: E731
     out = {}
     alsos = [k for k in by if k not in ("c", "bt_count", "perf_rec", "b", "floor", "d", "dk",
-                                        "dm", "bt_drop")]
+                                        "dm", "bt_drop") and k not in b_alsos]
     for x, y in [("c", "bt_count")] + [(k, "bt_count") for k in alsos] + [("d", "bt_drop"), ("dk", "bt_drop"), ("dm", "bt_drop"),
-                 ("b", "floor")]:
+                 ("b", "floor")] + [(k, "floor") for k in b_alsos]:
         if x in by and y in by:
             hx, hy = per_hook(by[x]), per_hook(by[y])
             out["%s-%s" % (x, y)] = {
