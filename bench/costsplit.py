@@ -28,6 +28,8 @@ are measurements, not features: the copies lose output on purpose and are never 
   bpass    (measured as b: traffic the filter does not match) the pass hooks' programs return
            at once, the delivery and drop hooks work as usual: what the parse and filter of every
            packet at the pass hooks cost untraced traffic
+  bfull    (measured as b) the pass hooks' programs whole (nothing compiled out), returning at
+           once: what their size and prologue cost, against bpass
   bskb     (measured as b) the pass hooks' programs read the skb's header fields (head, tail,
            network and MAC header offsets), then return: the parse's first step alone
   bnone    (measured as b) every program returns at once: what pktpath attached costs beyond
@@ -43,8 +45,8 @@ are measurements, not features: the copies lose output on purpose and are never 
            and counts the rest. (Not flushed at the stop, colliding IDs not rebuilt: a cost
            model, not an implementation.)
 The run is bench/tools.py with `--only c,<the experiments>,bt_count,b,floor` and one `--also
-x_<name>=<copy>` each (`--also-b` for bpass, bskb and bnone; without c experiments, c and bt_count are
-left out): the tools' ratios, intervals and a bpf_stats pass with every program's
+x_<name>=<copy>` each (`--also-b` for bpass, bfull, bskb and bnone; without c experiments, c
+and bt_count are left out): the tools' ratios, intervals and a bpf_stats pass with every program's
 ns per run and each tracer's user-space CPU. Pool several runs with bench/pooled.py (tools.py
 `--save RUN.json`, passed through).
 """
@@ -71,7 +73,7 @@ def _sub(old, new, count=1):
 PASS_CALL = "    return pp_handle(ctx, skb, PP_HK(hook, PP_KIND_PASS), 0, 0, direct);\n"
 TP_BTF_ENTRY = 'return "int %s(u64 *ctx)\\n{\\n    return %s;\\n}\\n" % (fn, _call(index, hook))'
 SKB_FIELDS_READ = "    if (start == 0xffff || start >= s.tail)\n        return 0;\n\n"
-B_EXPERIMENTS = ("bpass", "bskb", "bnone")     # measured as b, against the floor
+B_EXPERIMENTS = ("bpass", "bfull", "bskb", "bnone")     # measured as b, against the floor
 EMIT = "    /* emit only the hops recorded, not the empty slots */\n"
 SUMMARY_CALL = "    return pp_summary(ctx, skb, hook, kind, location, reason, sk, &p, flags, now,\n"
 CONSUME = "        cons = _U64.unpack_from(self._cons, 0)[0]\n        prod = _U64.unpack_from(data, 0)[0]\n"
@@ -258,11 +260,16 @@ EXPERIMENTS = {
     "bpass": {"bpf/pktpath.c": [_sub(PASS_CALL, lambda o: (
         "    if (direct >= 0) return 0;   /* EXPERIMENT (bench/costsplit.py): pass hooks idle */\n"
         + o))]},
+    "bfull": {"bpf/pktpath.c": [_sub(PASS_CALL, lambda o: (
+        "    if (skb != 1)\n"
+        "        return 0;   /* EXPERIMENT (bench/costsplit.py): returns at once */\n"
+        + o))]},
     "bskb": {"bpf/pktpath.c": [_sub(SKB_FIELDS_READ, lambda o: o + (
         "    if (kind == PP_KIND_PASS && s.head != 1)\n"
         "        return 0;   /* EXPERIMENT (bench/costsplit.py): skb fields only */\n"))]},
     "bnone": {"pktpath/collect/program.py": [_sub(TP_BTF_ENTRY, lambda o: o.replace(
-        "{\\n    return", "{\\n    if (ctx[0] != 1) return 0;   /* EXPERIMENT: idle */\\n    return"))]},
+        "{\\n    return",
+        "{\\n    if (ctx[0] != 1) return 0;   /* EXPERIMENT: idle */\\n    return"))]},
     "nowake": {"pktpath/collect/program.py": [_sub('d["PP_WAKEUP_EVERY"] = 256',
                                                     lambda o: 'd["PP_WAKEUP_EVERY"] = 1 << 30')]},
     "batch": {
@@ -312,7 +319,7 @@ def make(names, where):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="discard,noemit,parse,nowake,batch,shape,bpass,bskb,bnone",
+    ap.add_argument("--only", default=",".join(EXPERIMENTS),
                     help="comma-separated experiments (of %s)" % ", ".join(EXPERIMENTS))
     ap.add_argument("--make", metavar="DIR", help="only build the copies under DIR")
     args, rest = ap.parse_known_args()

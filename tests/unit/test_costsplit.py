@@ -21,7 +21,7 @@ def _costsplit():
 def test_every_patch_applies_to_the_tree():
     cs = _costsplit()
     assert set(cs.EXPERIMENTS) == {"discard", "noemit", "parse", "nowake", "batch", "shape",
-                                      "bpass", "bskb", "bnone"}
+                                      "bpass", "bfull", "bskb", "bnone"}
     for name, files in cs.EXPERIMENTS.items():
         for path, patches in files.items():
             with open(os.path.join(ROOT, path)) as f:
